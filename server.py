@@ -1,0 +1,186 @@
+"""The chat server: the gRPC servicer, its factory, and `python server.py`.
+
+How a synchronous grpcio server runs a bidirectional stream, which is what
+this file relies on:
+
+1. `grpc.server(ThreadPoolExecutor(n))` runs every call on a pool thread.
+   A streaming call keeps its thread for as long as the stream is open, so
+   the pool size bounds how many chat clients can be connected at once.
+   NOTE: that is why `--max-clients` sizes the pool, and why we refuse the
+   client past it ourselves instead of letting it wait for a free thread.
+2. For `Chat`, the handler is a generator. What it yields *is* the response
+   stream: each yielded `ServerEvent` is sent to the client before the
+   generator is resumed. Returning ends the call with status OK;
+   `context.abort(code, details)` ends it with an error status.
+3. The request stream is an iterator, `request_iterator`. Reading it blocks
+   until the client sends something. The pool thread is busy yielding, so
+   each stream gets a second, plain thread, the *reader*, that consumes the
+   iterator and hands each event to the hub. The iterator ends when the
+   client half-closes, and raises once the call is cancelled.
+4. The two threads of one stream meet only in the client's `queue.Queue`:
+   the hub puts events in (from any thread), the generator takes them out.
+5. However a call ends (client hangs up, network gone, server stops), gRPC
+   runs the callbacks registered with `context.add_callback`. Ours removes
+   the client from the hub and wakes its generator with a sentinel, so no
+   thread or queue outlives its client, and nothing polls.
+6. The hub's registry is shared by every stream's threads, hence its lock
+   (see hub.py); everything per-client is owned by that client's threads.
+
+Message flow: client -> reader thread -> clean, validate, rate limit ->
+hub.post (id, store, fan-out to every queue) -> each generator -> clients.
+"""
+
+import logging
+import signal
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+
+import click
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+import chat_pb2 as pb
+import chat_pb2_grpc
+import session
+from hub import Hub
+from store import StoreUnavailable, open_store
+from timers import Timers
+
+log = logging.getLogger("server")
+
+UNARY_HEADROOM_THREADS = 16  # pool threads beyond --max-clients: health checks, refusals
+SHUTDOWN_GRACE_S = 2.0  # after SIGTERM, streams get this long to drain before cancel
+MAX_INBOUND_BYTES = 64 * 1024  # bigger requests are refused by gRPC itself (SPEC §3.8)
+
+# Transport options, all in one place. Keepalive finds peers that vanished
+# without closing their connection (SPEC §3.5): the server pings an idle
+# connection every KEEPALIVE_TIME_MS and drops it if no ack comes back
+# within KEEPALIVE_TIMEOUT_MS, so a dead peer is gone within ~20 s.
+KEEPALIVE_TIME_MS = 10_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_INBOUND_BYTES),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),  # ping even with no call open
+    ("grpc.http2.max_pings_without_data", 0),  # 0 = no limit on pings between data
+    # Accept client pings as often as every 5 s (clients ping every 10 s).
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+]
+
+
+@dataclass
+class ChatServer:
+    """A built, not yet started, server and the parts a caller may need."""
+
+    grpc_server: grpc.Server
+    servicer: session.ChatServicer
+    health: health.HealthServicer
+    port: int
+
+    def start(self) -> None:
+        self.grpc_server.start()
+
+    def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+        """Tell every client, refuse new calls, drain, flush the store."""
+        self.health.enter_graceful_shutdown()
+        stopped = self.grpc_server.stop(grace_s)  # refuses new calls at once
+        self.servicer.shut_down()  # SHUTTING_DOWN to all, then each stream drains
+        stopped.wait(grace_s + 1)
+        self.servicer.close()  # timers, and the store's pending writes
+
+
+def create_server(
+    settings: session.Settings,
+    store,
+    address: str = "[::]:0",
+    timers: Timers | None = None,
+) -> ChatServer:
+    """Build a chat server on `address` (port 0 picks a free port); do not start it."""
+    timers = timers or Timers()
+    hub = Hub(store, timers, typing_silence_s=settings.typing_silence_s)
+    servicer = session.ChatServicer(hub, timers, settings)
+    pool_threads = settings.max_clients + UNARY_HEADROOM_THREADS
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=pool_threads, thread_name_prefix="grpc-pool"),
+        options=SERVER_OPTIONS,
+        maximum_concurrent_rpcs=pool_threads,  # beyond: RESOURCE_EXHAUSTED, never a wait
+    )
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    for service in ("", pb.DESCRIPTOR.services_by_name["ChatService"].full_name):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            pb.DESCRIPTOR.services_by_name["ChatService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    port = server.add_insecure_port(address)
+    return ChatServer(server, servicer, health_servicer, port)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--host", default="[::]", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8080, show_default=True, help="TCP port to listen on.")
+@click.option(
+    "--redis-url",
+    envvar="REDIS_URL",
+    help="Keep history in this Redis (redis://host:port/db). Default: in memory.",
+)
+@click.option("--history", default=50, show_default=True, help="Messages replayed on join.")
+@click.option("--history-max", default=10_000, show_default=True, help="Messages kept.")
+@click.option("--rate", default=1.0, show_default=True, help="Messages per second per client.")
+@click.option("--burst", default=5, show_default=True, help="Messages a client may send at once.")
+@click.option("--no-rate-limit", is_flag=True, help="Switch rate limiting off (benchmarks).")
+@click.option("--max-message-chars", default=2000, show_default=True, help="Longest message.")
+@click.option("--max-clients", default=512, show_default=True, help="Concurrent chat streams.")
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+def main(host, port, redis_url, history, history_max, rate, burst, no_rate_limit,
+         max_message_chars, max_clients, log_level):  # fmt: skip
+    """Run the chat server until SIGINT or SIGTERM."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    if rate <= 0 or burst < 1 or max_clients < 1 or history < 0 or history_max < 1:
+        raise click.BadParameter("--rate, --burst, --max-clients, --history-max must be positive")
+    settings = session.Settings(
+        history=history,
+        max_message_chars=max_message_chars,
+        rate=None if no_rate_limit else rate,
+        burst=burst,
+        max_clients=max_clients,
+    )
+    try:
+        store = open_store(redis_url, history_max)
+    except StoreUnavailable as error:
+        raise click.ClickException(str(error)) from None
+    try:
+        server = create_server(settings, store, f"{host}:{port}")
+    except RuntimeError as error:  # grpc cannot bind the port
+        store.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {error}") from None
+
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server.start()
+    click.echo(f"chat server listening on {host}:{server.port}; history {store.description}")
+    stop.wait()
+    log.info("shutting down")
+    started = time.monotonic()
+    server.stop()
+    log.info("stopped in %.1f s", time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    main()
