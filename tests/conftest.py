@@ -1,0 +1,310 @@
+"""Shared test helpers: real servers on port 0, real clients, a real redis-server.
+
+Nothing here is mocked. `server_factory` builds the server with the same
+`create_server` that `python server.py` uses; `ServerProcess` runs the real
+command line; `RedisProcess` runs a private `redis-server` in a temp dir on
+a free port (never the machine's own Redis), so a test may kill it.
+"""
+
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import chat_pb2 as pb  # noqa: E402
+import chat_pb2_grpc  # noqa: E402
+from server import create_server  # noqa: E402
+from session import Settings  # noqa: E402
+from store import MemoryStore  # noqa: E402
+
+EVENT_TIMEOUT_S = 5.0  # how long a test waits for an event that should come
+RPC_TIMEOUT_S = 30.0  # deadline on every stream a test opens
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout=EVENT_TIMEOUT_S, interval=0.02) -> bool:
+    """Wait for a condition the code under test offers no event for."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+# -- a chat client for tests ---------------------------------------------------
+
+_END = object()
+
+
+class Conn:
+    """One Chat stream: `send` puts events on it; a thread collects replies."""
+
+    def __init__(self, address: str, first: pb.ClientEvent | None, timeout=RPC_TIMEOUT_S):
+        self.channel = grpc.insecure_channel(address)
+        self.stub = chat_pb2_grpc.ChatServiceStub(self.channel)
+        self._outbox: queue.Queue = queue.Queue()
+        self.events: queue.Queue = queue.Queue()  # ServerEvents, then the final RpcError/None
+        self.ended = threading.Event()
+        self.error: grpc.RpcError | None = None
+        if first is not None:
+            self._outbox.put(first)
+        self.call = self.stub.Chat(self._requests(), timeout=timeout)
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    def _requests(self):
+        while True:
+            event = self._outbox.get()
+            if event is _END:
+                return
+            yield event
+
+    def _receive(self):
+        try:
+            for event in self.call:
+                self.events.put(event)
+        except grpc.RpcError as error:
+            self.error = error
+        finally:
+            self.ended.set()
+
+    def send(self, event: pb.ClientEvent) -> None:
+        self._outbox.put(event)
+
+    def say(self, text: str, **fields) -> None:
+        self.send(pb.ClientEvent(chat_message=pb.ChatMessageEvent(message=text, **fields)))
+
+    def typing(self, kind) -> None:
+        self.send(pb.ClientEvent(typing_event=pb.TypingEvent(type=kind)))
+
+    def half_close(self) -> None:
+        self._outbox.put(_END)
+
+    def close(self) -> None:
+        self.call.cancel()
+        self._outbox.put(_END)
+        self.channel.close()
+
+    def next_event(self, kind: str | None = None, timeout=EVENT_TIMEOUT_S, where=None):
+        """The next event of `kind` (skipping others) that satisfies `where`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                event = self.events.get(timeout=max(0.0, left))
+            except queue.Empty:
+                raise AssertionError(f"no {kind or 'event'} within {timeout} s") from None
+            if kind is None or event.WhichOneof("event") == kind:
+                if where is None or where(getattr(event, kind) if kind else event):
+                    return event
+
+    def messages(self, count: int, timeout=EVENT_TIMEOUT_S) -> list:
+        return [self.next_event("chat_message", timeout).chat_message for _ in range(count)]
+
+    def wait_end(self, timeout=EVENT_TIMEOUT_S) -> grpc.StatusCode:
+        assert self.ended.wait(timeout), "stream did not end"
+        return self.error.code() if self.error else grpc.StatusCode.OK
+
+    def drain(self) -> list:
+        """Everything received so far, without waiting."""
+        out = []
+        while True:
+            try:
+                out.append(self.events.get_nowait())
+            except queue.Empty:
+                return out
+
+
+def join_event(name: str, last_seen_id: str = "") -> pb.ClientEvent:
+    return pb.ClientEvent(
+        user_event=pb.UserEvent(type=pb.USER_JOINED, username=name, last_seen_id=last_seen_id)
+    )
+
+
+def join(address: str, name: str, last_seen_id: str = "") -> Conn:
+    """Open a stream as `name` and wait until the server has announced the join."""
+    conn = Conn(address, join_event(name, last_seen_id))
+    conn.next_event("user_event", where=lambda e: e.username == name and e.type == pb.USER_JOINED)
+    return conn
+
+
+def health(address: str) -> pb.HealthCheckResponse:
+    with grpc.insecure_channel(address) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        return stub.HealthCheck(pb.HealthCheckRequest(), timeout=EVENT_TIMEOUT_S)
+
+
+# -- servers -------------------------------------------------------------------
+
+
+def _chat_threads() -> set:
+    """Threads the chat server starts per client (pool threads are reused)."""
+    return {t for t in threading.enumerate() if t.name.startswith("reader-")}
+
+
+@pytest.fixture
+def server_factory():
+    """Start in-process servers; on teardown fail on leftovers, then stop them."""
+    started = []
+
+    def start(store=None, **settings):
+        defaults = {"rate": None}  # most tests are not about the rate limit
+        server = create_server(
+            Settings(**{**defaults, **settings}), store or MemoryStore(), "127.0.0.1:0"
+        )
+        server.start()
+        server.address = f"127.0.0.1:{server.port}"
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        hub = server.servicer.hub
+        leftovers = wait_until(lambda h=hub: h.count() == 0 and not _chat_threads())
+        server.stop(grace_s=0.5)
+        assert leftovers, f"left behind: clients {hub.names()}, threads {_chat_threads()}"
+
+
+@pytest.fixture
+def server(server_factory):
+    return server_factory()
+
+
+class ServerProcess:
+    """`python server.py` as a subprocess, on a free port."""
+
+    def __init__(self, *args: str, env: dict | None = None):
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "server.py"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                *args,
+            ],  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+            cwd=ROOT,
+        )
+        self.banner = self.proc.stdout.readline()  # "chat server listening on ..."
+        if "listening" not in self.banner:
+            self.proc.kill()
+            raise AssertionError(f"server did not start: {self.banner}{self.proc.stderr.read()}")
+
+    def signal(self, sig=signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout=10) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            pipe.close()
+
+
+@pytest.fixture
+def server_process():
+    started = []
+
+    def start(*args, **kwargs):
+        process = ServerProcess(*args, **kwargs)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+# -- a private redis-server -------------------------------------------------------
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+class RedisProcess:
+    """A redis-server on a free port with append-only persistence in `directory`."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--logfile",
+                "redis.log",
+            ],  # fmt: skip
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        assert wait_until(self._answers, timeout=10), "redis-server did not start"
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def redis_proc(tmp_path):
+    if REDIS_SERVER is None:
+        raise AssertionError("redis-server is not installed (.ci/run installs it)")
+    process = RedisProcess(tmp_path)
+    process.start()
+    yield process
+    process.kill()
+
+
+def banner_port(line: str) -> int:
+    return int(re.search(r":(\d+);", line).group(1))
