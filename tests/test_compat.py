@@ -44,8 +44,15 @@ def test_original_contract_client_joins_chats_and_sees_typing(server, tmp_path: 
     """When a client knows only the original chat.proto, it joins, chats and sees typing."""
     proto = ROOT / "tests" / "original_chat.proto"
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", f"-I{proto.parent}", f"--python_out={tmp_path}",
-         f"--grpc_python_out={tmp_path}", proto.name],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{proto.parent}",
+            f"--python_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            proto.name,
+        ],  # fmt: skip
         check=True,
         timeout=30,
     )
@@ -72,8 +79,16 @@ def test_original_contract_client_joins_chats_and_sees_typing(server, tmp_path: 
 def test_committed_stubs_are_what_make_gen_produces(tmp_path: Path):
     """When chat.proto is compiled again, the committed stubs come out byte for byte."""
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-I.", f"--python_out={tmp_path}",
-         f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", "chat.proto"],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I.",
+            f"--python_out={tmp_path}",
+            f"--pyi_out={tmp_path}",
+            f"--grpc_python_out={tmp_path}",
+            "chat.proto",
+        ],  # fmt: skip
         check=True,
         timeout=30,
         cwd=ROOT,

@@ -69,7 +69,7 @@ def test_control_characters_are_stripped_before_fan_out(server):
 
 
 def test_empty_overlong_and_control_only_messages_are_refused_and_not_stored(server_factory):
-    """When a message is empty after cleaning or too long, only the sender hears, nothing is kept."""
+    """When a message is empty or too long, only the sender is told; nothing is kept."""
     server = server_factory(max_message_chars=10)
     alice, bob = join(server.address, "alice"), join(server.address, "bob")
     for bad in ["", "   ", "\x1b\x07\u200b", "x" * 11]:
@@ -85,7 +85,7 @@ def test_empty_overlong_and_control_only_messages_are_refused_and_not_stored(ser
 
 
 def test_rate_limited_message_is_refused_with_retry_time_and_not_stored(server_factory):
-    """When a client sends past its burst, the extra message is dropped and it is told when to retry."""
+    """When a client sends past its burst, the extra is dropped; it is told when to retry."""
     server = server_factory(rate=0.5, burst=2)
     alice, bob = join(server.address, "alice"), join(server.address, "bob")
     for n in range(3):
@@ -131,9 +131,7 @@ def test_closed_channel_sends_user_left_and_frees_everything(server):
     left = alice.next_event("user_event", where=lambda e: e.type == pb.USER_LEFT)
     assert left.user_event.username == "bob"
     assert wait_until(lambda: health(server.address).active_clients == 1)
-    assert wait_until(
-        lambda: not [t for t in threading.enumerate() if t.name == "reader-bob"]
-    )
+    assert wait_until(lambda: not [t for t in threading.enumerate() if t.name == "reader-bob"])
     alice.close()
     assert wait_until(lambda: health(server.address).active_clients == 0)
 
