@@ -1,0 +1,228 @@
+"""The client's screen: how server events look, and the input line on a terminal.
+
+client.py is the protocol side (the Chat call, reconnects, piped input);
+this file is what the user sees and types. `Renderer` turns each
+`ServerEvent` into one line of text; `Prompt` is the prompt_toolkit input
+line that keeps those lines above it and shows who is typing below it.
+
+The receive thread calls `Renderer.show` for every event while the main
+thread reads input, so the renderer's lock serialises output and guards the
+set of people typing. NOTE: everything received is passed through
+`sanitize.clean_text` before it is printed. The server cleans text too, but
+a client must not trust whatever it connects to: the only escape codes that
+ever reach the terminal are this file's own colours.
+"""
+
+import asyncio
+import os
+import threading
+import time
+import zlib
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.patch_stdout import patch_stdout
+from prompt_toolkit.styles import Style
+
+import chat_pb2 as pb
+from sanitize import clean_text
+
+PROMPT = "> "
+TYPING_IDLE_S = 2.0  # no keystroke for this long: we stopped typing (SPEC §4)
+
+# SGR colour codes (ESC [ code m). Names get one of PALETTE, picked by a
+# hash of the name, so "alice" has the same colour in every client and run.
+PALETTE = ("31", "32", "33", "34", "35", "36", "91", "92", "93", "94", "95", "96")
+DIM = "2"
+WARN = "1;33"  # bold yellow: notices that something went wrong
+HISTORY_MARK = "[history] "  # before replayed messages; "[alice] hi" stays greppable
+
+# The typing line is a plain bottom line, not prompt_toolkit's reversed bar.
+TOOLBAR_STYLE = Style.from_dict({"bottom-toolbar": "noreverse"})
+
+
+def use_colour(stream) -> bool:
+    """Colours on a terminal only, and never when NO_COLOR is set (no-color.org)."""
+    return stream.isatty() and not os.environ.get("NO_COLOR")
+
+
+def name_colour(name: str) -> str:
+    """The colour of `name`: crc32, not hash(), which changes from run to run."""
+    return PALETTE[zlib.crc32(name.encode()) % len(PALETTE)]
+
+
+class Renderer:
+    """Prints server events as lines; keeps who is typing for the typing line."""
+
+    def __init__(self, me: str, colour=False, timestamps=False, show_typing=True):
+        self.me = me
+        self.colour = colour
+        self.timestamps = timestamps
+        self.show_typing = show_typing  # off when piped: a plain stream cannot unprint
+        self.on_typing_change = lambda: None  # the Prompt sets this to repaint
+        self._lock = threading.Lock()  # serialises printing; guards _typing
+        self._typing: dict[str, None] = {}  # names typing now, first starter first
+
+    def paint(self, text: str, sgr: str) -> str:
+        return f"\x1b[{sgr}m{text}\x1b[0m" if self.colour else text
+
+    def show(self, event: pb.ServerEvent) -> None:
+        """Print one event from the server (called on the receive thread)."""
+        kind = event.WhichOneof("event")
+        if kind is not None:
+            getattr(self, f"_show_{kind}")(getattr(event, kind))
+
+    def notice(self, text: str) -> None:
+        """A line from the client itself, e.g. "* reconnecting...\""""
+        self._print(self.paint(f"* {text}", DIM))
+
+    def problem(self, text: str) -> None:
+        self._print(self.paint(f"! {text}", WARN))
+
+    def typing_line(self) -> str:
+        """ "* alice, bob typing..." or "" when nobody is."""
+        with self._lock:
+            names = list(self._typing)
+        return f"* {', '.join(names)} typing..." if names else ""
+
+    def clear_typing(self) -> None:
+        """Forget who was typing (the call dropped: no TYPING_STOP will come)."""
+        with self._lock:
+            self._typing.clear()
+        self.on_typing_change()
+
+    # -- one method per kind of event (the oneof's field names) -------------
+
+    def _show_chat_message(self, m: pb.ChatMessageEvent) -> None:
+        name = clean_text(m.username)
+        who = self.paint("you" if name == self.me else name, name_colour(name))
+        mark = self.paint(HISTORY_MARK, DIM) if m.replay else ""
+        self._print(f"{mark}[{who}] {clean_text(m.message)}", m.timestamp)
+
+    def _show_user_event(self, e: pb.UserEvent) -> None:
+        verb = {pb.USER_JOINED: "joined", pb.USER_LEFT: "left"}.get(e.type)
+        if verb is None:
+            return
+        name = clean_text(e.username)
+        if e.type == pb.USER_LEFT:
+            self._set_typing(name, False)
+        who = self.paint(name, name_colour(name))
+        star, what = self.paint("*", DIM), self.paint(f"{verb} the chat", DIM)
+        self._print(f"{star} {who} {what}", e.timestamp)
+
+    def _show_typing_event(self, e: pb.TypingEvent) -> None:
+        self._set_typing(clean_text(e.username), e.type == pb.TYPING_START)
+
+    def _show_system_event(self, e: pb.SystemEvent) -> None:
+        text = clean_text(e.message)
+        if e.code == pb.SYSTEM_INFO:
+            self._print(self.paint(f"* {text}", DIM), e.timestamp)
+        else:  # refused, rate limited, shutting down: the user should notice
+            self._print(self.paint(f"! {text}", WARN), e.timestamp)
+
+    # -- output -----------------------------------------------------------
+
+    def _set_typing(self, name: str, typing: bool) -> None:
+        if not self.show_typing:
+            return
+        with self._lock:
+            if typing == (name in self._typing):
+                return  # not a change
+            if typing:
+                self._typing[name] = None
+            else:
+                del self._typing[name]
+        self.on_typing_change()
+
+    def _print(self, line: str, timestamp: int = 0) -> None:
+        if self.timestamps:
+            clock = time.strftime("%H:%M", time.localtime(timestamp or time.time()))
+            line = f"{self.paint(clock, DIM)} {line}"
+        with self._lock:  # print looks up sys.stdout now: prompt_toolkit may have patched it
+            print(line, flush=True)
+
+
+class Interrupted(Exception):
+    """`Prompt.read` was ended from another thread (the chat call ended)."""
+
+
+class Prompt:
+    """The input line on a terminal, with the typing line below it.
+
+    Lines printed while a read is in progress appear above the input line,
+    which is redrawn with whatever was half-typed. Each keystroke that
+    changes the line reports typing (True) once; a cleared line, a sent line
+    or TYPING_IDLE_S without a keystroke reports False. Only changes are
+    reported. Everything here runs on the main thread except `interrupt`.
+    """
+
+    def __init__(self, renderer: Renderer, on_typing):
+        self._on_typing = on_typing  # called with True/False on each change
+        self._typing = False
+        self._idle = None  # asyncio TimerHandle that reports False after TYPING_IDLE_S
+        self._session = PromptSession(
+            bottom_toolbar=renderer.typing_line, style=TOOLBAR_STYLE, erase_when_done=True
+        )
+        self._session.default_buffer.on_text_changed += self._text_changed
+        renderer.on_typing_change = self._session.app.invalidate  # thread-safe repaint
+
+    def patch_stdout(self):
+        """While in this context, print() lands above the input line (escape codes kept)."""
+        return patch_stdout(raw=True)
+
+    def read(self, default: str = "", interrupted=lambda: False) -> str:
+        """One line. Raises EOFError (Ctrl-D), KeyboardInterrupt (Ctrl-C), Interrupted.
+
+        `interrupted` is checked once the prompt is up, so an `interrupt()`
+        that came while no read was running is not missed.
+        """
+        try:
+            return self._session.prompt(
+                PROMPT, default=default, pre_run=lambda: interrupted() and self._exit()
+            )
+        finally:
+            self._stop_typing()
+
+    @property
+    def partial(self) -> str:
+        """What was on the input line when the last read ended."""
+        return self._session.default_buffer.text
+
+    def forget_typing(self) -> None:
+        """A new call starts with nobody typing: do not report the stop."""
+        self._typing = False
+
+    def interrupt(self) -> None:
+        """From any thread: end the current read with Interrupted."""
+        app = self._session.app
+        loop = app.loop
+        if app.is_running and loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._exit)
+            except RuntimeError:
+                pass  # the loop closed meanwhile: the next read's check catches it
+
+    def _exit(self) -> None:
+        """On the prompt's event loop: end the read if it is still going."""
+        future = self._session.app.future
+        if future is not None and not future.done():
+            self._session.app.exit(exception=Interrupted())
+
+    def _text_changed(self, buffer) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # the line was reset between reads, not typed
+        self._set_typing(bool(buffer.text))  # cancels the idle timer
+        if buffer.text:
+            self._idle = loop.call_later(TYPING_IDLE_S, self._stop_typing)
+
+    def _stop_typing(self) -> None:
+        self._set_typing(False)
+
+    def _set_typing(self, typing: bool) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if typing != self._typing:
+            self._typing = typing
+            self._on_typing(typing)
