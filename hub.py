@@ -88,13 +88,44 @@ def message_event(m: Message, replay: bool = False) -> pb.ServerEvent:
     )
 
 
+class Alone:
+    """The single-server case: no one to share with, nothing to do."""
+
+    def claim(self, name: str) -> str | None:
+        return ""  # always granted; the hub checks names online here
+
+    def release(self, name: str, claim: str) -> None:
+        pass
+
+    def online(self, local_names: list[str]) -> list[str]:
+        return local_names
+
+    def publish(self, kind: str, name: str, typing: int = 0) -> None:
+        pass
+
+    def start(self, hub) -> None:
+        pass
+
+    def close(self, local_names: list[str]) -> None:
+        pass
+
+
 class Hub:
     """The registry of online clients and the fan-out to their queues."""
 
-    def __init__(self, store, timers: Timers, typing_silence_s: float = TYPING_SILENCE_S):
+    def __init__(
+        self,
+        store,
+        timers: Timers,
+        cluster=None,
+        typing_silence_s: float = TYPING_SILENCE_S,
+        evict_grace_s: float = EVICT_GRACE_S,
+    ):
         self.store = store
+        self.cluster = cluster or Alone()  # the other servers, if any (cluster.py)
         self._timers = timers
         self._typing_silence_s = typing_silence_s
+        self._evict_grace_s = evict_grace_s
         self._lock = threading.Lock()  # guards _clients and the order of every broadcast
         self._clients: dict[str, Client] = {}
 
@@ -109,14 +140,13 @@ class Hub:
     # -- joining and leaving ----------------------------------------------
 
     def join(self, client: Client) -> None:
-        """Register `client`, announce it to all, tell it who is online."""
+        """Register `client` and announce it to all, here and on other servers."""
         with self._lock:
             if client.name in self._clients:
                 raise NameTaken(client.name)
             self._clients[client.name] = client
             self._broadcast_locked(user_event(pb.USER_JOINED, client.name))
-            online = ", ".join(sorted(self._clients))
-            self._put_locked(client, system_event(f"online ({len(self._clients)}): {online}"))
+            self.cluster.publish("joined", client.name)
 
     def leave(self, client: Client, ending: str) -> bool:
         """Remove `client` if still registered, tell the rest; wake its generator.
@@ -137,6 +167,7 @@ class Hub:
         del self._clients[client.name]
         self._stop_typing_locked(client)
         self._broadcast_locked(user_event(pb.USER_LEFT, client.name))
+        self.cluster.publish("left", client.name)
 
     # -- what clients say ---------------------------------------------------
 
@@ -154,8 +185,27 @@ class Hub:
                 return None
             self._stop_typing_locked(client)
             message = self.store.append(client.name, text, now_s())
-            self._broadcast_locked(message_event(message))
+            if message is not None:  # else the store delivers it, in the stream's order
+                self._broadcast_locked(message_event(message))
         return message
+
+    def deliver(self, messages: list[Message]) -> None:
+        """Store thread: fan out messages that came back from the stream, in order."""
+        with self._lock:
+            for message in messages:
+                self._broadcast_locked(message_event(message))
+
+    def remote_event(self, kind: str, name: str, typing=0) -> None:
+        """Cluster thread: another server's user joined, left, or typed."""
+        if kind == "typing":
+            event = pb.ServerEvent(
+                typing_event=pb.TypingEvent(username=name, timestamp=now_s(), type=typing)
+            )
+        else:
+            event = user_event(pb.USER_JOINED if kind == "joined" else pb.USER_LEFT, name)
+        with self._lock:
+            if name not in self._clients:  # never about one of ours
+                self._broadcast_locked(event)
 
     def typing(self, client: Client, kind) -> None:
         """Forward a change of typing state to everyone else; drop repeats."""
@@ -171,6 +221,7 @@ class Hub:
                 )
                 if not was_typing:
                     self._broadcast_locked(self._typing_event(client, pb.TYPING_START), client)
+                    self.cluster.publish("typing", client.name, pb.TYPING_START)
             elif kind == pb.TYPING_STOP:
                 self._stop_typing_locked(client)
 
@@ -186,6 +237,7 @@ class Hub:
         client.typing_timer.cancel()
         client.typing_timer = None
         self._broadcast_locked(self._typing_event(client, pb.TYPING_STOP), client)
+        self.cluster.publish("typing", client.name, pb.TYPING_STOP)
 
     @staticmethod
     def _typing_event(client: Client, kind) -> pb.ServerEvent:
@@ -216,7 +268,7 @@ class Hub:
                 log.warning("evicting %s: %d events behind", client.name, client.queue.qsize())
                 client.ending = EVICTED
                 self._remove_locked(client)
-                self._timers.schedule(EVICT_GRACE_S, client.cancel)
+                self._timers.schedule(self._evict_grace_s, client.cancel)
 
     def _put_locked(self, client: Client, event: pb.ServerEvent) -> None:
         if not self._put(client, event):

@@ -59,12 +59,16 @@ MAX_INBOUND_BYTES = 64 * 1024  # bigger requests are refused by gRPC itself (SPE
 # without closing their connection (SPEC §3.5): the server pings an idle
 # connection every KEEPALIVE_TIME_MS and drops it if no ack comes back
 # within KEEPALIVE_TIMEOUT_MS, so a dead peer is gone within ~20 s.
+# NOTE: grpc core (1.5x+) waits for a keepalive ack for `ping_timeout_ms`,
+# default one minute, not `keepalive_timeout_ms`: set both, or a dead peer
+# lingers for 70 s.
 KEEPALIVE_TIME_MS = 10_000
 KEEPALIVE_TIMEOUT_MS = 10_000
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_INBOUND_BYTES),
     ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ("grpc.keepalive_permit_without_calls", 1),  # ping even with no call open
     ("grpc.http2.max_pings_without_data", 0),  # 0 = no limit on pings between data
     # Accept client pings as often as every 5 s (clients ping every 10 s).
@@ -82,12 +86,17 @@ class ChatServer:
     port: int
 
     def start(self) -> None:
+        hub = self.servicer.hub
+        hub.store.start(hub.deliver)  # Redis: the writer and the stream follower
+        hub.cluster.start(hub)  # Redis: presence and live events of other servers
         self.grpc_server.start()
 
     def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         """Tell every client, refuse new calls, drain, flush the store."""
         self.health.enter_graceful_shutdown()
         stopped = self.grpc_server.stop(grace_s)  # refuses new calls at once
+        hub = self.servicer.hub
+        hub.cluster.close(hub.names())  # our users leave the other servers' rooms
         self.servicer.shut_down()  # SHUTTING_DOWN to all, then each stream drains
         stopped.wait(grace_s + 1)
         self.servicer.close()  # timers, and the store's pending writes
@@ -98,15 +107,27 @@ def create_server(
     store,
     address: str = "[::]:0",
     timers: Timers | None = None,
+    options: list[tuple[str, int]] | None = None,
+    cluster=None,
 ) -> ChatServer:
-    """Build a chat server on `address` (port 0 picks a free port); do not start it."""
+    """Build a chat server on `address` (port 0 picks a free port); do not start it.
+
+    `options` override SERVER_OPTIONS key by key (tests shorten keepalive).
+    `cluster` shares names and live events with other servers (cluster.py).
+    """
     timers = timers or Timers()
-    hub = Hub(store, timers, typing_silence_s=settings.typing_silence_s)
+    hub = Hub(
+        store,
+        timers,
+        cluster,
+        typing_silence_s=settings.typing_silence_s,
+        evict_grace_s=settings.evict_grace_s,
+    )
     servicer = session.ChatServicer(hub, timers, settings)
     pool_threads = settings.max_clients + UNARY_HEADROOM_THREADS
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=pool_threads, thread_name_prefix="grpc-pool"),
-        options=SERVER_OPTIONS,
+        options=list({**dict(SERVER_OPTIONS), **dict(options or [])}.items()),
         maximum_concurrent_rpcs=pool_threads,  # beyond: RESOURCE_EXHAUSTED, never a wait
     )
     chat_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
@@ -164,8 +185,13 @@ def main(host, port, redis_url, history, history_max, rate, burst, no_rate_limit
         store = open_store(redis_url, history_max)
     except StoreUnavailable as error:
         raise click.ClickException(str(error)) from None
+    cluster = None
+    if redis_url:  # every server on this Redis is one chat server (SPEC §7)
+        from cluster import Cluster
+
+        cluster = Cluster(store.redis, store.server_id)
     try:
-        server = create_server(settings, store, f"{host}:{port}")
+        server = create_server(settings, store, f"{host}:{port}", cluster=cluster)
     except RuntimeError as error:  # grpc cannot bind the port
         store.close()
         raise click.ClickException(f"cannot listen on {host}:{port}: {error}") from None

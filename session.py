@@ -7,7 +7,8 @@ life of one `Chat` call:
 1. take a client slot (`--max-clients`), else RESOURCE_EXHAUSTED at once;
 2. read the first event: it must be a valid USER_JOINED, else
    INVALID_ARGUMENT (or ALREADY_EXISTS for a name online);
-3. register with the hub, then replay history (the `replay` flag set);
+3. claim the name, register with the hub, then replay history (the
+   `replay` flag set);
 4. start the reader thread, which validates, rate-limits and forwards what
    the client says;
 5. drain the client's queue into the response stream until the client ends.
@@ -47,6 +48,8 @@ class Settings:
     max_clients: int = 512
     typing_silence_s: float = hubs.TYPING_SILENCE_S
     join_timeout_s: float = JOIN_TIMEOUT_S
+    queue_max_events: int = hubs.QUEUE_MAX_EVENTS  # a client this far behind is evicted
+    evict_grace_s: float = hubs.EVICT_GRACE_S  # then cut off if its stream stays stuck
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
@@ -89,13 +92,10 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         joined = self._read_join(request_iterator, context)
         if joined is None:
             return  # the call was cancelled before a join
-        client = Client(joined.username, cancel=context.cancel)
-        try:
-            self.hub.join(client)
-        except NameTaken:
-            log.info("refused %s: name already online", client.name)
-            context.abort(grpc.StatusCode.ALREADY_EXISTS, f"{client.name} is already online")
-        log.info("%s joined (%d online)", client.name, self.hub.count())
+        client = Client(
+            joined.username, cancel=context.cancel, queue_max=self._settings.queue_max_events
+        )
+        claim = self._join(client, context)
         context.add_callback(lambda: self.hub.leave(client, hubs.GONE))
         try:
             replayed = self._history(client, joined.last_seen_id)
@@ -106,7 +106,25 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             yield from self._drain(client, context, replayed[-1].id if replayed else None)
         finally:
             self.hub.leave(client, hubs.GONE)  # a no-op if the reader or hub got there first
+            self.hub.cluster.release(client.name, claim)
             log.info("%s left (%s)", client.name, client.ending)
+
+    def _join(self, client: Client, context) -> str:
+        """Step 3a: claim the name (on every server), register, say who is online."""
+        claim = self.hub.cluster.claim(client.name)
+        try:
+            if claim is None:
+                raise NameTaken(client.name)
+            self.hub.join(client)
+        except NameTaken:
+            if claim is not None:
+                self.hub.cluster.release(client.name, claim)
+            log.info("refused %s: name already online", client.name)
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, f"{client.name} is already online")
+        online = self.hub.cluster.online(self.hub.names())
+        self.hub.tell(client, system_event(f"online ({len(online)}): {', '.join(online)}"))
+        log.info("%s joined (%d online here)", client.name, self.hub.count())
+        return claim
 
     def _read_join(self, request_iterator, context) -> pb.UserEvent | None:
         """Step 2: the first event, checked. Aborts the call if it is wrong."""

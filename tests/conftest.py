@@ -166,10 +166,13 @@ def server_factory():
     """Start in-process servers; on teardown fail on leftovers, then stop them."""
     started = []
 
-    def start(store=None, **settings):
+    def start(store=None, options=None, **settings):
         defaults = {"rate": None}  # most tests are not about the rate limit
         server = create_server(
-            Settings(**{**defaults, **settings}), store or MemoryStore(), "127.0.0.1:0"
+            Settings(**{**defaults, **settings}),
+            store or MemoryStore(),
+            "127.0.0.1:0",
+            options=options,
         )
         server.start()
         server.address = f"127.0.0.1:{server.port}"

@@ -2,10 +2,11 @@
 
 import pytest
 import redis
-from conftest import Conn, join, join_event
+from conftest import Conn, join, join_event, wait_until
 
 import chat_pb2 as pb
-from store import STREAM_KEY, MemoryStore, RedisStore, id_key
+from redis_store import STREAM_KEY, RedisStore
+from store import MemoryStore, id_key
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -107,21 +108,42 @@ def test_redis_history_survives_a_server_restart(server_factory, redis_proc):
     bob.close()
 
 
+class Delivered(list):
+    """A store's delivery callback that keeps what it was given."""
+
+    def __call__(self, messages):
+        self.extend(messages)
+
+
+def append_delivered(store, count: int, chunk: int = 50) -> list:
+    """Append `count` messages, `chunk` at a time; return them as delivered."""
+    delivered = Delivered()
+    store.start(delivered)
+    for n in range(count):
+        message = store.append("alice", f"m{n}", 1)
+        if message is not None:
+            delivered.append(message)
+        if n % chunk == chunk - 1:
+            assert wait_until(lambda n=n: len(delivered) > n), f"{len(delivered)} of {n + 1}"
+    assert wait_until(lambda: len(delivered) >= count), f"{len(delivered)} of {count} delivered"
+    return delivered
+
+
 def test_redis_stream_holds_each_message_under_its_delivered_id(redis_proc):
-    """When messages are appended, the stream gets them in order, capped near the maximum."""
+    """When messages are appended, the stream has them in order, ids as delivered, capped."""
     store = RedisStore(redis_proc.url, max_messages=100)
-    sent = [store.append("alice", f"m{n}", 1) for n in range(300)]
-    store.close()  # flushes
+    sent = append_delivered(store, 300)
+    store.close()
     client = redis.Redis.from_url(redis_proc.url, decode_responses=True)
     entries = client.xrange(STREAM_KEY)
     assert 100 <= len(entries) < 300  # MAXLEN ~ trims whole nodes, roughly
     assert [e[0] for e in entries] == [m.id for m in sent[-len(entries) :]]
-    assert entries[-1][1] == {"username": "alice", "message": "m299", "timestamp": "1"}
+    assert [m.text for m in sent] == [f"m{n}" for n in range(300)]
+    assert entries[-1][1]["message"] == "m299" and entries[-1][1]["username"] == "alice"
     client.close()
 
 
 def test_store_ids_are_unique_and_increasing(make_store):
-    """When many messages arrive in one millisecond, their ids still increase."""
-    store = make_store()
-    ids = [store.append("a", "x", 1).id for _ in range(500)]
-    assert ids == sorted(ids, key=id_key) == sorted(ids) and len(set(ids)) == 500
+    """When many messages arrive at once, their ids still increase."""
+    ids = [m.id for m in append_delivered(make_store(), 500)]
+    assert ids == sorted(ids, key=id_key) and len(set(ids)) == 500
