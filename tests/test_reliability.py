@@ -207,7 +207,7 @@ def test_channel_closed_abruptly_is_user_left(server_factory):
 
 
 def test_dead_peer_is_found_by_keepalive_and_user_left(server_factory):
-    """When a peer's network goes silent without closing, keepalive drops it and USER_LEFT is sent."""
+    """When a peer goes silent without closing, keepalive drops it and the rest get USER_LEFT."""
     server = server_factory(options=FAST_KEEPALIVE)
     proxy = Proxy(server.port)
     alice, bob = join(server.address, "alice"), join(proxy.address, "bob")
