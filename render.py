@@ -3,7 +3,7 @@
 client.py is the protocol side (the Chat call, reconnects, piped input);
 this file is what the user sees and types. `Renderer` turns each
 `ServerEvent` into one line of text; `Prompt` is the prompt_toolkit input
-line that keeps those lines above it and shows who is typing below it.
+line that keeps those lines above it, with who is typing just over it.
 
 The receive thread calls `Renderer.show` for every event while the main
 thread reads input, so the renderer's lock serialises output and guards the
@@ -21,7 +21,6 @@ import zlib
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.patch_stdout import patch_stdout
-from prompt_toolkit.styles import Style
 
 import chat_pb2 as pb
 from sanitize import clean_text
@@ -35,9 +34,6 @@ PALETTE = ("31", "32", "33", "34", "35", "36", "91", "92", "93", "94", "95", "96
 DIM = "2"
 WARN = "1;33"  # bold yellow: notices that something went wrong
 HISTORY_MARK = "[history] "  # before replayed messages; "[alice] hi" stays greppable
-
-# The typing line is a plain bottom line, not prompt_toolkit's reversed bar.
-TOOLBAR_STYLE = Style.from_dict({"bottom-toolbar": "noreverse"})
 
 
 def use_colour(stream) -> bool:
@@ -146,7 +142,7 @@ class Interrupted(Exception):
 
 
 class Prompt:
-    """The input line on a terminal, with the typing line below it.
+    """The input line on a terminal, with the typing line above it.
 
     Lines printed while a read is in progress appear above the input line,
     which is redrawn with whatever was half-typed. Each keystroke that
@@ -159,8 +155,11 @@ class Prompt:
         self._on_typing = on_typing  # called with True/False on each change
         self._typing = False
         self._idle = None  # asyncio TimerHandle that reports False after TYPING_IDLE_S
+        # The typing line sits just above the input line, part of the prompt.
+        # NOTE: not prompt_toolkit's bottom_toolbar, which is only drawn once
+        # the terminal has answered a cursor-position query; some never do.
         self._session = PromptSession(
-            bottom_toolbar=renderer.typing_line, style=TOOLBAR_STYLE, erase_when_done=True
+            lambda: f"{renderer.typing_line()}\n{PROMPT}", erase_when_done=True
         )
         self._session.default_buffer.on_text_changed += self._text_changed
         renderer.on_typing_change = self._session.app.invalidate  # thread-safe repaint
@@ -177,7 +176,7 @@ class Prompt:
         """
         try:
             return self._session.prompt(
-                PROMPT, default=default, pre_run=lambda: interrupted() and self._exit()
+                default=default, pre_run=lambda: interrupted() and self._exit()
             )
         finally:
             self._stop_typing()
