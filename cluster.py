@@ -174,7 +174,11 @@ class Cluster:
             if _server_of(c) == self.server_id
         }
         for name, token in claims.items():
-            if name not in held and not self._redis.hsetnx(NAMES_KEY, name, token):
+            if name in held:
+                continue
+            if self._redis.hsetnx(NAMES_KEY, name, token):
+                self.publish("joined", name)  # others may have reaped us as dead meanwhile
+            else:
                 log.warning("%s was claimed elsewhere during a Redis outage", name)
         for name, token in held.items():
             if claims.get(name) != token:

@@ -31,6 +31,10 @@ class Proxy:
         """From now on, drop everything silently; close nothing."""
         self._forwarding.clear()
 
+    def restore(self) -> None:
+        """Forward again (bytes dropped meanwhile stay lost)."""
+        self._forwarding.set()
+
     def close(self) -> None:
         with self._lock:
             sockets, threads = list(self._sockets), list(self._threads)
