@@ -9,25 +9,20 @@ how each event looks, and the input line on a terminal.
                     at the end: Link.error, Link.ended, Chat.on_down()
 
 The receive thread only drains and reports; the main thread decides what an
-ending means (leave, report an error, or reconnect). The threads share only
-these, each safe across threads:
-
-- `Link.outbox`, a queue.Queue: what to send, consumed by gRPC's own thread;
-- `Link.answered`, `Link.ended` (threading.Event) and `Link.error`, which
-  is written before `ended` is set;
-- `Chat.acks`, a queue.Queue (piped input only): our echoes, refusals, DOWN;
-- the Renderer, whose lock serialises output;
-- `Chat.last_seen_id` and `Chat.shutting_down`, written by the receive
-  thread; the main thread reads them only after `Link.ended` is set.
+ending means (leave, report an error, or reconnect). NOTE: the threads share
+only thread-safe things: the queues `Link.outbox` (to gRPC's sending
+thread) and `Chat.acks` (our echoes and refusals, piped input only); the
+Events `Link.answered` and `Link.ended` (`Link.error` is written before
+`ended` is set); the Renderer, whose lock serialises output. The receive
+thread also writes `Chat.last_seen_id` and `Chat.shutting_down`; the main
+thread reads them only after `Link.ended` is set.
 
 Reconnect: a call that drops without a SHUTTING_DOWN notice is reopened with
 backoff, joining with `last_seen_id` so the server sends exactly what was
 missed; ids already shown are skipped, so nothing appears twice.
 """
 
-import os
 import queue
-import re
 import sys
 import threading
 import time
@@ -37,7 +32,7 @@ import grpc
 
 import chat_pb2 as pb
 import chat_pb2_grpc
-from render import Interrupted, Prompt, Renderer, use_colour
+from render import EOF, Prompt, Renderer, ask_name, read_lines, use_colour
 from sanitize import NAME_RULE, clean_text, is_valid_name
 from store import id_key
 
@@ -46,8 +41,7 @@ CONNECT_TIMEOUT_S = 3.0  # no connection by then: "cannot reach" (or the next re
 JOIN_TIMEOUT_S = 5.0  # connected, but the server has not confirmed our join
 CLOSE_TIMEOUT_S = 1.0  # on leaving, wait this long for the server to end the call
 ECHO_TIMEOUT_S = 5.0  # piped input: wait this long for a line to come back to us
-RATE_RETRY_MIN_S = 0.1  # piped input: a rate-limited line waits at least this ("0.0 s")
-RATE_RETRY_MAX_S = 10.0  # ... and at most this, whatever the server says
+RATE_RETRY_S = 0.5  # piped input: wait this long before resending a rate-limited line
 RECONNECT_FIRST_WAIT_S = 0.25  # backoff before the first attempt, doubling each time
 RECONNECT_MAX_WAIT_S = 5.0  # ... up to this
 RECONNECT_GIVE_UP_S = 60.0  # then give up, one error line, exit 1
@@ -68,10 +62,7 @@ CHANNEL_OPTIONS = [
 ]
 
 END = object()  # in Link.outbox: half-close the call
-DOWN = object()  # in a main-thread queue: the call ended, look at it
-EOF = object()  # in the lines queue: stdin is exhausted
-COMMANDS = {"/help": "list these commands", "/quit": "leave the chat (Ctrl-D does too)"}
-RETRY_IN = re.compile(r"retry in (\d+(?:\.\d+)?) s")
+DOWN = object()  # in a main-thread queue: a call ended, look at it
 
 
 class ChatError(click.ClickException):
@@ -251,31 +242,18 @@ def describe(error) -> str:
 # -- piped input ----------------------------------------------------------------
 
 
-def read_lines(fd: int, lines: queue.Queue) -> None:
-    """The stdin thread: each input line into `lines`, then EOF.
-
-    Reads the file descriptor with os.read, not sys.stdin: a daemon thread
-    still blocked inside sys.stdin's buffer when the program exits would
-    make the interpreter abort on its lock.
-    """
-    pending = b""
-    while chunk := os.read(fd, 65536):
-        *complete, pending = (pending + chunk).split(b"\n")
-        for raw in complete:
-            lines.put(raw.decode(errors="replace"))
-    if pending:
-        lines.put(pending.decode(errors="replace"))
-    lines.put(EOF)
-
-
-def run_pipe(chat: Chat, lines: queue.Queue) -> None:
-    """Send each input line in order, each confirmed by its echo; /quit or EOF ends."""
+def run_pipe(chat: Chat) -> None:
+    """Send each stdin line in order, each confirmed by its echo; /quit or EOF ends."""
+    lines: queue.Queue = queue.Queue()  # stdin thread: lines, then EOF; receive thread: DOWN
+    chat.on_down = lambda: lines.put(DOWN)
+    chat.connect()
+    threading.Thread(target=read_lines, args=(sys.stdin.fileno(), lines), daemon=True).start()
     while (line := lines.get()) is not EOF:
         if line is DOWN:
             chat.recover()
         elif line.strip() == "/quit":
             return
-        elif not command(line.strip(), chat.renderer) and clean_text(line):
+        elif not chat.renderer.command(line.strip()) and clean_text(line):
             deliver(chat, line)
 
 
@@ -291,7 +269,7 @@ def deliver(chat: Chat, text: str) -> None:
         if isinstance(answer, pb.SystemEvent):
             if answer.code != pb.RATE_LIMITED:
                 return  # refused for good (empty, too long); the notice says why
-            time.sleep(retry_after_s(answer.message))
+            time.sleep(RATE_RETRY_S)  # not the notice's "retry in": text is for people
         elif answer is DOWN:
             if not chat.recover():
                 continue  # a DOWN from an earlier call: this one is fine
@@ -303,13 +281,6 @@ def deliver(chat: Chat, text: str) -> None:
         deadline = time.monotonic() + ECHO_TIMEOUT_S
 
 
-def retry_after_s(notice: str) -> float:
-    """The wait a RATE_LIMITED notice asks for ("retry in 0.8 s"), within reason."""
-    match = RETRY_IN.search(notice)
-    wait_s = float(match[1]) if match else 1.0
-    return min(max(wait_s, RATE_RETRY_MIN_S), RATE_RETRY_MAX_S)
-
-
 def next_answer(answers: queue.Queue, deadline: float):
     try:
         return answers.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -318,83 +289,10 @@ def next_answer(answers: queue.Queue, deadline: float):
 
 
 def drain(answers: queue.Queue) -> list:
-    out = []
-    while not answers.empty():
-        out.append(answers.get_nowait())
-    return out
-
-
-# -- on a terminal --------------------------------------------------------------
-
-
-def run_interactive(chat: Chat, prompt: Prompt) -> None:
-    """Read lines until /quit; a dropped call is rejoined, keeping the half-typed line."""
-    keep = ""
-    while True:
-        try:
-            line = prompt.read(default=keep, interrupted=chat.link.ended.is_set)
-        except Interrupted:
-            line = None
-        keep = ""
-        if chat.link.ended.is_set():  # dropped: the line was not sent; keep it
-            keep = prompt.partial if line is None else line
-            chat.recover()
-            prompt.forget_typing()
-        elif line is None:
-            continue  # interrupted by an earlier call's end
-        elif line.strip() == "/quit":
-            return
-        elif not command(line.strip(), chat.renderer) and clean_text(line):
-            chat.say(line)
-
-
-def command(word: str, renderer: Renderer) -> bool:
-    """Run `word` if it is a /command other than /quit; True if it was one."""
-    if not word.startswith("/"):
-        return False
-    if word == "/help":
-        for name, what in COMMANDS.items():
-            renderer.notice(f"{name}  {what}")
-    else:
-        renderer.problem(f"unknown command {word}: try /help")
-    return True
+    return [answers.get_nowait() for _ in range(answers.qsize())]  # only main reads it
 
 
 # -- the command line -------------------------------------------------------------
-
-
-def ask_name() -> str:
-    def check(name: str) -> str:
-        if not is_valid_name(name):
-            raise click.BadParameter(f"use {NAME_RULE}")
-        return name
-
-    return click.prompt("name", value_proc=check)
-
-
-def chat_on_terminal(address: str, name: str, renderer: Renderer) -> None:
-    chat = Chat(address, name, renderer)
-    prompt = Prompt(renderer, chat.typing)
-    chat.on_down = prompt.interrupt
-    with prompt.patch_stdout():
-        try:
-            chat.connect()
-            run_interactive(chat, prompt)
-        finally:
-            chat.close()
-
-
-def chat_from_pipe(address: str, name: str, renderer: Renderer) -> None:
-    lines: queue.Queue = queue.Queue()  # stdin thread: lines, EOF; receive thread: DOWN
-    chat = Chat(address, name, renderer, acks=queue.Queue())
-    chat.on_down = lambda: lines.put(DOWN)
-    try:
-        chat.connect()
-        reader = threading.Thread(target=read_lines, args=(sys.stdin.fileno(), lines), daemon=True)
-        reader.start()
-        run_pipe(chat, lines)
-    finally:
-        chat.close()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -420,7 +318,11 @@ def main(name, address, timestamps):
         if not is_valid_name(name):
             raise ChatError(f"invalid name {name!r}: use {NAME_RULE}")
         renderer = Renderer(name, use_colour(sys.stdout), timestamps, show_typing=interactive)
-        (chat_on_terminal if interactive else chat_from_pipe)(address, name, renderer)
+        chat = Chat(address, name, renderer, acks=None if interactive else queue.Queue())
+        try:
+            Prompt(chat).run() if interactive else run_pipe(chat)
+        finally:
+            chat.close()
     except (KeyboardInterrupt, EOFError, click.Abort):
         pass  # Ctrl-C, Ctrl-D: leave quietly
 

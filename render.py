@@ -15,15 +15,17 @@ ever reach the terminal are this file's own colours.
 
 import asyncio
 import os
+import queue
 import threading
 import time
 import zlib
 
+import click
 from prompt_toolkit import PromptSession
 from prompt_toolkit.patch_stdout import patch_stdout
 
 import chat_pb2 as pb
-from sanitize import clean_text
+from sanitize import NAME_RULE, clean_text, is_valid_name
 
 PROMPT = "> "
 TYPING_IDLE_S = 2.0  # no keystroke for this long: we stopped typing (SPEC §4)
@@ -34,11 +36,24 @@ PALETTE = ("31", "32", "33", "34", "35", "36", "91", "92", "93", "94", "95", "96
 DIM = "2"
 WARN = "1;33"  # bold yellow: notices that something went wrong
 HISTORY_MARK = "[history] "  # before replayed messages; "[alice] hi" stays greppable
+EOF = object()  # from read_lines: the input has ended
+COMMANDS = {"/help": "list these commands", "/quit": "leave the chat (Ctrl-D does too)"}
 
 
 def use_colour(stream) -> bool:
     """Colours on a terminal only, and never when NO_COLOR is set (no-color.org)."""
     return stream.isatty() and not os.environ.get("NO_COLOR")
+
+
+def ask_name() -> str:
+    """Ask on the terminal until the answer follows the server's rule."""
+
+    def check(name: str) -> str:
+        if not is_valid_name(name):
+            raise click.BadParameter(f"use {NAME_RULE}")
+        return name
+
+    return click.prompt("name", value_proc=check)
 
 
 def name_colour(name: str) -> str:
@@ -73,6 +88,17 @@ class Renderer:
 
     def problem(self, text: str) -> None:
         self._print(self.paint(f"! {text}", WARN))
+
+    def command(self, word: str) -> bool:
+        """Run `word` if it is a /command other than /quit; True if it was one."""
+        if not word.startswith("/"):
+            return False
+        if word == "/help":
+            for name, what in COMMANDS.items():
+                self.notice(f"{name}  {what}")
+        else:
+            self.problem(f"unknown command {word}: try /help")
+        return True
 
     def typing_line(self) -> str:
         """ "* alice, bob typing..." or "" when nobody is."""
@@ -137,24 +163,42 @@ class Renderer:
             print(line, flush=True)
 
 
+def read_lines(fd: int, lines: queue.Queue) -> None:
+    """The stdin thread (piped input): each line into `lines`, then EOF.
+
+    Reads the file descriptor with os.read, not sys.stdin: a daemon thread
+    still blocked inside sys.stdin's buffer when the program exits would
+    make the interpreter abort on its lock.
+    """
+    pending = b""
+    while chunk := os.read(fd, 65536):
+        *complete, pending = (pending + chunk).split(b"\n")
+        for raw in complete:
+            lines.put(raw.decode(errors="replace"))
+    if pending:
+        lines.put(pending.decode(errors="replace"))
+    lines.put(EOF)
+
+
 class Interrupted(Exception):
-    """`Prompt.read` was ended from another thread (the chat call ended)."""
+    """A read was ended from another thread (the chat call ended)."""
 
 
 class Prompt:
     """The input line on a terminal, with the typing line above it.
 
-    Lines printed while a read is in progress appear above the input line,
-    which is redrawn with whatever was half-typed. Each keystroke that
-    changes the line reports typing (True) once; a cleared line, a sent line
-    or TYPING_IDLE_S without a keystroke reports False. Only changes are
-    reported. Everything here runs on the main thread except `interrupt`.
+    Lines printed while a line is being typed appear above the input line,
+    which is redrawn with whatever was half-typed. The first keystroke sends
+    TYPING_START; a cleared line, a sent line or TYPING_IDLE_S without a
+    keystroke sends TYPING_STOP; only changes are sent. Everything here runs
+    on the main thread except `interrupt`, which the receive thread calls.
     """
 
-    def __init__(self, renderer: Renderer, on_typing):
-        self._on_typing = on_typing  # called with True/False on each change
-        self._typing = False
-        self._idle = None  # asyncio TimerHandle that reports False after TYPING_IDLE_S
+    def __init__(self, chat):
+        self._chat = chat  # a client.Chat: what to send, and how to rejoin
+        self._typing = False  # what the server was last told
+        self._idle = None  # asyncio TimerHandle: TYPING_STOP after TYPING_IDLE_S
+        renderer = chat.renderer
         # The typing line sits just above the input line, part of the prompt.
         # NOTE: not prompt_toolkit's bottom_toolbar, which is only drawn once
         # the terminal has answered a cursor-position query; some never do.
@@ -164,41 +208,57 @@ class Prompt:
         self._session.default_buffer.on_text_changed += self._text_changed
         renderer.on_typing_change = self._session.app.invalidate  # thread-safe repaint
 
-    def patch_stdout(self):
-        """While in this context, print() lands above the input line (escape codes kept)."""
-        return patch_stdout(raw=True)
+    def run(self) -> None:
+        """Join, then read lines until /quit, sending each.
 
-    def read(self, default: str = "", interrupted=lambda: False) -> str:
-        """One line. Raises EOFError (Ctrl-D), KeyboardInterrupt (Ctrl-C), Interrupted.
-
-        `interrupted` is checked once the prompt is up, so an `interrupt()`
-        that came while no read was running is not missed.
+        Raises EOFError (Ctrl-D), KeyboardInterrupt (Ctrl-C), or ChatError.
+        When the call drops, the read is interrupted, `chat.recover()`
+        rejoins, and the half-typed line comes back on the new input line.
         """
-        try:
-            return self._session.prompt(
-                default=default, pre_run=lambda: interrupted() and self._exit()
-            )
-        finally:
-            self._stop_typing()
-
-    @property
-    def partial(self) -> str:
-        """What was on the input line when the last read ended."""
-        return self._session.default_buffer.text
-
-    def forget_typing(self) -> None:
-        """A new call starts with nobody typing: do not report the stop."""
-        self._typing = False
+        chat = self._chat
+        chat.on_down = self.interrupt
+        with patch_stdout(raw=True):  # print() lands above the input line, colours kept
+            chat.connect()
+            keep = ""
+            while True:
+                line = self._read(default=keep)
+                keep = ""
+                if chat.link.ended.is_set():  # dropped: the line was not sent; keep it
+                    keep = self._session.default_buffer.text if line is None else line
+                    chat.recover()
+                    self._typing = False  # the new call starts with nobody typing
+                elif line is None:
+                    continue  # interrupted by an earlier call's end
+                elif line.strip() == "/quit":
+                    return
+                elif not chat.renderer.command(line.strip()) and clean_text(line):
+                    chat.say(line)
 
     def interrupt(self) -> None:
-        """From any thread: end the current read with Interrupted."""
+        """From any thread: end the current read (the call ended)."""
         app = self._session.app
         loop = app.loop
         if app.is_running and loop is not None:
             try:
                 loop.call_soon_threadsafe(self._exit)
             except RuntimeError:
-                pass  # the loop closed meanwhile: the next read's check catches it
+                pass  # the loop closed meanwhile: the next read's pre_run catches it
+
+    def _read(self, default: str) -> str | None:
+        """One line, or None if interrupted.
+
+        NOTE: pre_run checks the call once the prompt is up, so an
+        `interrupt()` that came while no read was running is not missed.
+        """
+        ended = self._chat.link.ended
+        try:
+            return self._session.prompt(
+                default=default, pre_run=lambda: ended.is_set() and self._exit()
+            )
+        except Interrupted:
+            return None
+        finally:
+            self._set_typing(False)
 
     def _exit(self) -> None:
         """On the prompt's event loop: end the read if it is still going."""
@@ -213,10 +273,7 @@ class Prompt:
             return  # the line was reset between reads, not typed
         self._set_typing(bool(buffer.text))  # cancels the idle timer
         if buffer.text:
-            self._idle = loop.call_later(TYPING_IDLE_S, self._stop_typing)
-
-    def _stop_typing(self) -> None:
-        self._set_typing(False)
+            self._idle = loop.call_later(TYPING_IDLE_S, self._set_typing, False)
 
     def _set_typing(self, typing: bool) -> None:
         if self._idle is not None:
@@ -224,4 +281,4 @@ class Prompt:
             self._idle = None
         if typing != self._typing:
             self._typing = typing
-            self._on_typing(typing)
+            self._chat.typing(typing)
