@@ -4,7 +4,9 @@ Each joined user is a `Client` holding a bounded `queue.Queue` of outgoing
 `ServerEvent`s. The Chat handler in server.py drains that queue (it is the
 user's response stream); the hub only ever *puts* into it. The hub is called
 from many threads at once: every client's reader thread (messages, typing),
-the pool threads (join, leave) and the timer thread (typing timeouts).
+the pool threads (join, leave), the timer thread (typing timeouts) and, with
+Redis, the store's follower and the cluster's listener (events from the
+stream and from other servers: `deliver`, `remote_event`).
 
     reader thread --post()--> [hub lock: id, store, put into every queue]
                                  |          |          |
@@ -18,6 +20,9 @@ section, so all clients see all messages in the same order. Inside it we
 only do non-blocking things: `put_nowait`, and the store's `append` (which
 never touches the network). A client whose queue is full is evicted rather
 than waited for, so one slow reader never holds up the others.
+
+With Redis the store's `append` returns None: the message is delivered when
+it comes back from the stream, through `deliver`, in the stream's order.
 """
 
 import logging
@@ -78,6 +83,10 @@ def user_event(kind, name: str) -> pb.ServerEvent:
 
 def system_event(text: str, code=pb.SYSTEM_INFO) -> pb.ServerEvent:
     return pb.ServerEvent(system_event=pb.SystemEvent(message=text, timestamp=now_s(), code=code))
+
+
+def typing_event(name: str, kind) -> pb.ServerEvent:
+    return pb.ServerEvent(typing_event=pb.TypingEvent(username=name, timestamp=now_s(), type=kind))
 
 
 def message_event(m: Message, replay: bool = False) -> pb.ServerEvent:
@@ -198,9 +207,7 @@ class Hub:
     def remote_event(self, kind: str, name: str, typing=0) -> None:
         """Cluster thread: another server's user joined, left, or typed."""
         if kind == "typing":
-            event = pb.ServerEvent(
-                typing_event=pb.TypingEvent(username=name, timestamp=now_s(), type=typing)
-            )
+            event = typing_event(name, typing)
         else:
             event = user_event(pb.USER_JOINED if kind == "joined" else pb.USER_LEFT, name)
         with self._lock:
@@ -220,7 +227,7 @@ class Hub:
                     self._typing_silence_s, lambda: self._typing_timeout(client)
                 )
                 if not was_typing:
-                    self._broadcast_locked(self._typing_event(client, pb.TYPING_START), client)
+                    self._broadcast_locked(typing_event(client.name, pb.TYPING_START), client)
                     self.cluster.publish("typing", client.name, pb.TYPING_START)
             elif kind == pb.TYPING_STOP:
                 self._stop_typing_locked(client)
@@ -236,14 +243,8 @@ class Hub:
             return
         client.typing_timer.cancel()
         client.typing_timer = None
-        self._broadcast_locked(self._typing_event(client, pb.TYPING_STOP), client)
+        self._broadcast_locked(typing_event(client.name, pb.TYPING_STOP), client)
         self.cluster.publish("typing", client.name, pb.TYPING_STOP)
-
-    @staticmethod
-    def _typing_event(client: Client, kind) -> pb.ServerEvent:
-        return pb.ServerEvent(
-            typing_event=pb.TypingEvent(username=client.name, timestamp=now_s(), type=kind)
-        )
 
     # -- shutting down ------------------------------------------------------
 
