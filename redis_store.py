@@ -232,9 +232,15 @@ class RedisStore:
             self._deliver([p.message() for p in stranded])
 
     def _sleep_unless_closing(self, wait_s: float) -> bool:
+        """Sleep `wait_s`, True at once if closing.
+
+        NOTE: append() notifies `_wake` for every message. Sleep to the
+        deadline through those, or an outage retries Redis per message.
+        """
+        deadline = time.monotonic() + wait_s
         with self._lock:
-            if not self._closing:
-                self._wake.wait(wait_s)
+            while not self._closing and (left := deadline - time.monotonic()) > 0:
+                self._wake.wait(left)
             return self._closing
 
     # -- the follower thread ----------------------------------------------
