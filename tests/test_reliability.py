@@ -201,6 +201,7 @@ def test_channel_closed_abruptly_is_user_left(server_factory):
     server = server_factory()
     alice, bob = join(server.address, "alice"), join(server.address, "bob")
     bob.channel.close()
+    bob.half_close()  # only ends our request generator's thread
     alice.next_event("user_event", where=left("bob"))
     assert health(server.address).active_clients == 1
     alice.close()
