@@ -16,6 +16,7 @@ ever reach the terminal are this file's own colours.
 import asyncio
 import os
 import queue
+import signal
 import threading
 import time
 import zlib
@@ -192,12 +193,20 @@ class Prompt:
     TYPING_START; a cleared line, a sent line or TYPING_IDLE_S without a
     keystroke sends TYPING_STOP; only changes are sent. Everything here runs
     on the main thread except `interrupt`, which the receive thread calls.
+
+    Ctrl-C during a read is a key, and the read raises KeyboardInterrupt.
+    NOTE: between reads the terminal is not in raw mode, so Ctrl-C is a
+    SIGINT; a KeyboardInterrupt raised at a random point there can land in
+    a `__del__` and be lost. So `_on_sigint` only notes it, and the next
+    read ends at once; while connecting it stops the wait at once.
     """
 
     def __init__(self, chat):
         self._chat = chat  # a client.Chat: what to send, and how to rejoin
         self._typing = False  # what the server was last told
         self._idle = None  # asyncio TimerHandle: TYPING_STOP after TYPING_IDLE_S
+        self._ctrl_c = False  # SIGINT came between reads
+        self._connecting = False  # in chat.connect() or chat.recover()
         renderer = chat.renderer
         # The typing line sits just above the input line, part of the prompt.
         # NOTE: not prompt_toolkit's bottom_toolbar, which is only drawn once
@@ -217,15 +226,16 @@ class Prompt:
         """
         chat = self._chat
         chat.on_down = self.interrupt
+        signal.signal(signal.SIGINT, self._on_sigint)  # prompt_toolkit restores it after reads
         with patch_stdout(raw=True):  # print() lands above the input line, colours kept
-            chat.connect()
+            self._connect(chat.connect)
             keep = ""
             while True:
                 line = self._read(default=keep)
                 keep = ""
                 if chat.link.ended.is_set():  # dropped: the line was not sent; keep it
                     keep = self._session.default_buffer.text if line is None else line
-                    chat.recover()
+                    self._connect(chat.recover)
                     self._typing = False  # the new call starts with nobody typing
                 elif line is None:
                     continue  # interrupted by an earlier call's end
@@ -247,18 +257,32 @@ class Prompt:
     def _read(self, default: str) -> str | None:
         """One line, or None if interrupted.
 
-        NOTE: pre_run checks the call once the prompt is up, so an
-        `interrupt()` that came while no read was running is not missed.
+        NOTE: pre_run checks once the prompt is up, so an `interrupt()` or a
+        Ctrl-C that came while no read was running is not missed.
         """
         ended = self._chat.link.ended
         try:
             return self._session.prompt(
-                default=default, pre_run=lambda: ended.is_set() and self._exit()
+                default=default, pre_run=lambda: (ended.is_set() or self._ctrl_c) and self._exit()
             )
         except Interrupted:
+            if self._ctrl_c:
+                raise KeyboardInterrupt from None
             return None
         finally:
             self._set_typing(False)
+
+    def _connect(self, step) -> None:
+        self._connecting = True
+        try:
+            step()
+        finally:
+            self._connecting = False
+
+    def _on_sigint(self, signum, frame) -> None:
+        self._ctrl_c = True
+        if self._connecting:
+            raise KeyboardInterrupt  # stop waiting for the server
 
     def _exit(self) -> None:
         """On the prompt's event loop: end the read if it is still going."""

@@ -5,17 +5,21 @@ stdin/stdout pipes, interactive ones on a pseudo-terminal with pexpect.
 Every wait is on output, with a deadline.
 """
 
+import fcntl
 import os
 import queue
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from concurrent import futures
 
 import grpc
 import pexpect
+import pexpect.fdpexpect
 import pytest
 from conftest import (
     EVENT_TIMEOUT_S,
@@ -32,6 +36,8 @@ from render import Renderer, name_colour, use_colour
 CLIENT = str(ROOT / "client.py")
 # Plain output to match against; no cursor-position queries a pty cannot answer.
 CLIENT_ENV = {**os.environ, "NO_COLOR": "1", "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm"}
+pytestmark = pytest.mark.timeout(30)  # each test; the reconnect one gets more
+
 ERROR_WITHIN_S = 5.0  # SPEC §4: an error is reported this fast, never a hang
 # With Redis, a SIGKILLed server's users count as online until its liveness
 # key expires (~12 s, SPEC §7): the rejoin gets ALREADY_EXISTS and retries
@@ -110,27 +116,49 @@ def pipe_client():
         client.kill()
 
 
+class Terminal(pexpect.fdpexpect.fdspawn):
+    """`python client.py` on a pseudo-terminal, so it runs interactively.
+
+    NOTE: started with subprocess, not pexpect.spawn: pexpect forks this
+    process, and gRPC's fork handlers, with this process's gRPC threads
+    running, can break the child before it execs. The child gets no
+    controlling terminal, so ^C reaches it as a key, not as SIGINT.
+    """
+
+    def __init__(self, address: str, name: str):
+        master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+        self.proc = subprocess.Popen(
+            [sys.executable, CLIENT, "--name", name, "--address", address],
+            stdin=slave, stdout=slave, stderr=slave, env=CLIENT_ENV, cwd=ROOT,
+            start_new_session=True,
+        )  # fmt: skip
+        os.close(slave)
+        super().__init__(master, timeout=EVENT_TIMEOUT_S)
+
+    def exit_code(self) -> int:
+        """Wait for the end of output and of the process."""
+        self.expect(pexpect.EOF)
+        return self.proc.wait(EVENT_TIMEOUT_S)
+
+
 @pytest.fixture
 def terminal():
-    """Start `client.py` on a pseudo-terminal (pexpect), so it runs interactively."""
+    """Start interactive clients; each has joined when it is returned."""
     started = []
 
-    def start(address: str, name: str) -> pexpect.spawn:
-        child = pexpect.spawn(
-            sys.executable,
-            [CLIENT, "--name", name, "--address", address],
-            env=CLIENT_ENV,
-            cwd=str(ROOT),
-            timeout=EVENT_TIMEOUT_S,
-            dimensions=(24, 100),
-        )
+    def start(address: str, name: str) -> Terminal:
+        child = Terminal(address, name)
         started.append(child)
         child.expect_exact(f"* {name} joined the chat")
         return child
 
     yield start
     for child in started:
-        child.close(force=True)
+        if child.proc.poll() is None:
+            child.proc.kill()
+            child.proc.wait(5)
+        child.close()
 
 
 def run_client(*args: str, stdin: str = "") -> tuple[subprocess.CompletedProcess, float]:
@@ -256,7 +284,7 @@ def test_terminal_keeps_a_half_typed_line_while_messages_arrive(server, terminal
     bob.expect_exact("[alice] hello there")
     alice.expect_exact("[you] hello there")
     bob.send("/quit\r")
-    bob.expect(pexpect.EOF)
+    assert bob.exit_code() == 0
     alice.expect_exact("* bob left the chat")
 
 
@@ -276,10 +304,8 @@ def test_terminal_typing_starts_on_a_key_and_stops_when_idle_or_cleared(server, 
     typing(pb.TYPING_START)
     alice.send("\x7f\x7f")  # backspace twice: the line is empty again
     typing(pb.TYPING_STOP)
-    alice.sendcontrol("d")
-    alice.expect(pexpect.EOF)
-    alice.close()
-    assert alice.exitstatus == 0
+    alice.send("\x04")  # Ctrl-D
+    assert alice.exit_code() == 0
     watcher.close()
 
 
@@ -288,11 +314,20 @@ def test_terminal_help_lists_commands_and_ctrl_c_leaves_cleanly(server, terminal
     alice = terminal(server.address, "alice")
     alice.send("/help\r")
     alice.expect_exact("/quit")
-    alice.sendintr()
-    alice.expect(pexpect.EOF)
-    alice.close()
-    assert alice.exitstatus == 0
+    alice.expect_exact(">")  # the next read is up: the terminal is in raw mode
+    alice.send("\x03")  # Ctrl-C, as a key
+    assert alice.exit_code() == 0
     assert b"Traceback" not in alice.before
+
+
+def test_terminal_sigint_between_reads_leaves_cleanly(server, terminal):
+    """When SIGINT comes while no line is being read, the client still exits 0, no traceback."""
+    alice = terminal(server.address, "alice")
+    alice.send("/help\r")
+    alice.expect_exact("/help")  # printed between two reads
+    alice.proc.send_signal(signal.SIGINT)
+    assert alice.exit_code() == 0
+    assert b"Traceback" not in alice.before and b"Exception" not in alice.before
 
 
 # -- errors ----------------------------------------------------------------------------
@@ -342,6 +377,31 @@ class ServerOnPort(ServerProcess):
         self.port, self.address = port, f"127.0.0.1:{port}"
 
 
+def test_terminal_rejoins_after_a_crash_keeping_the_half_typed_line(terminal):
+    """When the server dies mid-line, the client rejoins its restarted server; the line survives."""
+    port = free_port()
+    servers = [ServerOnPort(port)]
+    try:
+        alice = terminal(servers[0].address, "alice")
+        alice.send("half")
+        alice.expect_exact("half")  # echoed on the input line
+        servers[0].signal(signal.SIGKILL)
+        alice.expect_exact("* reconnecting...")
+        servers.append(ServerOnPort(port))
+        alice.expect_exact("* alice joined the chat", timeout=RECONNECT_WITHIN_S)
+        alice.expect_exact("> half")
+        alice.send(" done\r")
+        alice.expect_exact("[you] half done")
+        servers[1].signal(signal.SIGTERM)
+        alice.expect_exact("server shut down")
+        assert alice.exit_code() == 1
+        assert b"Traceback" not in alice.before
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.mark.timeout(60)
 def test_reconnect_after_a_crash_shows_each_missed_message_once(redis_proc, pipe_client):
     """When the server dies and comes back, the client rejoins and shows what it missed, once."""
     port, redis = free_port(), ("--redis-url", redis_proc.url)
