@@ -196,7 +196,7 @@ class Chat:
             if not self._is_new(message.id):
                 return  # shown before the reconnect
             if message.username == self.name:
-                self._ack(message.message)
+                self._ack(clean_text(message.message))  # as deliver() compares it
         elif kind == "system_event":
             code = event.system_event.code
             self.shutting_down |= code == pb.SHUTTING_DOWN
@@ -261,6 +261,8 @@ def deliver(chat: Chat, text: str) -> None:
     """Send one line and wait for it to come back; resend if rate limited or dropped."""
     want = clean_text(text)
     drain(chat.acks)  # late answers to earlier lines
+    while chat.recover():  # the call dropped between lines: rejoined
+        drain(chat.acks)  # its DOWN and the rejoin's replay answer nothing we sent
     chat.say(text)
     deadline = time.monotonic() + ECHO_TIMEOUT_S
     while (answer := next_answer(chat.acks, deadline)) != want:
@@ -296,10 +298,13 @@ def drain(answers: queue.Queue) -> list:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--name", envvar="CHAT_NAME", help="Your name in the chat (asked for if left out).")
 @click.option(
-    "--address", envvar="CHAT_ADDRESS", default=DEFAULT_ADDRESS, show_default=True,
-    help="host:port of the chat server.",
+    "--name", envvar="CHAT_NAME", show_envvar=True,
+    help="Your name in the chat (asked for if left out).",
+)  # fmt: skip
+@click.option(
+    "--address", envvar="CHAT_ADDRESS", show_envvar=True, default=DEFAULT_ADDRESS,
+    show_default=True, help="host:port of the chat server.",
 )  # fmt: skip
 @click.option("--timestamps", is_flag=True, help="Start each line with the time, HH:MM.")
 def main(name, address, timestamps):

@@ -401,6 +401,26 @@ def test_terminal_rejoins_after_a_crash_keeping_the_half_typed_line(terminal):
             server.stop()
 
 
+def test_piped_line_sent_during_a_restart_arrives_after_the_rejoin(pipe_client):
+    """When a line is piped while the server is down, it is sent once the client rejoins."""
+    port = free_port()
+    servers = [ServerOnPort(port)]
+    try:
+        alice = pipe_client(servers[0].address, "alice")
+        alice.send("one")
+        alice.expect("[you] one")
+        servers[0].signal(signal.SIGKILL)
+        alice.expect("* reconnecting...")
+        alice.send("two")
+        servers.append(ServerOnPort(port))
+        alice.expect("[you] two", timeout=RECONNECT_WITHIN_S)
+        assert alice.finish() == 0
+        assert sum("[you] two" in line for line in alice.seen) == 1
+    finally:
+        for server in servers:
+            server.stop()
+
+
 @pytest.mark.timeout(60)
 def test_reconnect_after_a_crash_shows_each_missed_message_once(redis_proc, pipe_client):
     """When the server dies and comes back, the client rejoins and shows what it missed, once."""
