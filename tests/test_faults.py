@@ -100,6 +100,22 @@ def test_sigterm_during_redis_outage_still_exits_zero(server_process, redis_proc
     assert "1 messages unwritten" in log and "Traceback" not in log
 
 
+def test_sigterm_with_redis_hung_tells_clients_first_and_exits_zero(server_process, redis_proc):
+    """When Redis hangs (no answer, no error) at SIGTERM, SHUTTING_DOWN still comes at once."""
+    server = server_process("--redis-url", redis_proc.url)
+    alice = join(server.address, "alice")
+    redis_proc.proc.send_signal(signal.SIGSTOP)  # every Redis call now runs into its timeout
+    try:
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        alice.next_event("system_event", where=shutting_down)
+        assert time.monotonic() - started < 1.0  # before anything waits on Redis
+        alice.wait_end(timeout=SHUTDOWN_S)  # OK, or cancelled at the end of the grace
+        assert server.wait(10) == 0  # Redis calls time out (REDIS_TIMEOUT_S) on the way
+    finally:
+        redis_proc.proc.send_signal(signal.SIGCONT)
+
+
 # -- Redis down or lost --------------------------------------------------------------
 
 
