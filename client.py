@@ -1,8 +1,9 @@
 """The chat client: `python client.py --name alice`, one user's session.
 
-This file is the protocol side: the Chat call, the receive thread, resuming
-after a dropped connection, and piped input. render.py is the screen side:
-how each event looks, and the input line on a terminal.
+This file is the protocol side: the Chat call and its receive thread,
+rejoining after a drop, piped lines each confirmed by its echo, and the
+command line. render.py is the user's side: how each event looks, and the
+input line on a terminal.
 
     main thread:    input (prompt or stdin) --> Link.outbox --> gRPC --> server
     receive thread: server --> Chat._on_event --> Renderer.show --> terminal

@@ -1,9 +1,10 @@
-"""The client's screen: how server events look, and the input line on a terminal.
+"""The client's user side: how server events look, and what the user types.
 
-client.py is the protocol side (the Chat call, reconnects, piped input);
+client.py is the protocol side (the Chat call, rejoining, piped lines);
 this file is what the user sees and types. `Renderer` turns each
 `ServerEvent` into one line of text; `Prompt` is the prompt_toolkit input
-line that keeps those lines above it, with who is typing just over it.
+line on a terminal, with incoming lines above it and who is typing just
+over it; `read_lines` reads piped input.
 
 The receive thread calls `Renderer.show` for every event while the main
 thread reads input, so the renderer's lock serialises output and guards the

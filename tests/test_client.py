@@ -35,7 +35,10 @@ from render import Renderer, name_colour, use_colour
 
 CLIENT = str(ROOT / "client.py")
 # Plain output to match against; no cursor-position queries a pty cannot answer.
-CLIENT_ENV = {**os.environ, "NO_COLOR": "1", "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm"}
+CLIENT_ENV = {
+    **{k: v for k, v in os.environ.items() if k not in ("CHAT_NAME", "CHAT_ADDRESS")},
+    **{"NO_COLOR": "1", "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm"},
+}
 pytestmark = pytest.mark.timeout(30)  # each test; the reconnect one gets more
 
 ERROR_WITHIN_S = 5.0  # SPEC §4: an error is reported this fast, never a hang
@@ -125,11 +128,12 @@ class Terminal(pexpect.fdpexpect.fdspawn):
     controlling terminal, so ^C reaches it as a key, not as SIGINT.
     """
 
-    def __init__(self, address: str, name: str):
+    def __init__(self, address: str, name: str | None):
         master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+        naming = ["--name", name] if name else []
         self.proc = subprocess.Popen(
-            [sys.executable, CLIENT, "--name", name, "--address", address],
+            [sys.executable, CLIENT, *naming, "--address", address],
             stdin=slave, stdout=slave, stderr=slave, env=CLIENT_ENV, cwd=ROOT,
             start_new_session=True,
         )  # fmt: skip
@@ -309,6 +313,22 @@ def test_terminal_typing_starts_on_a_key_and_stops_when_idle_or_cleared(server, 
     watcher.close()
 
 
+def test_terminal_asks_for_a_name_until_it_follows_the_rule(server):
+    """When --name is left out on a terminal, the client asks until the name is valid."""
+    alice = Terminal(server.address, None)
+    try:
+        alice.expect_exact("name:")
+        alice.send("al ice\r")
+        alice.expect_exact("use 1-32 characters")
+        alice.send("alice\r")
+        alice.expect_exact("* alice joined the chat")
+        alice.send("/quit\r")
+        assert alice.exit_code() == 0
+    finally:
+        alice.proc.kill()
+        alice.close()
+
+
 def test_terminal_help_lists_commands_and_ctrl_c_leaves_cleanly(server, terminal):
     """When the user types /help, commands are listed; Ctrl-C then exits 0, no traceback."""
     alice = terminal(server.address, "alice")
@@ -352,6 +372,12 @@ def test_invalid_name_is_one_error_line(name):
     """When the name breaks the rule, the client says so before connecting."""
     result, took_s = run_client("--name", name, "--address", "127.0.0.1:1")
     assert_one_clean_error(result, took_s, "invalid name")
+
+
+def test_piped_without_a_name_is_one_error_line():
+    """When input is piped and no name is given, the client says so instead of asking."""
+    result, took_s = run_client("--address", "127.0.0.1:1", stdin="hello\n")
+    assert_one_clean_error(result, took_s, "no name")
 
 
 def test_server_shutdown_ends_a_waiting_client_with_an_error(server_process, pipe_client):
