@@ -109,9 +109,11 @@ def test_sigterm_with_redis_hung_tells_clients_first_and_exits_zero(server_proce
         started = time.monotonic()
         server.signal(signal.SIGTERM)
         alice.next_event("system_event", where=shutting_down)
-        assert time.monotonic() - started < 1.0  # before anything waits on Redis
+        assert time.monotonic() - started < 2.0  # before anything waits on Redis
         alice.wait_end(timeout=SHUTDOWN_S)  # OK, or cancelled at the end of the grace
-        assert server.wait(10) == 0  # Redis calls time out (REDIS_TIMEOUT_S) on the way
+        # Leaving the cluster and closing the store each wait out a Redis
+        # timeout on the way: ~7 s in all, more on a loaded machine.
+        assert server.wait(15) == 0
     finally:
         redis_proc.proc.send_signal(signal.SIGCONT)
 
