@@ -164,7 +164,7 @@ def test_client_past_max_clients_is_refused_at_once(server_factory):
     started = time.monotonic()
     ninth = Conn(server.address, join_event("ninth"))
     assert ninth.wait_end() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.0  # at once: a waiting call would hang to its deadline
     assert health(server.address).active_clients == 8  # unary calls still answered
     clients[0].half_close()  # leaves; its stream ends once its handler is done
     assert clients[0].wait_end() == grpc.StatusCode.OK
