@@ -18,6 +18,7 @@ Bad input after the join never ends the call: the sender alone gets a
 """
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -212,6 +213,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             )
         wait_s = bucket.try_take() if bucket else 0.0
         if wait_s:
+            wait_s = math.ceil(wait_s * 10 - 1e-9) / 10  # round up: a retry then is not early
             return self._reject(client, pb.RATE_LIMITED, f"rate limited: retry in {wait_s:.1f} s")
         self.hub.post(client, text)
 

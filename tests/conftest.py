@@ -23,6 +23,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# Tests fork (pexpect, subprocess) while gRPC threads run; gRPC's fork
+# handlers would then break the child. Nothing here needs gRPC across a fork.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 import chat_pb2 as pb  # noqa: E402
 import chat_pb2_grpc  # noqa: E402
