@@ -4,8 +4,9 @@ import signal
 
 import grpc
 import pytest
-from conftest import Conn, join, join_event, wait_until
+from conftest import wait_until
 from proxy import Proxy
+from wire import Conn, join, join_event
 
 import chat_pb2 as pb
 

@@ -15,7 +15,8 @@ import time
 
 import grpc
 import redis
-from conftest import ROOT, Conn, free_port, join, join_event, wait_until
+from conftest import ROOT, free_port, wait_until
+from wire import Conn, join, join_event
 
 import chat_pb2 as pb
 from redis_store import RETRY_S, STREAM_KEY, RedisStore

@@ -2,7 +2,8 @@
 
 import pytest
 import redis
-from conftest import Conn, join, join_event, wait_until
+from conftest import wait_until
+from wire import Conn, join, join_event
 
 import chat_pb2 as pb
 from redis_store import STREAM_KEY, RedisStore

@@ -2,7 +2,7 @@
 
 import grpc
 import pytest
-from conftest import Conn, health, join, join_event
+from wire import Conn, health, join, join_event
 
 import chat_pb2 as pb
 

@@ -4,7 +4,8 @@ import threading
 import time
 
 import grpc
-from conftest import health, join, wait_until
+from conftest import wait_until
+from wire import health, join
 
 import chat_pb2 as pb
 from store import id_key

@@ -8,8 +8,9 @@ import threading
 import time
 
 import grpc
-from conftest import Conn, health, join, join_event, wait_until
+from conftest import wait_until
 from proxy import Proxy
+from wire import Conn, health, join, join_event
 
 import chat_pb2 as pb
 import chat_pb2_grpc

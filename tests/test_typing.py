@@ -1,6 +1,6 @@
 """Typing indicators (SPEC §3.3, §3.4): to others only, coalesced, stopped for you."""
 
-from conftest import join
+from wire import join
 
 import chat_pb2 as pb
 

@@ -1,0 +1,138 @@
+"""The client with piped input (SPEC §4): what it prints, what it cleans, its errors."""
+
+import signal
+from concurrent import futures
+
+import grpc
+import pytest
+from clients import ERROR_WITHIN_S, assert_one_clean_error, run_client
+from conftest import free_port
+from wire import join
+
+import chat_pb2 as pb
+import chat_pb2_grpc
+
+# -- piped -----------------------------------------------------------------------
+
+
+def test_piped_message_shows_as_you_to_sender_and_by_name_to_others(server, pipe_client):
+    """When alice pipes a line, she sees [you] and bob sees [alice], with joins and leaves."""
+    bob = pipe_client(server.address, "bob")
+    bob.expect("* bob joined the chat")
+    alice = pipe_client(server.address, "alice")
+    alice.send("hello")
+    assert alice.finish() == 0
+    assert "* alice joined the chat" in alice.seen and "[you] hello" in alice.seen
+    bob.expect("* alice joined the chat")
+    bob.expect("[alice] hello")
+    bob.expect("* alice left the chat")
+    assert bob.finish() == 0
+
+
+def test_piped_lines_over_the_rate_limit_all_arrive_once_in_order(server_factory, pipe_client):
+    """When piped lines outrun the rate limit, the client resends until each got through."""
+    server = server_factory(rate=5.0, burst=2)
+    alice = pipe_client(server.address, "alice")
+    lines = [f"line {n}" for n in range(6)]
+    for line in lines:
+        alice.send(line)
+    assert alice.finish() == 0
+    echoes = [seen for seen in alice.seen if seen.startswith("[you] ")]
+    assert echoes == [f"[you] {line}" for line in lines]
+    assert any(seen.startswith("! rate limited") for seen in alice.seen)
+
+
+def test_history_is_marked_and_timestamps_prefix_the_time(server, pipe_client):
+    """When a client joins after messages were sent, it shows them as history."""
+    carol = join(server.address, "carol")
+    carol.say("earlier")
+    carol.messages(1)
+    alice = pipe_client(server.address, "alice", "--timestamps")
+    line = alice.expect("[carol] earlier")
+    assert "[history]" in line
+    assert line[:2].isdigit() and line[2] == ":" and line[5] == " "  # "HH:MM ..."
+    assert alice.finish() == 0
+    carol.close()
+
+
+def test_escape_codes_in_a_message_never_reach_the_screen(server, pipe_client):
+    """When someone sends escape sequences, the other client prints none of them."""
+    bob = pipe_client(server.address, "bob")
+    bob.expect("* bob joined the chat")
+    mallory = join(server.address, "mallory")
+    mallory.say("\x1b[2Jwiped \x1b]0;owned\x07title")
+    bob.expect("[mallory] ")
+    assert bob.finish() == 0
+    assert not any("\x1b" in line or "\x07" in line for line in bob.seen), bob.seen
+    mallory.close()
+
+
+class LyingServicer(chat_pb2_grpc.ChatServiceServicer):
+    """A server that sends escape codes, to show the client cleans text itself."""
+
+    def Chat(self, request_iterator, context):
+        name = next(request_iterator).user_event.username
+        evil = "\x1b[2Jwiped \x1b]0;owned\x07title\nforged"
+        yield pb.ServerEvent(chat_message=pb.ChatMessageEvent(username="ev\x1bil", message=evil))
+        yield pb.ServerEvent(system_event=pb.SystemEvent(message="\x1b[31mnotice"))
+        yield pb.ServerEvent(user_event=pb.UserEvent(type=pb.USER_JOINED, username=name))
+        for _ in request_iterator:  # until the client leaves
+            pass
+
+
+def test_client_cleans_text_even_if_the_server_does_not(pipe_client):
+    """When a server sends escape codes, the client strips them before printing."""
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(LyingServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        alice = pipe_client(f"127.0.0.1:{port}", "alice")
+        line = alice.expect("wiped")
+        assert line == "[evil] [2Jwiped ]0;ownedtitle forged"  # defused: ESC, BEL, \n gone
+        assert alice.finish() == 0
+        assert not any("\x1b" in line or "\x07" in line for line in alice.seen), alice.seen
+    finally:
+        server.stop(0)
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+def test_unreachable_server_is_one_error_line(tmp_path):
+    """When nothing listens at the address, the client says so and exits non-zero."""
+    result, took_s = run_client("--name", "alice", "--address", f"127.0.0.1:{free_port()}")
+    assert_one_clean_error(result, took_s, "cannot reach")
+
+
+def test_name_taken_is_one_error_line(server):
+    """When the name is online, the client says so and exits non-zero."""
+    alice = join(server.address, "alice")
+    result, took_s = run_client("--name", "alice", "--address", server.address)
+    assert_one_clean_error(result, took_s, "alice is already online")
+    alice.close()
+
+
+@pytest.mark.parametrize("name", ["al ice", "a" * 33, "bob!"])
+def test_invalid_name_is_one_error_line(name):
+    """When the name breaks the rule, the client says so before connecting."""
+    result, took_s = run_client("--name", name, "--address", "127.0.0.1:1")
+    assert_one_clean_error(result, took_s, "invalid name")
+
+
+def test_piped_without_a_name_is_one_error_line():
+    """When input is piped and no name is given, the client says so instead of asking."""
+    result, took_s = run_client("--address", "127.0.0.1:1", stdin="hello\n")
+    assert_one_clean_error(result, took_s, "no name")
+
+
+def test_server_shutdown_ends_a_waiting_client_with_an_error(server_process, pipe_client):
+    """When the server stops (SIGTERM), a waiting client says so and exits non-zero."""
+    server = server_process()
+    bob = pipe_client(server.address, "bob")
+    bob.expect("* bob joined the chat")
+    server.signal(signal.SIGTERM)
+    assert bob.proc.wait(ERROR_WITHIN_S) != 0
+    error = bob.stderr()
+    assert "server shut down" in error and "Traceback" not in error
+    assert server.wait() == 0
