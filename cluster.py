@@ -93,6 +93,8 @@ class Cluster:
         with self._claims_lock:
             if self._claims.get(name) == claim:
                 del self._claims[name]
+        if self._closed.is_set():
+            return  # shutting down: close() frees all our names in one round trip
         try:
             self._release(keys=[NAMES_KEY], args=[name, claim])
         except redis.RedisError:
