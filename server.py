@@ -66,6 +66,7 @@ KEEPALIVE_TIME_MS = 10_000
 KEEPALIVE_TIMEOUT_MS = 10_000
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_INBOUND_BYTES),
+    ("grpc.so_reuseport", 0),  # a second server on a busy port fails instead of sharing it
     ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
     ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
     ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),

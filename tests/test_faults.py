@@ -138,6 +138,20 @@ def test_redis_down_at_start_is_one_error_line_and_nonzero_exit():
     assert "Traceback" not in run.stderr and run.stdout == ""
 
 
+def test_busy_port_is_an_error_not_a_second_server(server_process):
+    """When the port is taken by another server, a second one exits non-zero instead of sharing."""
+    first = server_process()
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), "--host", "127.0.0.1", "--port", str(first.port)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=ROOT,
+    )
+    assert run.returncode != 0 and "cannot listen" in run.stderr
+    assert "Traceback" not in run.stderr and run.stdout == ""
+
+
 def test_redis_outage_chat_goes_on_and_history_is_whole_after(server_factory, redis_proc, caplog):
     """When Redis is lost, chat goes on; once back, each message is stored, in order, same id."""
     caplog.set_level(logging.INFO)
