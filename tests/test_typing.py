@@ -15,6 +15,11 @@ def typing_pair(server_factory, **settings):
     return server, alice, bob
 
 
+def starts_typing(typer, seen_by) -> None:
+    typer.typing(START)
+    seen_by.next_event("typing_event", where=lambda e: e.type == START)
+
+
 def events_until_message(conn) -> list:
     """Every event up to and including the next chat message, in order."""
     seen = [conn.next_event()]
@@ -42,8 +47,7 @@ def test_typing_goes_to_others_only_and_repeats_are_dropped(server_factory):
 def test_message_stops_typing_on_the_typers_behalf(server_factory):
     """When a typer sends a message, the others get TYPING_STOP before the message."""
     server, alice, bob = typing_pair(server_factory)
-    alice.typing(START)
-    bob.next_event("typing_event", where=lambda e: e.type == START)
+    starts_typing(alice, seen_by=bob)
     alice.say("done typing")
     stop = bob.next_event()
     assert stop.WhichOneof("event") == "typing_event" and stop.typing_event.type == STOP
@@ -55,8 +59,7 @@ def test_message_stops_typing_on_the_typers_behalf(server_factory):
 def test_silent_typer_gets_stopped_after_the_timeout(server_factory):
     """When a typer falls silent past the timeout, the server sends TYPING_STOP for them."""
     server, alice, bob = typing_pair(server_factory, typing_silence_s=0.3)
-    alice.typing(START)
-    bob.next_event("typing_event", where=lambda e: e.type == START)
+    starts_typing(alice, seen_by=bob)
     stop = bob.next_event("typing_event", timeout=3)
     assert (stop.typing_event.username, stop.typing_event.type) == ("alice", STOP)
     alice.close()
@@ -66,8 +69,7 @@ def test_silent_typer_gets_stopped_after_the_timeout(server_factory):
 def test_typer_who_leaves_is_stopped_then_leaves(server_factory):
     """When a typer leaves, the others get TYPING_STOP, then USER_LEFT."""
     server, alice, bob = typing_pair(server_factory)
-    alice.typing(START)
-    bob.next_event("typing_event", where=lambda e: e.type == START)
+    starts_typing(alice, seen_by=bob)
     alice.close()
     assert bob.next_event().typing_event.type == STOP
     assert bob.next_event().user_event.type == pb.USER_LEFT
