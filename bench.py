@@ -22,7 +22,6 @@ clients are played by bench_load.py, in worker processes.
 """
 
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -34,15 +33,9 @@ import click
 import grpc
 import psutil
 
-from bench_load import (
-    BASELINE_SCRIPTS,
-    HERE,
-    LoadGenerator,
-    PrivateRedis,
-    Progress,
-    Server,
-    start_server,
-)
+from bench_load import LoadGenerator
+from bench_report import Progress, finite, medians, report
+from bench_servers import BASELINE_SCRIPTS, HERE, PrivateRedis, Server, start_server
 
 SERVER_KINDS = ["project", "project+redis", "alt", *BASELINE_SCRIPTS]
 SETTLE_S = 0.5  # after a join, before memory is read: let the join's fan-out finish
@@ -177,71 +170,6 @@ def run_server(bench: Bench, start, burst_clients: int, sweep: bool) -> dict:
         bench.generator.leave()
     row.setdefault("idle_kib_per_client", joined.get("idle_kib_per_client"))
     return {"join_s": joined["join_s"], "refused": joined["refused"], **result, **row}
-
-
-# (key, label, format) of each line of the report; a line no run measured is left out.
-REPORT_LINES = [
-    ("burst_join_s", "{burst} clients joining at once: s until all in", "{:.2f}"),
-    ("burst_refused", "  of them refused", "{:.0f}"),
-    ("idle_kib_per_client", "idle memory per connected client, KiB", "{:.1f}"),
-    ("join_s", "{clients} clients joining: s until all in", "{:.2f}"),
-    ("offered_msgs_per_s", "offered messages/s", "{:,.0f}"),
-    ("sent", "messages sent", "{:,.0f}"),
-    ("expected", "deliveries expected", "{:,.0f}"),
-    ("delivered", "deliveries received", "{:,.0f}"),
-    ("lost", "deliveries lost", "{:,.0f}"),
-    ("deliveries_per_s", "deliveries/s", "{:,.0f}"),
-    ("sustainable_deliveries_per_s", "sustainable deliveries/s (sweep)", "{:,.0f}"),
-    ("p50_ms", "latency p50, ms", "{:.1f}"),
-    ("p90_ms", "latency p90, ms", "{:.1f}"),
-    ("p99_ms", "latency p99, ms", "{:.1f}"),
-    ("max_ms", "latency max, ms", "{:.1f}"),
-    ("disagree", "clients disagreeing on order", "{:.0f}"),
-    ("server_cores", "server CPU, cores", "{:.2f}"),
-    ("server_us_per_delivery", "server CPU per delivery, us", "{:.1f}"),
-    ("server_peak_rss_mib", "server peak RSS, MiB", "{:.1f}"),
-    ("redis_cores", "redis-server CPU, cores", "{:.2f}"),
-    ("generator_cores", "load generator CPU, cores", "{:.2f}"),
-    ("other_cores", "other processes' CPU (noise), cores", "{:.2f}"),
-    ("send_lag_ms", "worst sender lag, ms", "{:.1f}"),
-]
-
-
-def medians(runs: list[dict]) -> dict:
-    keys = [key for key, _, _ in REPORT_LINES]
-    values = {key: [r[key] for r in runs if isinstance(r.get(key), int | float)] for key in keys}
-    return {key: statistics.median(v) for key, v in values.items() if v}
-
-
-def report(table: dict[str, dict], settings: dict) -> str:
-    """The medians side by side, and the first server's ratio to each other one."""
-    kinds = list(table)
-    first = kinds[0]
-    header = ["", *kinds, *(f"{first}/{other}" for other in kinds[1:])]
-    rows = [header]
-    for key, label, fmt in REPORT_LINES:
-        if not any(key in table[kind] for kind in kinds):
-            continue
-        cells = [fmt.format(table[k][key]) if key in table[k] else "-" for k in kinds]
-        ratios = [ratio(table[first].get(key), table[other].get(key)) for other in kinds[1:]]
-        rows.append([label.format(**settings), *cells, *ratios])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                       enumerate(zip(row, widths, strict=True))) for row in rows]  # fmt: skip
-    return "\n".join(lines)
-
-
-def ratio(a, b) -> str:
-    return f"{a / b:.2f}x" if a is not None and b else "-"
-
-
-def finite(value):
-    """JSON has no NaN: write null instead."""
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [finite(v) for v in value]
-    return None if isinstance(value, float) and value != value else value
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

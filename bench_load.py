@@ -1,10 +1,6 @@
-"""The machinery of bench.py: the servers under test, and the clients that load them.
+"""The clients of bench.py: many chat clients in a few processes, and what they saw.
 
-Servers: `start_server` runs this project's server.py or a baseline as a
-child process on a free port of 127.0.0.1 and waits until it answers
-HealthCheck; `start_redis` runs a private, unpersisted redis-server.
-
-Clients: a `LoadGenerator` runs worker processes, each an asyncio loop
+A `LoadGenerator` runs worker processes, each an asyncio loop
 holding a share of the chat clients on grpc.aio, spread over a few channels
 (one TCP connection each), and obeying commands sent down a pipe: connect,
 join, load, leave, quit. A joined client reads its stream for as long as it
@@ -25,179 +21,26 @@ monotonic clock is shared by every process on the machine.
 import asyncio
 import math
 import multiprocessing
-import socket
-import subprocess
-import sys
-import threading
 import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import click
 import grpc
 import psutil
 
 import chat_pb2 as pb
 import chat_pb2_grpc
+from bench_report import latency_bucket, merge_reports
 
-HERE = Path(__file__).resolve().parent
-BASELINE_SCRIPTS = {"sync": "sync_threaded.py", "aio": "aio.py"}
-START_TIMEOUT_S = 20.0  # a server not answering HealthCheck by then failed to start
-PROGRESS_EVERY_S = 0.5  # how often the progress line is redrawn
 CLIENTS_PER_CHANNEL = 32  # streams multiplexed on one channel (one TCP connection)
 JOIN_TIMEOUT_S = 60.0  # a client not joined by then counts as refused ("TIMEOUT")
 DRAIN_POLL_S = 0.05  # how often a worker checks whether every delivery has arrived
-BUCKETS_PER_E = 50  # latency histogram: bucket edges grow by e^(1/50), 2 % apart
 # A private subchannel pool gives every channel its own TCP connection.
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 
 
-# -- the servers under test --------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    """A server under test: a process we started, or one at --target (pid optional)."""
-
-    kind: str
-    target: str
-    process: subprocess.Popen | None = None
-    pid: int | None = None
-    redis_pid: int | None = None  # the private redis-server it uses, if any
-
-    def rss_bytes(self) -> int | None:
-        return psutil.Process(self.pid).memory_info().rss if self.pid else None
-
-    def peak_rss_bytes(self) -> int | None:
-        """The kernel's high-water mark of resident memory (VmHWM)."""
-        if not self.pid:
-            return None
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        return None
-
-    def stop(self) -> None:
-        """SIGKILL it: a server under test is thrown away.
-
-        A graceful stop would only make the benchmark wait: each of its
-        clients' leaves is broadcast to all the others.
-        """
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-
-
-def wait_healthy(target: str, process: subprocess.Popen | None, log_path: Path | None) -> None:
-    """Call HealthCheck until it answers; fail with the server's log if it exits."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    with grpc.insecure_channel(target) as channel:
-        stub = chat_pb2_grpc.ChatServiceStub(channel)
-        while True:
-            if process is not None and process.poll() is not None:
-                log = log_path.read_text()[-2000:] if log_path else ""
-                raise click.ClickException(f"server exited ({process.returncode}):\n{log}")
-            try:
-                stub.HealthCheck(pb.HealthCheckRequest(), timeout=1.0, wait_for_ready=True)
-                return
-            except grpc.RpcError as error:
-                if time.monotonic() > deadline:
-                    raise click.ClickException(f"no server at {target}: {error}") from None
-
-
-def start_server(kind: str, script: Path, log_dir: Path, redis_url=None, redis=None):
-    """Run `script` (a server.py, or a baseline) on a free port; wait until it answers.
-
-    With `redis` (a PrivateRedis), the server keeps its history there, in a Redis
-    flushed first; with `redis_url`, in a Redis the user gave, as it is.
-    """
-    if redis:
-        redis.flush()
-        redis_url = redis.url
-    port = free_port()
-    command = [sys.executable, str(script), "--port", str(port)]
-    if script.name == "server.py":  # this project's: same flags as a baseline's defaults
-        command += ["--host", "127.0.0.1", "--no-rate-limit"]
-        command += ["--redis-url", redis_url] if redis_url else []
-    log_path = log_dir / f"{kind}-{port}.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, cwd=script.parent, stdout=log, stderr=subprocess.STDOUT)
-    target = f"127.0.0.1:{port}"
-    try:
-        wait_healthy(target, process, log_path)
-    except click.ClickException:
-        process.kill()
-        raise
-    return Server(kind, target, process, process.pid, redis.process.pid if redis else None)
-
-
-class PrivateRedis:
-    """A private, unpersisted redis-server on a free port (never the machine's own)."""
-
-    def __init__(self, directory: Path):
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", "--daemonize", "no", "--dir", str(directory)]  # fmt: skip
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            try:
-                if self.command(b"PING").startswith(b"+PONG"):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise click.ClickException("redis-server did not start")
-
-    def command(self, command: bytes) -> bytes:
-        """One inline command, the first bytes of its reply (bench.py never imports redis)."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-            s.sendall(command + b"\r\n")
-            return s.recv(64)
-
-    def flush(self) -> None:
-        """Forget the last server's stream and online names.
-
-        NOTE: a server is stopped with SIGKILL, so its names stay online in
-        Redis; the next server would reap them ~15 s later, one USER_LEFT
-        broadcast each, in the middle of a measurement.
-        """
-        self.command(b"FLUSHALL")
-
-    def stop(self) -> None:
-        self.process.kill()
-        self.process.wait()
-
-
 # -- the clients ------------------------------------------------------------
-
-
-def latency_bucket(latency_ns: int) -> int:
-    return int(math.log(max(latency_ns, 1_000) / 1_000) * BUCKETS_PER_E)  # 0 = 1 us
-
-
-def percentile_ms(histogram: dict, fraction: float) -> float:
-    """The latency under which `fraction` of deliveries fell (bucket midpoint)."""
-    total = sum(histogram.values())
-    if not total:
-        return float("nan")
-    seen = 0
-    for bucket in sorted(histogram):
-        seen += histogram[bucket]
-        if seen >= fraction * total:
-            return math.exp((bucket + 0.5) / BUCKETS_PER_E) / 1_000
-    return float("nan")
 
 
 @dataclass
@@ -457,61 +300,3 @@ class LoadGenerator:
             process.join(5)
             if process.is_alive():
                 process.kill()
-
-
-class Progress:
-    """A status line on stderr while a load phase runs (refreshed on a terminal)."""
-
-    def __init__(self, generator: LoadGenerator, label: str):
-        self.generator, self.label = generator, label
-        self.started = time.monotonic()
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        if sys.stderr.isatty():
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.done.set()
-        if self.thread.is_alive():
-            self.thread.join()
-            click.echo("\r\033[K", nl=False, err=True)
-
-    def _run(self) -> None:
-        while not self.done.wait(PROGRESS_EVERY_S):
-            sent, delivered = self.generator.totals()
-            elapsed = time.monotonic() - self.started
-            line = f"{self.label}: {elapsed:5.1f} s  sent {sent}  delivered {delivered}"
-            click.echo(f"\r\033[K{line} ({delivered / elapsed:,.0f}/s)", nl=False, err=True)
-
-
-def merge_reports(reports: list[dict], clients: int) -> dict:
-    """One phase's figures, from every worker's report."""
-    histogram, ended, ids = Counter(), Counter(), {}
-    disordered = 0
-    for report in reports:
-        histogram.update(report["histogram"])
-        ended.update(report["ended"])
-        # A worker whose clients saw some message under another id disagrees.
-        if any(ids.setdefault(key, value) != value for key, value in report["ids"].items()):
-            disordered += report["clients"]
-        else:
-            disordered += report["disordered"]
-    sent = sum(r["sent"] for r in reports)
-    delivered = sum(r["delivered"] for r in reports)
-    return {
-        "sent": sent,
-        "expected": sent * clients,
-        "delivered": delivered,
-        "lost": sent * clients - delivered,
-        "p50_ms": percentile_ms(histogram, 0.50),
-        "p90_ms": percentile_ms(histogram, 0.90),
-        "p99_ms": percentile_ms(histogram, 0.99),
-        "max_ms": max(r["max_ns"] for r in reports) / 1e6,
-        "disagree": disordered,
-        "send_lag_ms": max(r["lag_ns"] for r in reports) / 1e6,
-        "last_ns": max(r["last_ns"] for r in reports),
-        "ended": dict(ended),
-    }
