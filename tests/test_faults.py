@@ -72,10 +72,12 @@ def test_sigterm_flushes_pending_writes_to_redis(server_process, redis_proc):
     for text in sent:
         alice.say(text)
     server.signal(signal.SIGTERM)  # at once: some messages are still on their way
-    assert alice.wait_end() == grpc.StatusCode.OK
-    delivered = [e.chat_message for e in alice.drain() if e.WhichOneof("event") == "chat_message"]
+    ended = alice.wait_end()
     assert server.wait(SHUTDOWN_S) == 0
-    assert "unwritten" not in server.proc.stderr.read()
+    log = server.proc.stderr.read()
+    assert ended == grpc.StatusCode.OK, log
+    delivered = [e.chat_message for e in alice.drain() if e.WhichOneof("event") == "chat_message"]
+    assert "unwritten" not in log
     again = server_process("--redis-url", redis_proc.url, "--history", "100")
     stored = replayed(again.address, "bob")
     assert [m.message for m in stored] == sent[: len(stored)]  # in order, no gaps
