@@ -35,9 +35,9 @@ import psutil
 
 from bench_load import LoadGenerator
 from bench_report import Progress, finite, medians, report
-from bench_servers import BASELINE_SCRIPTS, HERE, PrivateRedis, Server, start_server
+from bench_servers import BASELINE_SCRIPTS, HERE, PrivateRedis, Server, start_cluster, start_server
 
-SERVER_KINDS = ["project", "project+redis", "alt", *BASELINE_SCRIPTS]
+SERVER_KINDS = ["project", "project+redis", "cluster", "alt", *BASELINE_SCRIPTS]
 SETTLE_S = 0.5  # after a join, before memory is read: let the join's fan-out finish
 DRAIN_S = 3.0  # after the last send, how long deliveries may still arrive
 SWEEP_MAX_RATES = 12  # a sweep never tries more rates than this
@@ -177,8 +177,9 @@ def run_server(bench: Bench, start, burst_clients: int, sweep: bool) -> dict:
     "--servers",
     default="project,sync,aio",
     show_default=True,
-    help="Servers to measure in turn, comma-separated: project, project+redis, alt, "
-    "sync, aio. Ratios are the first one's to each other one.",
+    help="Servers to measure in turn, comma-separated: project, project+redis, cluster "
+    "(3 servers on one Redis, clients spread over them: cross-server fan-out), alt, sync, "
+    "aio. Ratios are the first one's to each other one.",
 )
 @click.option(
     "--baseline",
@@ -257,7 +258,7 @@ def main(servers, baseline, target, server_pid, baselines_dir, alt_dir, with_red
     if not 0 < senders <= clients or rate <= 0 or duration <= 0 or repeat < 1 or workers < 1:
         raise click.BadParameter("need 0 < senders <= clients, and positive numbers")
     baselines = HERE / baselines_dir  # an absolute --baselines-dir stays as it is
-    scripts = {"project": HERE / "server.py", "project+redis": HERE / "server.py"}
+    scripts = {kind: HERE / "server.py" for kind in ("project", "project+redis", "cluster")}
     scripts |= {kind: baselines / script for kind, script in BASELINE_SCRIPTS.items()}
     scripts["alt"] = Path(alt_dir or HERE, "server.py").resolve()
     for kind in set(kinds) - {"target"}:
@@ -267,7 +268,7 @@ def main(servers, baseline, target, server_pid, baselines_dir, alt_dir, with_red
     runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         redis = None
-        if "project+redis" in kinds and not redis_url:
+        if {"project+redis", "cluster"} & set(kinds) and not redis_url:
             redis = PrivateRedis(Path(tmp))
         generator = LoadGenerator(workers)
         bench = Bench(generator, clients, senders, rate, duration, message_chars, p99_limit_ms)
@@ -278,8 +279,9 @@ def main(servers, baseline, target, server_pid, baselines_dir, alt_dir, with_red
                     if target:
                         start = partial(Server, "target", target, pid=server_pid)
                     else:
-                        store = (redis_url, redis) if kind == "project+redis" else ()
-                        start = partial(start_server, kind, scripts[kind], Path(tmp), *store)
+                        store = (redis_url, redis) if kind in ("project+redis", "cluster") else ()
+                        starter = start_cluster if kind == "cluster" else start_server
+                        start = partial(starter, kind, scripts[kind], Path(tmp), *store)
                     runs[kind].append(run_server(bench, start, burst_clients, sweep))
         finally:
             generator.close()

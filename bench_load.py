@@ -78,8 +78,13 @@ class Worker:
         self.phase: Phase | None = None
 
     async def connect(self, target: str, names: dict[int, str]) -> int:
-        count = max(1, math.ceil(len(names) / CLIENTS_PER_CHANNEL))
-        self.channels = [grpc.aio.insecure_channel(target, CHANNEL_OPTIONS) for _ in range(count)]
+        """Open channels; `target` may list several servers ("a,b,c"): clients alternate."""
+        targets = target.split(",")
+        count = max(len(targets), math.ceil(len(names) / CLIENTS_PER_CHANNEL))
+        self.channels = [
+            grpc.aio.insecure_channel(targets[k % len(targets)], CHANNEL_OPTIONS)
+            for k in range(count)
+        ]
         await asyncio.gather(*(channel.channel_ready() for channel in self.channels))
         stubs = [chat_pb2_grpc.ChatServiceStub(channel) for channel in self.channels]
         self.clients = [

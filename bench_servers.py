@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
@@ -41,6 +41,7 @@ class Server:
     process: subprocess.Popen | None = None
     pid: int | None = None
     redis_pid: int | None = None  # the private redis-server it uses, if any
+    members: list = field(default_factory=list)  # a cluster's servers, stopped with it
 
     def rss_bytes(self) -> int | None:
         return psutil.Process(self.pid).memory_info().rss if self.pid else None
@@ -63,6 +64,8 @@ class Server:
         if self.process is not None:
             self.process.kill()
             self.process.wait()
+        for member in self.members:
+            member.stop()
 
 
 def wait_healthy(target: str, process: subprocess.Popen | None, log_path: Path | None) -> None:
@@ -106,6 +109,19 @@ def start_server(kind: str, script: Path, log_dir: Path, redis_url=None, redis=N
         process.kill()
         raise
     return Server(kind, target, process, process.pid, redis.process.pid if redis else None)
+
+
+def start_cluster(kind: str, script: Path, log_dir: Path, redis_url=None, redis=None, size=3):
+    """`size` server.py processes on one Redis, as one target "a,b,c" (SPEC §7).
+
+    Clients are spread over the servers, so every message crosses between
+    them through Redis. CPU and memory are not reported for a cluster.
+    """
+    if redis:
+        redis.flush()
+        redis_url, redis = redis.url, None
+    members = [start_server(kind, script, log_dir, redis_url) for _ in range(size)]
+    return Server(kind, ",".join(m.target for m in members), members=members)
 
 
 class PrivateRedis:
