@@ -1,9 +1,9 @@
 """The chat client: `python client.py --name alice`, one user's session.
 
 This file is the protocol side: the Chat call and its receive thread,
-rejoining after a drop, piped lines each confirmed by its echo, and the
-command line. render.py is the user's side: how each event looks, and the
-input line on a terminal.
+rejoining after a drop, and the command line. render.py is the user's side:
+how each event looks, and the input line on a terminal; piped.py sends
+piped input, each line confirmed by its echo.
 
     main thread:    input (prompt or stdin) --> Link.outbox --> gRPC --> server
     receive thread: server --> Chat._on_event --> Renderer.show --> terminal
@@ -33,7 +33,8 @@ import grpc
 
 import chat_pb2 as pb
 import chat_pb2_grpc
-from render import EOF, Prompt, Renderer, ask_name, read_lines, use_colour
+from piped import DOWN, run_pipe
+from render import Prompt, Renderer, ask_name, use_colour
 from sanitize import NAME_RULE, clean_text, is_valid_name
 from store import id_key
 
@@ -41,8 +42,6 @@ DEFAULT_ADDRESS = "localhost:8080"
 CONNECT_TIMEOUT_S = 3.0  # no connection by then: "cannot reach" (or the next retry)
 JOIN_TIMEOUT_S = 5.0  # connected, but the server has not confirmed our join
 CLOSE_TIMEOUT_S = 1.0  # on leaving, wait this long for the server to end the call
-ECHO_TIMEOUT_S = 5.0  # piped input: wait this long for a line to come back to us
-RATE_RETRY_S = 0.5  # piped input: wait this long before resending a rate-limited line
 RECONNECT_FIRST_WAIT_S = 0.25  # backoff before the first attempt, doubling each time
 RECONNECT_MAX_WAIT_S = 5.0  # ... up to this
 RECONNECT_GIVE_UP_S = 60.0  # then give up, one error line, exit 1
@@ -63,7 +62,6 @@ CHANNEL_OPTIONS = [
 ]
 
 END = object()  # in Link.outbox: half-close the call
-DOWN = object()  # in a main-thread queue: a call ended, look at it
 
 
 class ChatError(click.ClickException):
@@ -238,61 +236,6 @@ def describe(error) -> str:
     if not isinstance(error, grpc.RpcError):
         return str(error)
     return clean_text(error.details() or "") or error.code().name.lower()
-
-
-# -- piped input ----------------------------------------------------------------
-
-
-def run_pipe(chat: Chat) -> None:
-    """Send each stdin line in order, each confirmed by its echo; /quit or EOF ends."""
-    lines: queue.Queue = queue.Queue()  # stdin thread: lines, then EOF; receive thread: DOWN
-    chat.on_down = lambda: lines.put(DOWN)
-    chat.connect()
-    threading.Thread(target=read_lines, args=(sys.stdin.fileno(), lines), daemon=True).start()
-    while (line := lines.get()) is not EOF:
-        if line is DOWN:
-            chat.recover()
-        elif line.strip() == "/quit":
-            return
-        elif not chat.renderer.command(line.strip()) and clean_text(line):
-            deliver(chat, line)
-
-
-def deliver(chat: Chat, text: str) -> None:
-    """Send one line and wait for it to come back; resend if rate limited or dropped."""
-    want = clean_text(text)
-    drain(chat.acks)  # late answers to earlier lines
-    while chat.recover():  # the call dropped between lines: rejoined
-        drain(chat.acks)  # its DOWN and the rejoin's replay answer nothing we sent
-    chat.say(text)
-    deadline = time.monotonic() + ECHO_TIMEOUT_S
-    while (answer := next_answer(chat.acks, deadline)) != want:
-        if answer is None:
-            return chat.renderer.problem(f"no echo within {ECHO_TIMEOUT_S:.0f} s: {want}")
-        if isinstance(answer, pb.SystemEvent):
-            if answer.code != pb.RATE_LIMITED:
-                return  # refused for good (empty, too long); the notice says why
-            time.sleep(RATE_RETRY_S)  # not the notice's "retry in": text is for people
-        elif answer is DOWN:
-            if not chat.recover():
-                continue  # a DOWN from an earlier call: this one is fine
-            if want in drain(chat.acks):
-                return  # sent before the drop: the rejoin replayed it to us
-        else:
-            continue  # an echo of something else
-        chat.say(text)
-        deadline = time.monotonic() + ECHO_TIMEOUT_S
-
-
-def next_answer(answers: queue.Queue, deadline: float):
-    try:
-        return answers.get(timeout=max(0.0, deadline - time.monotonic()))
-    except queue.Empty:
-        return None
-
-
-def drain(answers: queue.Queue) -> list:
-    return [answers.get_nowait() for _ in range(answers.qsize())]  # only main reads it
 
 
 # -- the command line -------------------------------------------------------------
