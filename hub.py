@@ -21,8 +21,9 @@ only do non-blocking things: `put_nowait`, and the store's `append` (which
 never touches the network). A client whose queue is full is evicted rather
 than waited for, so one slow reader never holds up the others.
 
-With Redis the store's `append` returns None: the message is delivered when
-it comes back from the stream, through `deliver`, in the stream's order.
+With Redis the store's `append` usually returns nothing to deliver: the
+message is delivered when it comes back from the stream, through `deliver`,
+in the stream's order.
 """
 
 import logging
@@ -184,19 +185,20 @@ class Hub:
         """Send `event` to one client only (a notice; order with broadcasts is loose)."""
         self._put_locked(client, event)  # Queue is thread-safe; no hub state is read
 
-    def post(self, client: Client, text: str) -> Message | None:
+    def post(self, client: Client, text: str) -> bool:
         """Store an accepted message and send it to everyone, sender included.
 
-        Returns None, storing nothing, if the sender is no longer online.
+        Returns False, storing nothing, if the sender is no longer online.
         """
         with self._lock:
             if self._clients.get(client.name) is not client:
-                return None
+                return False
             self._stop_typing_locked(client)
-            message = self.store.append(client.name, text, now_s())
-            if message is not None:  # else the store delivers it, in the stream's order
+            # In memory: this message. With Redis: usually none, the stream
+            # delivers it in order; during an outage, what the store holds.
+            for message in self.store.append(client.name, text, now_s()):
                 self._broadcast_locked(message_event(message))
-        return message
+        return True
 
     def deliver(self, messages: list[Message]) -> None:
         """Store thread: fan out messages that came back from the stream, in order."""

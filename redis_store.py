@@ -107,19 +107,29 @@ class RedisStore:
         self._writer.start()
         self._follower.start()
 
-    def append(self, username: str, text: str, timestamp: int) -> Message | None:
-        """Queue a message for the stream. Returns it only if the caller must deliver it now."""
+    def append(self, username: str, text: str, timestamp: int) -> list[Message]:
+        """Queue a message for the stream; return what the caller must deliver now.
+
+        Normally nothing: the follower delivers it from the stream. While Redis
+        is away, this message. If the buffer fills before the writer has
+        noticed that Redis is away, everything still waiting, so that what
+        overflows was at least delivered.
+        """
         with self._lock:
+            deliver_now = []
+            if len(self._pending) >= self._pending_max:
+                if self._online:
+                    deliver_now = self._strand_locked()
+                self._pending.popleft()
+                self._dropped += 1
             pending = Pending(next(self._seq), username, text, timestamp)
             if not self._online:  # Redis is away: deliver now, write later
                 pending.id = self._ids.next()
                 self._delivered_seq = pending.seq
-            if len(self._pending) >= self._pending_max:
-                self._pending.popleft()
-                self._dropped += 1
+                deliver_now.append(pending.message())
             self._pending.append(pending)
             self._wake.notify()
-        return pending.message() if pending.id else None
+        return deliver_now
 
     def history(self, limit: int, after_id: str | None = None) -> list[Message]:
         """Stored messages, plus those delivered but not yet written, oldest first.
@@ -223,13 +233,18 @@ class RedisStore:
     def _go_offline(self) -> None:
         """Redis is lost: deliver what was waiting for the stream, with our own ids."""
         with self._lock:
-            self._online = False
-            stranded = [p for p in self._pending if p.id is None]
-            for p in stranded:
-                p.id = self._ids.next()
-                self._delivered_seq = p.seq
+            stranded = self._strand_locked()
         if stranded:
-            self._deliver([p.message() for p in stranded])
+            self._deliver(stranded)
+
+    def _strand_locked(self) -> list[Message]:
+        """Go offline: give every undelivered message an id of ours; return them."""
+        self._online = False
+        stranded = [p for p in self._pending if p.id is None]
+        for p in stranded:
+            p.id = self._ids.next()
+            self._delivered_seq = p.seq
+        return [p.message() for p in stranded]
 
     def _sleep_unless_closing(self, wait_s: float) -> bool:
         """Sleep `wait_s`, True at once if closing.

@@ -1,9 +1,10 @@
 """History store: where accepted chat messages are kept, and their ids.
 
 The hub calls `append` once per accepted message, under its lock; that call
-never blocks on the network. It returns the message, with its id, for the
-hub to deliver now, or None if the message will come back from the store in
-order (the Redis store, where the stream is also the bus between servers).
+never blocks on the network. It returns the messages, with their ids, that
+the hub must deliver now: here, the one appended; with Redis, usually none,
+as the message will come back from the stream in order (the stream is also
+the bus between servers).
 The Chat handler calls `history` when a client joins, to replay what it
 missed. `start(deliver)` hands the store the hub's delivery callback.
 
@@ -89,12 +90,12 @@ class MemoryStore:
     def start(self, deliver) -> None:
         pass  # the hub delivers what append() returns; nothing arrives from elsewhere
 
-    def append(self, username: str, text: str, timestamp: int) -> Message | None:
+    def append(self, username: str, text: str, timestamp: int) -> list[Message]:
         """Store a message; return it for the hub to deliver now (always, here)."""
         with self._lock:
             message = Message(self._ids.next(), username, text, timestamp)
             self._messages.append(message)
-        return message
+        return [message]
 
     def history(self, limit: int, after_id: str | None = None) -> list[Message]:
         with self._lock:

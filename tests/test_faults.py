@@ -16,6 +16,7 @@ import time
 import grpc
 import redis
 from conftest import ROOT, free_port, wait_until
+from proxy import Proxy
 from wire import Conn, join, join_event
 
 import chat_pb2 as pb
@@ -201,6 +202,23 @@ def test_redis_outage_buffer_overflow_is_logged_with_a_count(server_factory, red
     redis_proc.start()
     assert wait_until(lambda: stream_ids(redis_proc.url) == [m.id for m in live[3:]], timeout=10)
     alice.close()
+
+
+def test_buffer_full_before_the_outage_is_noticed_still_delivers_everything(
+    server_factory, redis_proc
+):
+    """When Redis hangs and the buffer fills before a write times out, nothing goes undelivered."""
+    proxy = Proxy(redis_proc.port)
+    store = RedisStore(f"redis://127.0.0.1:{proxy.port}/0", pending_max=5)
+    server = server_factory(store=store)
+    alice = join(server.address, "alice")
+    proxy.black_hole()  # writes now hang until the socket timeout: the outage is not yet known
+    texts = [f"m{i}" for i in range(8)]
+    for text in texts:
+        alice.say(text)
+    assert [m.message for m in alice.messages(len(texts))] == texts
+    alice.close()
+    proxy.close()
 
 
 class RefusingRedis:

@@ -121,9 +121,7 @@ def append_delivered(store, count: int, chunk: int = 50) -> list:
     delivered = Delivered()
     store.start(delivered)
     for n in range(count):
-        message = store.append("alice", f"m{n}", 1)
-        if message is not None:
-            delivered.append(message)
+        delivered.extend(store.append("alice", f"m{n}", 1))
         if n % chunk == chunk - 1:
             assert wait_until(lambda n=n: len(delivered) > n), f"{len(delivered)} of {n + 1}"
     assert wait_until(lambda: len(delivered) >= count), f"{len(delivered)} of {count} delivered"
