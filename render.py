@@ -196,10 +196,13 @@ class Prompt:
     on the main thread except `interrupt`, which the receive thread calls.
 
     Ctrl-C during a read is a key, and the read raises KeyboardInterrupt.
-    NOTE: between reads the terminal is not in raw mode, so Ctrl-C is a
-    SIGINT; a KeyboardInterrupt raised at a random point there can land in
-    a `__del__` and be lost. So `_on_sigint` only notes it, and the next
-    read ends at once; while connecting it stops the wait at once.
+    NOTE: a SIGINT (Ctrl-C between reads, when the terminal is not in raw
+    mode, or `kill -INT`) is always ours: reads run with prompt_toolkit's
+    own SIGINT handling off, which could drop one that came while a read
+    was starting. A KeyboardInterrupt raised at a random point can land in
+    a `__del__` and be lost, so `_on_sigint` only notes it and ends the
+    current read, or the next one at once; while connecting it stops the
+    wait at once.
     """
 
     def __init__(self, chat):
@@ -227,7 +230,7 @@ class Prompt:
         """
         chat = self._chat
         chat.on_down = self.interrupt
-        signal.signal(signal.SIGINT, self._on_sigint)  # prompt_toolkit restores it after reads
+        signal.signal(signal.SIGINT, self._on_sigint)  # reads leave it in place
         with patch_stdout(raw=True):  # print() lands above the input line, colours kept
             self._connect(chat.connect)
             keep = ""
@@ -264,7 +267,9 @@ class Prompt:
         ended = self._chat.link.ended
         try:
             return self._session.prompt(
-                default=default, pre_run=lambda: (ended.is_set() or self._ctrl_c) and self._exit()
+                default=default,
+                pre_run=lambda: (ended.is_set() or self._ctrl_c) and self._exit(),
+                handle_sigint=False,  # _on_sigint handles it, during reads too
             )
         except Interrupted:
             if self._ctrl_c:
@@ -284,6 +289,7 @@ class Prompt:
         self._ctrl_c = True
         if self._connecting:
             raise KeyboardInterrupt  # stop waiting for the server
+        self.interrupt()  # end the read if one is running; else pre_run sees _ctrl_c
 
     def _exit(self) -> None:
         """On the prompt's event loop: end the read if it is still going."""

@@ -88,6 +88,16 @@ def test_terminal_sigint_between_reads_leaves_cleanly(server, terminal):
     assert b"Traceback" not in alice.before and b"Exception" not in alice.before
 
 
+def test_terminal_sigint_during_a_read_leaves_cleanly(server, terminal):
+    """When SIGINT comes while a line is being read, the client exits 0, no traceback."""
+    alice = terminal(server.address, "alice")
+    alice.send("half")
+    alice.expect_exact("half")  # the read is up, with a half-typed line
+    alice.proc.send_signal(signal.SIGINT)
+    assert alice.exit_code() == 0
+    assert b"Traceback" not in alice.before
+
+
 # -- the renderer, alone ----------------------------------------------------------------
 
 
