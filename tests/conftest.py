@@ -88,10 +88,10 @@ def server(server_factory):
 
 
 class ServerProcess:
-    """`python server.py` as a subprocess, on a free port."""
+    """`python server.py` as a subprocess, on `port` or a free one."""
 
-    def __init__(self, *args: str, env: dict | None = None):
-        self.port = free_port()
+    def __init__(self, *args: str, env: dict | None = None, port: int | None = None):
+        self.port = port or free_port()  # a given port lets a server come back in place
         self.address = f"127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [
