@@ -53,7 +53,11 @@ class NameTaken(Exception):
 
 
 class Client:
-    """One joined user. The hub's lock guards `typing_timer` and `ending`."""
+    """One joined user. The hub's lock guards `typing_timer` and `ending`.
+
+    The generator reads `ending` without the lock: it is set once, from None
+    to its final value, and a plain attribute read is atomic.
+    """
 
     def __init__(self, name: str, cancel=lambda: None, queue_max: int = QUEUE_MAX_EVENTS):
         self.name = name
