@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class ChatServiceStub:
-    """One chat room. A client opens one Chat stream and keeps it open for the
+    """The chat. A client opens one Chat stream and keeps it open for the
     whole session; HealthCheck is a plain unary call for monitoring.
     """
 
@@ -46,10 +46,20 @@ class ChatServiceStub:
                 request_serializer=chat__pb2.HealthCheckRequest.SerializeToString,
                 response_deserializer=chat__pb2.HealthCheckResponse.FromString,
                 _registered_method=True)
+        self.ListRooms = channel.unary_unary(
+                '/chat.ChatService/ListRooms',
+                request_serializer=chat__pb2.ListRoomsRequest.SerializeToString,
+                response_deserializer=chat__pb2.ListRoomsResponse.FromString,
+                _registered_method=True)
+        self.ListUsers = channel.unary_unary(
+                '/chat.ChatService/ListUsers',
+                request_serializer=chat__pb2.ListUsersRequest.SerializeToString,
+                response_deserializer=chat__pb2.ListUsersResponse.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
-    """One chat room. A client opens one Chat stream and keeps it open for the
+    """The chat. A client opens one Chat stream and keeps it open for the
     whole session; HealthCheck is a plain unary call for monitoring.
     """
 
@@ -71,6 +81,22 @@ class ChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRooms(self, request, context):
+        """Every room with at least one member, on every server, with member
+        counts; `lobby` is always listed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUsers(self, request, context):
+        """Who is online in one room, or everywhere (an empty room), with the
+        room each user is in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -84,6 +110,16 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     request_deserializer=chat__pb2.HealthCheckRequest.FromString,
                     response_serializer=chat__pb2.HealthCheckResponse.SerializeToString,
             ),
+            'ListRooms': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRooms,
+                    request_deserializer=chat__pb2.ListRoomsRequest.FromString,
+                    response_serializer=chat__pb2.ListRoomsResponse.SerializeToString,
+            ),
+            'ListUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsers,
+                    request_deserializer=chat__pb2.ListUsersRequest.FromString,
+                    response_serializer=chat__pb2.ListUsersResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'chat.ChatService', rpc_method_handlers)
@@ -93,7 +129,7 @@ def add_ChatServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ChatService:
-    """One chat room. A client opens one Chat stream and keeps it open for the
+    """The chat. A client opens one Chat stream and keeps it open for the
     whole session; HealthCheck is a plain unary call for monitoring.
     """
 
@@ -141,6 +177,60 @@ class ChatService:
             '/chat.ChatService/HealthCheck',
             chat__pb2.HealthCheckRequest.SerializeToString,
             chat__pb2.HealthCheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRooms(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.ChatService/ListRooms',
+            chat__pb2.ListRoomsRequest.SerializeToString,
+            chat__pb2.ListRoomsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.ChatService/ListUsers',
+            chat__pb2.ListUsersRequest.SerializeToString,
+            chat__pb2.ListUsersResponse.FromString,
             options,
             channel_credentials,
             insecure,
