@@ -5,8 +5,9 @@ Each joined user is a `Client` holding a bounded `queue.Queue` of outgoing
 user's response stream); the hub only ever *puts* into it. The hub is called
 from many threads at once: every client's reader thread (messages, typing),
 the pool threads (join, leave), the timer thread (typing timeouts) and, with
-Redis, the store's follower and the cluster's listener (events from the
-stream and from other servers: `deliver`, `remote_event`).
+Redis, the store's follower and the cluster's follower (messages from the
+stream and events of other servers: `deliver`, `remote_event`,
+`resync_remote`, `kick`).
 
     reader thread --post()--> [hub lock: id, store, put into every queue]
                                  |          |          |
@@ -14,7 +15,8 @@ stream and from other servers: `deliver`, `remote_event`).
                                  |          |          |
                            generator A  generator B  generator C  (pool threads)
 
-NOTE: one lock, `_lock`, guards the registry *and* the order of broadcasts.
+NOTE: one lock, `_lock`, guards the registry (our clients, and the users
+of other servers as far as we know them) *and* the order of broadcasts.
 A message gets its id and is put into every queue inside one critical
 section, so all clients see all messages in the same order. Inside it we
 only do non-blocking things: `put_nowait`, and the store's `append` (which
@@ -37,7 +39,7 @@ from timers import Timers
 
 log = logging.getLogger(__name__)
 
-QUEUE_MAX_EVENTS = 1024  # outgoing backlog per client before it is evicted (SPEC §3.6)
+QUEUE_MAX_EVENTS = 1024  # outgoing backlog per client before it is evicted
 TYPING_SILENCE_S = 5.0  # a typer silent this long gets a TYPING_STOP on their behalf
 EVICT_GRACE_S = 5.0  # an evicted client's call is cancelled if its stream is still stuck
 WAKE = object()  # sentinel put into a queue to wake its generator when the client ends
@@ -45,11 +47,16 @@ WAKE = object()  # sentinel put into a queue to wake its generator when the clie
 # Why a client's stream ends (`Client.ending`).
 DRAIN = "drain"  # deliver what is queued, then end with OK (half-close, shutdown)
 EVICTED = "evicted"  # fell QUEUE_MAX_EVENTS behind: end now, RESOURCE_EXHAUSTED
+KICKED = "kicked"  # the name is held on another server (after a partition): ALREADY_EXISTS
 GONE = "gone"  # the call is already over (cancelled, network lost)
 
 
 class NameTaken(Exception):
     """The username is already online."""
+
+
+class ShuttingDown(Exception):
+    """The server is stopping: no one joins any more."""
 
 
 class Client:
@@ -103,7 +110,11 @@ def message_event(m: Message, replay: bool = False) -> pb.ServerEvent:
 
 
 class Alone:
-    """The single-server case: no one to share with, nothing to do."""
+    """The single-server case: no one to share with, nothing to do.
+
+    The same methods as `cluster.Cluster`, which shares names and live
+    events with the other servers on one Redis.
+    """
 
     def claim(self, name: str) -> str | None:
         return ""  # always granted; the hub checks names online here
@@ -111,16 +122,13 @@ class Alone:
     def release(self, name: str, claim: str) -> None:
         pass
 
-    def online(self, local_names: list[str]) -> list[str]:
-        return local_names
-
-    def publish(self, kind: str, name: str, typing: int = 0) -> None:
+    def publish_typing(self, name: str, kind) -> None:
         pass
 
     def start(self, hub) -> None:
         pass
 
-    def close(self, local_names: list[str]) -> None:
+    def close(self) -> None:
         pass
 
 
@@ -140,8 +148,11 @@ class Hub:
         self._timers = timers
         self._typing_silence_s = typing_silence_s
         self._evict_grace_s = evict_grace_s
-        self._lock = threading.Lock()  # guards _clients and the order of every broadcast
-        self._clients: dict[str, Client] = {}
+        # `_lock` guards _clients, _remote, _closing and the order of every broadcast.
+        self._lock = threading.Lock()
+        self._clients: dict[str, Client] = {}  # our joined users
+        self._remote: dict[str, bool] = {}  # other servers' users -> typing now?
+        self._closing = False  # shut_down() has begun: joins are refused
 
     def count(self) -> int:
         with self._lock:
@@ -151,16 +162,23 @@ class Hub:
         with self._lock:
             return sorted(self._clients)
 
+    def online_names(self) -> list[str]:
+        """Everyone online as far as this server knows: ours and the others'."""
+        with self._lock:
+            return sorted(self._clients.keys() | self._remote.keys())
+
     # -- joining and leaving ----------------------------------------------
 
     def join(self, client: Client) -> None:
-        """Register `client` and announce it to all, here and on other servers."""
+        """Register `client` and announce it here (its claim told the other servers)."""
         with self._lock:
+            if self._closing:
+                raise ShuttingDown()
             if client.name in self._clients:
                 raise NameTaken(client.name)
             self._clients[client.name] = client
+            self._remote.pop(client.name, None)  # a stale view of another server
             self._broadcast_locked(user_event(pb.USER_JOINED, client.name))
-            self.cluster.publish("joined", client.name)
 
     def leave(self, client: Client, ending: str) -> bool:
         """Remove `client` if still registered, tell the rest; wake its generator.
@@ -181,13 +199,17 @@ class Hub:
         del self._clients[client.name]
         self._stop_typing_locked(client)
         self._broadcast_locked(user_event(pb.USER_LEFT, client.name))
-        self.cluster.publish("left", client.name)
 
     # -- what clients say ---------------------------------------------------
 
     def tell(self, client: Client, event: pb.ServerEvent) -> None:
-        """Send `event` to one client only (a notice; order with broadcasts is loose)."""
-        self._put_locked(client, event)  # Queue is thread-safe; no hub state is read
+        """Send `event` to one client only (a notice; order with broadcasts is loose).
+
+        A full queue evicts the client, whatever filled it: its own refusals too.
+        """
+        with self._lock:
+            if not self._put(client, event) and self._clients.get(client.name) is client:
+                self._evict_locked(client)
 
     def post(self, client: Client, text: str) -> bool:
         """Store an accepted message and send it to everyone, sender included.
@@ -210,15 +232,68 @@ class Hub:
             for message in messages:
                 self._broadcast_locked(message_event(message))
 
+    # -- other servers' users (cluster.py; never called without Redis) ---------
+
     def remote_event(self, kind: str, name: str, typing=0) -> None:
-        """Cluster thread: another server's user joined, left, or typed."""
-        if kind == "typing":
-            event = typing_event(name, typing)
-        else:
-            event = user_event(pb.USER_JOINED if kind == "joined" else pb.USER_LEFT, name)
+        """Cluster thread: another server's user joined, left, or typed.
+
+        Only changes are announced, so an event that arrives twice (or after
+        a resync already told it) is shown once.
+        """
         with self._lock:
-            if name not in self._clients:  # never about one of ours
-                self._broadcast_locked(event)
+            if name in self._clients:
+                return  # about a name online here: ours is the one that counts
+            if kind == "joined":
+                self._remote_join_locked(name)
+            elif kind == "left":
+                self._remote_leave_locked(name)
+            elif kind == "typing" and name in self._remote:
+                self._remote_typing_locked(name, typing == pb.TYPING_START)
+
+    def resync_remote(self, names: set[str]) -> None:
+        """Cluster thread: after a gap in the events, `names` are the others' users.
+
+        Announce who left and who joined meanwhile. Typing changes in the gap
+        are unknown: every remote typer stops (a typer's client repeats START).
+        """
+        with self._lock:
+            for name in [n for n, typing in self._remote.items() if typing]:
+                self._remote_typing_locked(name, False)
+            for name in sorted(self._remote.keys() - names):
+                self._remote_leave_locked(name)
+            for name in sorted(names - self._clients.keys() - self._remote.keys()):
+                self._remote_join_locked(name)
+
+    def kick(self, name: str, text: str) -> None:
+        """Cluster thread: our `name` is held on another server; that one wins."""
+        with self._lock:
+            client = self._clients.get(name)
+            if client is None:
+                return
+            self._put(client, system_event(text))
+            client.ending = KICKED
+            self._remove_locked(client)
+            self._remote_join_locked(name)  # the other one is online
+        client.wake()
+
+    def _remote_join_locked(self, name: str) -> None:
+        if name not in self._remote:
+            self._remote[name] = False
+            self._broadcast_locked(user_event(pb.USER_JOINED, name))
+
+    def _remote_leave_locked(self, name: str) -> None:
+        if name in self._remote:
+            self._remote_typing_locked(name, False)
+            del self._remote[name]
+            self._broadcast_locked(user_event(pb.USER_LEFT, name))
+
+    def _remote_typing_locked(self, name: str, typing: bool) -> None:
+        if self._remote[name] != typing:
+            self._remote[name] = typing
+            kind = pb.TYPING_START if typing else pb.TYPING_STOP
+            self._broadcast_locked(typing_event(name, kind))
+
+    # -- typing here ------------------------------------------------------------
 
     def typing(self, client: Client, kind) -> None:
         """Forward a change of typing state to everyone else; drop repeats."""
@@ -234,7 +309,7 @@ class Hub:
                 )
                 if not was_typing:
                     self._broadcast_locked(typing_event(client.name, pb.TYPING_START), client)
-                    self.cluster.publish("typing", client.name, pb.TYPING_START)
+                    self.cluster.publish_typing(client.name, pb.TYPING_START)
             elif kind == pb.TYPING_STOP:
                 self._stop_typing_locked(client)
 
@@ -250,17 +325,23 @@ class Hub:
         client.typing_timer.cancel()
         client.typing_timer = None
         self._broadcast_locked(typing_event(client.name, pb.TYPING_STOP), client)
-        self.cluster.publish("typing", client.name, pb.TYPING_STOP)
+        self.cluster.publish_typing(client.name, pb.TYPING_STOP)
 
     # -- shutting down ------------------------------------------------------
 
     def shut_down(self, notice: pb.ServerEvent) -> None:
-        """Send `notice` to everyone, then end every stream once it is drained."""
+        """Send `notice` to everyone, then end every stream once it is drained.
+
+        From now on joins are refused (ShuttingDown), so no stream that joins
+        during the shutdown grace is left without the notice.
+        """
         with self._lock:
+            self._closing = True
             clients = list(self._clients.values())
             self._clients.clear()
             for client in clients:
-                self._put_locked(client, notice)
+                if not self._put(client, notice):
+                    log.warning("%s missed the shutdown notice: queue full", client.name)
                 client.ending = DRAIN
         for client in clients:
             client.wake()
@@ -272,14 +353,13 @@ class Hub:
         evicted = [c for c in self._clients.values() if c is not skip and not self._put(c, event)]
         for client in evicted:  # each removal broadcasts USER_LEFT, which may evict more
             if self._clients.get(client.name) is client:
-                log.warning("evicting %s: %d events behind", client.name, client.queue.qsize())
-                client.ending = EVICTED
-                self._remove_locked(client)
-                self._timers.schedule(self._evict_grace_s, client.cancel)
+                self._evict_locked(client)
 
-    def _put_locked(self, client: Client, event: pb.ServerEvent) -> None:
-        if not self._put(client, event):
-            log.warning("dropped an event for %s: queue full", client.name)
+    def _evict_locked(self, client: Client) -> None:
+        log.warning("evicting %s: %d events behind", client.name, client.queue.qsize())
+        client.ending = EVICTED
+        self._remove_locked(client)
+        self._timers.schedule(self._evict_grace_s, client.cancel)
 
     @staticmethod
     def _put(client: Client, event: pb.ServerEvent) -> bool:

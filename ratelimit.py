@@ -1,8 +1,10 @@
 """Token bucket: how many chat messages one client may send, and when.
 
-The server keeps one bucket per connected client and asks it once per chat
-message, on that client's reader thread (SPEC §3.3). Nothing else touches a
-client's bucket, so it needs no lock. Typing events never go through it.
+The server asks a bucket once per chat message, on the sender's reader
+thread, and once per join, on the joining stream's pool thread. Buckets
+live in `Buckets`, keyed by user name (messages) or by client address
+(joins), so reconnecting does not refill them. Typing events never go
+through a bucket.
 
 The algorithm, in steps:
 
@@ -18,6 +20,7 @@ The clock is injected (`time.monotonic` by default, never wall time, which
 can jump), so tests drive time by hand.
 """
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -48,3 +51,43 @@ class TokenBucket:
         elapsed = max(0.0, now - self._last_refill)
         self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
         self._last_refill = now
+
+
+class Buckets:
+    """One TokenBucket per key (a name, an address), kept while it matters.
+
+    A bucket that has been left alone long enough to be full again is the
+    same as a new one, so it is forgotten then: memory stays bounded by the
+    keys active in the last `burst / rate` seconds.
+    """
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic):
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._full_after_s = burst / rate  # idle this long, a bucket is full again
+        self._lock = threading.Lock()  # guards _buckets, _last_used, _next_prune
+        self._buckets: dict[str, TokenBucket] = {}
+        self._last_used: dict[str, float] = {}
+        self._next_prune = clock() + self._full_after_s
+
+    def try_take(self, key: str) -> float:
+        """Take a token from `key`'s bucket: 0.0 if allowed, else the seconds to wait."""
+        with self._lock:
+            now = self._clock()
+            if now >= self._next_prune:
+                self._prune(now)
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, self._clock)
+            self._last_used[key] = now
+            return bucket.try_take()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._buckets)
+
+    def _prune(self, now: float) -> None:
+        for key in [k for k, used in self._last_used.items() if now - used >= self._full_after_s]:
+            del self._buckets[key], self._last_used[key]
+        self._next_prune = now + self._full_after_s

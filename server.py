@@ -96,12 +96,10 @@ class ChatServer:
         """Tell every client, refuse new calls, drain, flush the store."""
         self.health.enter_graceful_shutdown()
         stopped = self.grpc_server.stop(grace_s)  # refuses new calls at once
-        hub = self.servicer.hub
-        names = hub.names()  # taken before shut_down() empties the registry
-        self.servicer.shut_down()  # SHUTTING_DOWN to all, then each stream drains
+        self.servicer.shut_down()  # SHUTTING_DOWN to all, refuse joins, each stream drains
         # NOTE: only after the notice: leaving the cluster talks to Redis,
         # which may hang, and the grace above is already running.
-        hub.cluster.close(names)  # our users leave the other servers' rooms
+        self.servicer.hub.cluster.close()  # our names are freed, our users leave everywhere
         stopped.wait(grace_s + 1)
         self.servicer.close()  # timers, and the store's pending writes
 

@@ -6,15 +6,17 @@ life of one `Chat` call:
 
 1. take a client slot (`--max-clients`), else RESOURCE_EXHAUSTED at once;
 2. read the first event: it must be a valid USER_JOINED, else
-   INVALID_ARGUMENT (or ALREADY_EXISTS for a name online);
-3. claim the name, register with the hub, then replay history (the
-   `replay` flag set);
+   INVALID_ARGUMENT; an address joining too often is RESOURCE_EXHAUSTED;
+3. claim the name (ALREADY_EXISTS if it is online), register with the
+   hub, then replay history page by page (the `replay` flag set);
 4. start the reader thread, which validates, rate-limits and forwards what
    the client says;
 5. drain the client's queue into the response stream until the client ends.
 
 Bad input after the join never ends the call: the sender alone gets a
-`SystemEvent` saying what was wrong, and nothing is stored or sent.
+`SystemEvent` saying what was wrong, and nothing is stored or sent. The
+log gets a line per refusal, up to a few a second per client, then one
+line saying how many more there were.
 """
 
 import logging
@@ -28,14 +30,15 @@ import grpc
 import chat_pb2 as pb
 import chat_pb2_grpc
 import hub as hubs
-from hub import Client, Hub, NameTaken, message_event, system_event
-from ratelimit import TokenBucket
+from hub import Client, Hub, NameTaken, ShuttingDown, message_event, system_event
+from ratelimit import Buckets
 from sanitize import NAME_RULE, clean_text, is_valid_name
-from store import id_key
+from store import NotSent, id_key
 
 log = logging.getLogger("session")
 
 JOIN_TIMEOUT_S = 10.0  # a stream that has not joined by then is cancelled
+REFUSALS_LOGGED_PER_S = 3  # refusal lines per client per second; beyond, one summary
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class Settings:
     max_message_chars: int = 2000
     rate: float | None = 1.0  # tokens per second; None switches rate limiting off
     burst: int = 5
+    join_rate: float = 2.0  # joins per second per client address (off with `rate` None)
+    join_burst: int = 20
     max_clients: int = 512
     typing_silence_s: float = hubs.TYPING_SILENCE_S
     join_timeout_s: float = JOIN_TIMEOUT_S
@@ -62,6 +67,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self._settings = settings
         self._slots = threading.BoundedSemaphore(settings.max_clients)  # one per open Chat
         self._started = time.monotonic()
+        # Buckets outlive streams: reconnecting refills nothing (None: no limit).
+        self._message_buckets = self._join_buckets = None
+        if settings.rate is not None:
+            self._message_buckets = Buckets(settings.rate, settings.burst)  # by name
+            self._join_buckets = Buckets(settings.join_rate, settings.join_burst)  # by address
 
     def HealthCheck(self, request, context):
         return pb.HealthCheckResponse(
@@ -93,18 +103,18 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         joined = self._read_join(request_iterator, context)
         if joined is None:
             return  # the call was cancelled before a join
+        self._limit_joins(context)
         client = Client(
             joined.username, cancel=context.cancel, queue_max=self._settings.queue_max_events
         )
         claim = self._join(client, context)
         context.add_callback(lambda: self.hub.leave(client, hubs.GONE))
         try:
-            replayed = self._history(client, joined.last_seen_id)
-            yield from (message_event(m, replay=True) for m in replayed)
+            replayed_up_to = yield from self._replay(client, joined.last_seen_id)
             threading.Thread(
                 target=self._read, args=(client, request_iterator), name=f"reader-{client.name}"
             ).start()
-            yield from self._drain(client, context, replayed[-1].id if replayed else None)
+            yield from self._drain(client, context, replayed_up_to)
         finally:
             self.hub.leave(client, hubs.GONE)  # a no-op if the reader or hub got there first
             self.hub.cluster.release(client.name, claim)
@@ -117,12 +127,15 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             if claim is None:
                 raise NameTaken(client.name)
             self.hub.join(client)
-        except NameTaken:
+        except (NameTaken, ShuttingDown) as refusal:
             if claim is not None:
                 self.hub.cluster.release(client.name, claim)
+            if isinstance(refusal, ShuttingDown):
+                log.info("refused %s: shutting down", client.name)
+                context.abort(grpc.StatusCode.UNAVAILABLE, "server shutting down")
             log.info("refused %s: name already online", client.name)
             context.abort(grpc.StatusCode.ALREADY_EXISTS, f"{client.name} is already online")
-        online = self.hub.cluster.online(self.hub.names())
+        online = self.hub.online_names()
         self.hub.tell(client, system_event(f"online ({len(online)}): {', '.join(online)}"))
         log.info("%s joined (%d online here)", client.name, self.hub.count())
         return claim
@@ -150,13 +163,35 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         log.info("refused a stream: %s", details)
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
 
-    def _history(self, client: Client, last_seen_id: str) -> list:
-        """Step 3: what the joiner missed (after `last_seen_id`) or the last N."""
+    def _limit_joins(self, context) -> None:
+        """Step 2b: an address that joins too often waits (reconnect loops, floods)."""
+        address = context.peer().rpartition(":")[0]  # "ipv4:127.0.0.1:5000" -> "ipv4:127.0.0.1"
+        buckets = self._join_buckets
+        wait_s = buckets.try_take(address) if buckets is not None else 0.0
+        if wait_s:
+            log.info("refused a stream from %s: joining too often", address)
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"joining too often from your address: retry in {round_up(wait_s):.1f} s",
+            )
+
+    def _replay(self, client: Client, last_seen_id: str):
+        """Step 3b: yield history, a page at a time; return the last id sent.
+
+        What the joiner missed (after `last_seen_id`), or the last N. Only
+        one page is held at a time, and none once it has been sent.
+        """
         try:
-            return self.hub.store.history(self._settings.history, last_seen_id or None)
+            pages = self.hub.store.history(self._settings.history, last_seen_id or None)
         except ValueError:
             self.hub.tell(client, system_event("unknown last_seen_id", pb.INVALID_EVENT))
-            return self.hub.store.history(self._settings.history)
+            pages = self.hub.store.history(self._settings.history)
+        last_id = None
+        for page in pages:
+            for message in page:
+                yield message_event(message, replay=True)
+            last_id = page[-1].id if page else last_id
+        return last_id
 
     def _drain(self, client: Client, context, replayed_up_to: str | None):
         """Step 5: yield the client's queue until it ends.
@@ -170,6 +205,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             event = client.queue.get()
             if client.ending == hubs.EVICTED:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too slow: fell too far behind")
+            if client.ending == hubs.KICKED:
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, f"{client.name} is online elsewhere")
             if client.ending == hubs.GONE:
                 return
             if event is not hubs.WAKE:
@@ -184,25 +221,28 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     # -- the reader thread --------------------------------------------------
 
     def _read(self, client: Client, request_iterator) -> None:
-        """Step 4, on its own thread: owns `request_iterator` and the bucket."""
-        bucket = None
-        if self._settings.rate is not None:
-            bucket = TokenBucket(self._settings.rate, self._settings.burst)
+        """Step 4, on its own thread: owns `request_iterator` and `refusals`."""
+        refusals = RefusalLog(client.name)
         ending = hubs.DRAIN  # the client half-closed: deliver what is queued
         try:
             for event in request_iterator:
                 kind = event.WhichOneof("event")
                 handler = getattr(self, f"_on_{kind}", self._on_None)
-                handler(client, event, bucket)
+                refusal = handler(client, event)
+                if refusal is not None:
+                    refusals.note(refusal)
         except grpc.RpcError:
             ending = hubs.GONE  # cancelled or connection lost
         except Exception:  # a bug must not leave the client registered
             log.exception("reader for %s failed", client.name)
             ending = hubs.GONE
         finally:
+            refusals.flush()
             self.hub.leave(client, ending)
 
-    def _on_chat_message(self, client: Client, event, bucket) -> None:
+    # Each handler returns None, or the reason it refused the event.
+
+    def _on_chat_message(self, client: Client, event) -> str | None:
         text = clean_text(event.chat_message.message)
         if not text:
             return self._reject(client, pb.INVALID_EVENT, "empty message: nothing was sent")
@@ -211,24 +251,69 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             return self._reject(
                 client, pb.INVALID_EVENT, f"message too long: {len(text)} characters, max {limit}"
             )
-        wait_s = bucket.try_take() if bucket else 0.0
+        buckets = self._message_buckets
+        wait_s = buckets.try_take(client.name) if buckets is not None else 0.0
         if wait_s:
-            wait_s = math.ceil(wait_s * 10 - 1e-9) / 10  # round up: a retry then is not early
-            return self._reject(client, pb.RATE_LIMITED, f"rate limited: retry in {wait_s:.1f} s")
-        self.hub.post(client, text)
+            retry = f"rate limited: retry in {round_up(wait_s):.1f} s"
+            return self._reject(client, pb.RATE_LIMITED, retry)
+        try:
+            self.hub.post(client, text)
+        except NotSent:  # cut off from the other servers: no id would hold
+            retry = "not sent: the chat is reconnecting, send it again"
+            return self._reject(client, pb.NOT_SENT, retry)
+        return None
 
-    def _on_typing_event(self, client: Client, event, bucket) -> None:
+    def _on_typing_event(self, client: Client, event) -> str | None:
         kind = event.typing_event.type
         if kind not in (pb.TYPING_START, pb.TYPING_STOP):
             return self._reject(client, pb.INVALID_EVENT, "typing event without a type")
         self.hub.typing(client, kind)
+        return None
 
-    def _on_user_event(self, client: Client, event, bucket) -> None:
-        self._reject(client, pb.INVALID_EVENT, "already joined: user events are for joining")
+    def _on_user_event(self, client: Client, event) -> str | None:
+        return self._reject(client, pb.INVALID_EVENT, "already joined: user events are for joining")
 
-    def _on_None(self, client: Client, event, bucket) -> None:  # the oneof was empty
-        self._reject(client, pb.INVALID_EVENT, "empty event")
+    def _on_None(self, client: Client, event) -> str | None:  # the oneof was empty
+        return self._reject(client, pb.INVALID_EVENT, "empty event")
 
-    def _reject(self, client: Client, code, reason: str) -> None:
-        log.info("refused an event from %s: %s", client.name, reason)
+    def _reject(self, client: Client, code, reason: str) -> str:
         self.hub.tell(client, system_event(reason, code))
+        return reason
+
+
+def round_up(wait_s: float) -> float:
+    """Round a wait up to 0.1 s, so a retry at the time we name is not early."""
+    return math.ceil(wait_s * 10 - 1e-9) / 10
+
+
+class RefusalLog:
+    """Log lines for one client's refused events, a few per second at most.
+
+    Owned by the client's reader thread (no lock). Past
+    REFUSALS_LOGGED_PER_S in one second, refusals are counted, and the count
+    is logged once, when the next second's first refusal comes or the
+    stream ends.
+    """
+
+    def __init__(self, name: str, clock=time.monotonic):
+        self._name = name
+        self._clock = clock
+        self._window_start = -1.0
+        self._logged = 0  # lines logged in the current one-second window
+        self._suppressed = 0  # refusals not logged in the current window
+
+    def note(self, reason: str) -> None:
+        now = self._clock()
+        if now - self._window_start >= 1.0:
+            self.flush()
+            self._window_start, self._logged = now, 0
+        if self._logged < REFUSALS_LOGGED_PER_S:
+            self._logged += 1
+            log.info("refused an event from %s: %s", self._name, reason)
+        else:
+            self._suppressed += 1
+
+    def flush(self) -> None:
+        if self._suppressed:
+            log.info("refused %d more events from %s", self._suppressed, self._name)
+            self._suppressed = 0

@@ -26,8 +26,15 @@ from dataclasses import dataclass
 _ID_PATTERN = re.compile(r"(\d+)(?:-(\d+))?")
 
 
+HISTORY_PAGE = 200  # messages per page of history: a join never holds more at once
+
+
 class StoreUnavailable(Exception):
     """The configured store cannot be reached at start-up."""
+
+
+class NotSent(Exception):
+    """The message cannot get an id that holds for every server: send it again later."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +84,11 @@ def messages_after(messages, after_id: str | None, limit: int) -> list[Message]:
     return list(messages)[-limit:] if limit > 0 else []
 
 
+def pages(messages: list[Message], size: int = HISTORY_PAGE):
+    """`messages` in pages of `size`, each dropped by us once handed out."""
+    return (messages[start : start + size] for start in range(0, len(messages), size))
+
+
 class MemoryStore:
     """The last `max_messages` messages in a deque; nothing survives a restart."""
 
@@ -97,12 +109,18 @@ class MemoryStore:
             self._messages.append(message)
         return [message]
 
-    def history(self, limit: int, after_id: str | None = None) -> list[Message]:
+    def history(self, limit: int, after_id: str | None = None):
+        """Pages (lists, oldest first) of the last `limit`, or all after `after_id`.
+
+        Raises ValueError at once for a malformed `after_id`.
+        """
+        cut = id_key(after_id) if after_id else None
         with self._lock:
-            if after_id is None:  # the common join: copy only the last `limit`
-                return list(itertools.islice(reversed(self._messages), limit))[::-1]
-            snapshot = list(self._messages)
-        return messages_after(snapshot, after_id, limit)
+            if cut is None:  # the common join: copy only the last `limit`
+                wanted = list(itertools.islice(reversed(self._messages), limit))[::-1]
+            else:
+                wanted = [m for m in self._messages if id_key(m.id) > cut]
+        return pages(wanted)
 
     def close(self, timeout: float = 5.0) -> None:
         pass

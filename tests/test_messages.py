@@ -4,7 +4,7 @@ import threading
 import time
 
 import grpc
-from conftest import wait_until
+from conftest import wait_until, stored
 from wire import health, join
 
 import chat_pb2 as pb
@@ -80,7 +80,7 @@ def test_empty_overlong_and_control_only_messages_are_refused_and_not_stored(ser
     alice.say("x" * 10)  # exactly at the limit is fine
     assert alice.messages(1)[0].message == "x" * 10
     assert [m.message for m in bob.messages(1)] == ["x" * 10]
-    assert [m.text for m in server.servicer.hub.store.history(50)] == ["x" * 10]
+    assert [m.text for m in stored(server.servicer.hub.store)] == ["x" * 10]
     alice.close()
     bob.close()
 
@@ -94,7 +94,7 @@ def test_rate_limited_message_is_refused_with_retry_time_and_not_stored(server_f
     notice = alice.next_event("system_event", where=lambda e: e.code == pb.RATE_LIMITED)
     assert "retry in" in notice.system_event.message and " s" in notice.system_event.message
     assert [m.message for m in bob.messages(2)] == ["m0", "m1"]
-    assert [m.text for m in server.servicer.hub.store.history(50)] == ["m0", "m1"]
+    assert [m.text for m in stored(server.servicer.hub.store)] == ["m0", "m1"]
     alice.close()
     bob.close()
 

@@ -3,6 +3,7 @@
 from wire import join
 
 import chat_pb2 as pb
+from conftest import stored
 
 START, STOP = pb.TYPING_START, pb.TYPING_STOP
 
@@ -85,6 +86,6 @@ def test_typing_is_not_stored(server_factory):
     bob.next_event("typing_event")
     alice.say("only this")
     bob.next_event("chat_message")
-    assert [m.text for m in server.servicer.hub.store.history(50)] == ["only this"]
+    assert [m.text for m in stored(server.servicer.hub.store)] == ["only this"]
     alice.close()
     bob.close()
