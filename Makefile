@@ -1,5 +1,6 @@
 # grpc-chat commands. `make server` and `make test` set everything up on a
-# fresh machine: a virtualenv in .venv with requirements.txt installed.
+# fresh machine: a virtualenv in .venv with requirements.txt installed (and
+# requirements-dev.txt for the tests and tools).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -11,14 +12,22 @@ ARGS   ?=
 
 .PHONY: gen redis server client test bench lint clean wc
 
-# The virtualenv is rebuilt whenever requirements.txt changes.
-$(VENV)/.installed: requirements.txt
+# The virtualenv: .installed once requirements.txt is in it (what the programs
+# need), .installed-dev once requirements-dev.txt is too (tests and tools);
+# each is redone when its file changes.
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: requirements.txt | $(PY)
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-gen: $(VENV)/.installed  ## regenerate chat_pb2*.py from chat.proto
+$(VENV)/.installed-dev: requirements-dev.txt requirements.txt | $(PY)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+gen: $(VENV)/.installed-dev  ## regenerate chat_pb2*.py from chat.proto
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. chat.proto
 
 redis:  ## start a local Redis on REDIS_PORT: Docker if it runs, else redis-server
@@ -35,18 +44,19 @@ server: $(VENV)/.installed  ## python server.py --port $(PORT) $(ARGS)
 client: $(VENV)/.installed  ## python client.py --name $(NAME)
 	$(PY) client.py $(if $(NAME),--name $(NAME)) --address localhost:$(PORT) $(ARGS)
 
-test: $(VENV)/.installed  ## the whole suite (starts its own redis-server)
+test: $(VENV)/.installed-dev  ## the whole suite (starts its own redis-server)
 	$(PY) -m pytest
 
-bench: $(VENV)/.installed  ## the standard benchmark scenario
-	$(PY) bench.py $(ARGS)
+bench: $(VENV)/.installed-dev  ## python -m bench $(ARGS): server.py against the baselines
+	$(PY) -m bench $(ARGS)
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis __pycache__ tests/__pycache__
+	rm -rf bench/__pycache__ bench/peers/__pycache__
 
 wc:  ## lines per file: each should read in one sitting
-	@wc -l *.proto $$(ls *.py | grep -v _pb2) tests/*.py | sort -n
+	@wc -l *.proto $$(ls *.py | grep -v _pb2) tests/*.py bench/*.py bench/peers/*.py | sort -n

@@ -1,10 +1,11 @@
 """Benchmark: how much chat a server delivers, how fast, and at what cost.
 
-`python bench.py` starts the servers under test itself, one at a time, each
-on a free port of 127.0.0.1: this project's `server.py` (rate limit off,
-history in memory, or in a private Redis with `--redis`) and the two
-baselines of `../shared/baselines` (the bare threaded design, and grpc.aio).
-For each it measures, medians of `--repeat` runs:
+`python -m bench` (from the repository's top level; `make bench` does it)
+starts the servers under test itself, one at a time, each on a free port of
+127.0.0.1: this project's `server.py` (rate limit off, history in memory,
+or in a private Redis with `--redis`) and the two baselines of bench/peers
+(the bare threaded design, and the same on grpc.aio). For each it measures,
+medians of `--repeat` runs:
 
 1. a burst: `--burst-clients` clients join at the same moment; the time until
    all are in, how many were refused, and the server's memory per idle client;
@@ -18,7 +19,8 @@ For each it measures, medians of `--repeat` runs:
 
 `--alt-dir` adds server "alt", a changed copy of the project, so that a
 change to the hot path is measured in the same run as the original. The
-clients are played by bench_load.py, in worker processes.
+servers are started by servers.py; the clients are played by load.py, in
+worker processes; report.py prints the table.
 """
 
 import json
@@ -33,11 +35,10 @@ import click
 import grpc
 import psutil
 
-from bench_load import LoadGenerator
-from bench_report import Progress, finite, medians, report
-from bench_servers import BASELINE_SCRIPTS, HERE, PrivateRedis, Server, start_cluster, start_server
+from bench.load import LoadGenerator
+from bench.report import Progress, finite, medians, report
+from bench.servers import BASELINES, KINDS, ROOT, PrivateRedis, Server, start_server
 
-SERVER_KINDS = ["project", "project+redis", "cluster", "alt", *BASELINE_SCRIPTS]
 SETTLE_S = 0.5  # after a join, before memory is read: let the join's fan-out finish
 DRAIN_S = 3.0  # after the last send, how long deliveries may still arrive
 SWEEP_MAX_RATES = 12  # a sweep never tries more rates than this
@@ -104,9 +105,10 @@ class Bench:
             "machine": sum(machine) - machine.idle - getattr(machine, "iowait", 0),
             "generator": self.generator.cpu_s() + sum(psutil.Process().cpu_times()[:2]),
         }
-        for who, pid in (("server", server.pid), ("redis", server.redis_pid)):
-            if pid:
-                usage[who] = sum(psutil.Process(pid).cpu_times()[:2])
+        if (server_s := server.cpu_s()) is not None:
+            usage["server"] = server_s
+        if server.redis_pid:
+            usage["redis"] = sum(psutil.Process(server.redis_pid).cpu_times()[:2])
         return usage
 
     def sweep(self, start, server: Server) -> tuple[Server, dict]:
@@ -175,25 +177,19 @@ def run_server(bench: Bench, start, burst_clients: int, sweep: bool) -> dict:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--servers",
-    default="project,sync,aio",
+    default="project,threaded,aio",
     show_default=True,
     help="Servers to measure in turn, comma-separated: project, project+redis, cluster "
-    "(3 servers on one Redis, clients spread over them: cross-server fan-out), alt, sync, "
-    "aio. Ratios are the first one's to each other one.",
+    "(3 servers on one Redis, clients spread over them: cross-server fan-out), alt, and the "
+    "baselines threaded and aio. Ratios are the first one's to each other one.",
 )
 @click.option(
     "--baseline",
-    type=click.Choice(list(BASELINE_SCRIPTS)),
+    type=click.Choice(BASELINES),
     help="Measure this baseline alone (same as --servers NAME).",
 )
 @click.option("--target", metavar="HOST:PORT", help="Measure a running server instead.")
 @click.option("--server-pid", type=int, help="With --target: its pid, for CPU and memory.")
-@click.option(
-    "--baselines-dir",
-    default="../shared/baselines",
-    show_default=True,
-    help="Where sync_threaded.py and aio.py are; relative to this file's directory.",
-)
 @click.option(
     "--alt-dir",
     type=click.Path(exists=True, file_okay=False),
@@ -238,7 +234,7 @@ def run_server(bench: Bench, start, burst_clients: int, sweep: bool) -> dict:
 @click.option("--message-chars", default=64, show_default=True, help="Length of each message.")
 @click.option("--workers", default=2, show_default=True, help="Load generator processes.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write to FILE.")
-def main(servers, baseline, target, server_pid, baselines_dir, alt_dir, with_redis, redis_url,
+def main(servers, baseline, target, server_pid, alt_dir, with_redis, redis_url,
          clients, senders, rate, duration, burst_clients, sweep, p99_limit_ms, repeat,
          message_chars, workers, json_path):  # fmt: skip
     """Benchmark chat servers: joins, fan-out, latency, CPU and memory.
@@ -253,22 +249,18 @@ def main(servers, baseline, target, server_pid, baselines_dir, alt_dir, with_red
     kinds = ["project+redis" if with_redis and k == "project" else k for k in kinds]
     if target:
         kinds = ["target"]
-    elif unknown := set(kinds) - set(SERVER_KINDS):
+    elif unknown := set(kinds) - set(KINDS):
         raise click.BadParameter(f"unknown server {', '.join(unknown)}", param_hint="--servers")
     if not 0 < senders <= clients or rate <= 0 or duration <= 0 or repeat < 1 or workers < 1:
         raise click.BadParameter("need 0 < senders <= clients, and positive numbers")
-    baselines = HERE / baselines_dir  # an absolute --baselines-dir stays as it is
-    scripts = {kind: HERE / "server.py" for kind in ("project", "project+redis", "cluster")}
-    scripts |= {kind: baselines / script for kind, script in BASELINE_SCRIPTS.items()}
-    scripts["alt"] = Path(alt_dir or HERE, "server.py").resolve()
-    for kind in set(kinds) - {"target"}:
-        if not scripts[kind].exists():
-            raise click.ClickException(f"no {scripts[kind]}")
+    alt = Path(alt_dir or ROOT).resolve()
+    if "alt" in kinds and not (alt / "server.py").exists():
+        raise click.ClickException(f"no {alt / 'server.py'}")
 
     runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         redis = None
-        if {"project+redis", "cluster"} & set(kinds) and not redis_url:
+        if any(k in KINDS and KINDS[k].redis for k in kinds) and not redis_url:
             redis = PrivateRedis(Path(tmp))
         generator = LoadGenerator(workers)
         bench = Bench(generator, clients, senders, rate, duration, message_chars, p99_limit_ms)
@@ -279,9 +271,8 @@ def main(servers, baseline, target, server_pid, baselines_dir, alt_dir, with_red
                     if target:
                         start = partial(Server, "target", target, pid=server_pid)
                     else:
-                        store = (redis_url, redis) if kind in ("project+redis", "cluster") else ()
-                        starter = start_cluster if kind == "cluster" else start_server
-                        start = partial(starter, kind, scripts[kind], Path(tmp), *store)
+                        directory = alt if kind == "alt" else ROOT
+                        start = partial(start_server, kind, directory, Path(tmp), redis_url, redis)
                     runs[kind].append(run_server(bench, start, burst_clients, sweep))
         finally:
             generator.close()

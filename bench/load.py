@@ -1,9 +1,9 @@
-"""The clients of bench.py: many chat clients in a few processes, and what they saw.
+"""The clients of the benchmark: many chat clients in a few processes, and what they saw.
 
-A `LoadGenerator` runs worker processes, each an asyncio loop
-holding a share of the chat clients on grpc.aio, spread over a few channels
-(one TCP connection each), and obeying commands sent down a pipe: connect,
-join, load, leave, quit. A joined client reads its stream for as long as it
+A `LoadGenerator` runs worker processes, each an asyncio loop holding a
+share of the chat clients on grpc.aio, spread over a few channels (one TCP
+connection each), and obeying commands sent down a pipe: connect, join,
+load, leave, quit. A joined client reads its stream for as long as it
 is joined; the senders among the clients write chat messages on a fixed
 schedule. This is a tool, not part of the lesson: it uses asyncio and
 several processes so that it is not the bottleneck of the measurement.
@@ -31,16 +31,13 @@ import psutil
 
 import chat_pb2 as pb
 import chat_pb2_grpc
-from bench_report import latency_bucket, merge_reports
+from bench.report import latency_bucket, merge_reports
 
 CLIENTS_PER_CHANNEL = 32  # streams multiplexed on one channel (one TCP connection)
 JOIN_TIMEOUT_S = 60.0  # a client not joined by then counts as refused ("TIMEOUT")
 DRAIN_POLL_S = 0.05  # how often a worker checks whether every delivery has arrived
 # A private subchannel pool gives every channel its own TCP connection.
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
-
-
-# -- the clients ------------------------------------------------------------
 
 
 @dataclass

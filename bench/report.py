@@ -1,6 +1,6 @@
-"""The arithmetic and the display of bench.py: latency histograms, progress, the report.
+"""The benchmark's arithmetic and display: latency histograms, progress, the report.
 
-Workers in bench_load.py count deliveries in a latency histogram (buckets
+Workers in load.py count deliveries in a latency histogram (buckets
 2 % apart, so percentiles come out within 2 % whatever the range) and
 `merge_reports` adds up what every worker saw; `Progress` redraws one line
 on stderr while a phase runs; `medians` and `report` turn the runs into the
@@ -40,7 +40,7 @@ def percentile_ms(histogram: dict, fraction: float) -> float:
 class Progress:
     """A status line on stderr while a load phase runs (refreshed on a terminal)."""
 
-    def __init__(self, generator, label: str):  # generator: a bench_load.LoadGenerator
+    def __init__(self, generator, label: str):  # generator: a load.LoadGenerator
         self.generator, self.label = generator, label
         self.started = time.monotonic()
         self.done = threading.Event()

@@ -1,0 +1,202 @@
+"""The servers under test for the benchmark: this project's, the baselines, a private Redis.
+
+`KINDS` says how to start each kind of server; `start_server` runs one as a
+child process on a free port of 127.0.0.1 and waits until it answers
+HealthCheck. The project's kinds run server.py (or a changed copy, "alt");
+the baselines run from bench/peers. `PrivateRedis` runs an unpersisted
+redis-server for the kinds that keep history in Redis. The clients that
+load them are in load.py.
+"""
+
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import grpc
+import psutil
+
+import chat_pb2 as pb
+import chat_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository: server.py, chat_pb2.py
+START_TIMEOUT_S = 20.0  # a server not answering HealthCheck by then failed to start
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How to run one kind of server under test."""
+
+    argv: tuple[str, ...]  # after `python`, before `--port N`; run in the project's directory
+    project: bool = True  # server.py: also --host 127.0.0.1 --no-rate-limit
+    redis: bool = False  # keeps history in Redis: gets --redis-url
+    members: int = 1  # servers started side by side on one Redis, clients spread over them
+
+
+KINDS = {
+    "project": Kind(("server.py",)),
+    "project+redis": Kind(("server.py",), redis=True),
+    "cluster": Kind(("server.py",), redis=True, members=3),  # cross-server fan-out
+    "alt": Kind(("server.py",)),  # run in --alt-dir: a changed copy of the project
+    "threaded": Kind(("-m", "bench.peers.threaded"), project=False),
+    "aio": Kind(("-m", "bench.peers.aio"), project=False),
+}
+BASELINES = [name for name, kind in KINDS.items() if not kind.project]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A server under test: a process we started, several, or one at --target (pid optional)."""
+
+    kind: str
+    target: str  # "host:port", or "a,b,c" for several servers: clients alternate
+    process: subprocess.Popen | None = None
+    pid: int | None = None
+    redis_pid: int | None = None  # the private redis-server it uses, if any
+    members: list["Server"] = field(default_factory=list)  # started and stopped with it
+
+    def family(self) -> list[psutil.Process]:
+        """Its processes: its own, its children (several processes on one port), its members'."""
+        processes = [member for m in self.members for member in m.family()]
+        if self.pid:
+            own = psutil.Process(self.pid)
+            processes += [own, *own.children(recursive=True)]
+        return processes
+
+    def cpu_s(self) -> float | None:
+        """CPU seconds so far, user and system, of all its processes; None if unknown."""
+        family = self.family()
+        return sum(sum(p.cpu_times()[:2]) for p in family) if family else None
+
+    def rss_bytes(self) -> int | None:
+        family = self.family()
+        return sum(p.memory_info().rss for p in family) if family else None
+
+    def peak_rss_bytes(self) -> int | None:
+        """The kernel's high-water mark of resident memory (VmHWM), summed over its processes."""
+        family = self.family()
+        return sum(peak_rss_bytes(p.pid) for p in family) if family else None
+
+    def stop(self) -> None:
+        """SIGKILL it: a server under test is thrown away.
+
+        A graceful stop would only make the benchmark wait: each of its
+        clients' leaves is broadcast to all the others.
+        """
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+        for member in self.members:
+            member.stop()
+
+
+def peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def wait_healthy(target: str, process: subprocess.Popen | None, log_path: Path | None) -> None:
+    """Call HealthCheck until it answers; fail with the server's log if it exits."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    with grpc.insecure_channel(target) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        while True:
+            if process is not None and process.poll() is not None:
+                log = log_path.read_text()[-2000:] if log_path else ""
+                raise click.ClickException(f"server exited ({process.returncode}):\n{log}")
+            try:
+                stub.HealthCheck(pb.HealthCheckRequest(), timeout=1.0, wait_for_ready=True)
+                return
+            except grpc.RpcError as error:
+                if time.monotonic() > deadline:
+                    raise click.ClickException(f"no server at {target}: {error}") from None
+
+
+def start_server(name: str, directory: Path, log_dir: Path, redis_url=None, redis=None) -> Server:
+    """Start a server of kind `name` (see KINDS) from `directory`; wait until it answers.
+
+    A kind with Redis keeps its history in `redis` (a PrivateRedis), flushed
+    first, or else at `redis_url`, a Redis the user gave, as it is. A kind of
+    several members comes back as one Server whose target lists them all.
+    """
+    kind = KINDS[name]
+    if redis and kind.redis:
+        redis.flush()
+        redis_url = redis.url
+    url = redis_url if kind.redis else None
+    members = [start_process(name, kind, directory, log_dir, url) for _ in range(kind.members)]
+    server = members[0] if kind.members == 1 else Server(name, ",".join(m.target for m in members),
+                                                         members=members)  # fmt: skip
+    server.redis_pid = redis.process.pid if redis and kind.redis else None
+    return server
+
+
+def start_process(name: str, kind: Kind, directory: Path, log_dir: Path, redis_url) -> Server:
+    """One child process on a free port, its output in `log_dir`; wait until it answers."""
+    port = free_port()
+    command = [sys.executable, *kind.argv, "--port", str(port)]
+    if kind.project:  # this project's server: the same flags as a baseline's defaults
+        command += ["--host", "127.0.0.1", "--no-rate-limit"]
+        command += ["--redis-url", redis_url] if redis_url else []
+    log_path = log_dir / f"{name}-{port}.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, cwd=directory, stdout=log, stderr=subprocess.STDOUT)
+    target = f"127.0.0.1:{port}"
+    try:
+        wait_healthy(target, process, log_path)
+    except click.ClickException:
+        process.kill()
+        raise
+    return Server(name, target, process, process.pid)
+
+
+class PrivateRedis:
+    """A private, unpersisted redis-server on a free port (never the machine's own)."""
+
+    def __init__(self, directory: Path):
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no", "--daemonize", "no", "--dir", str(directory)]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                if self.command(b"PING").startswith(b"+PONG"):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise click.ClickException("redis-server did not start")
+
+    def command(self, command: bytes) -> bytes:
+        """One inline command, the first bytes of its reply (the benchmark never imports redis)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+            s.sendall(command + b"\r\n")
+            return s.recv(64)
+
+    def flush(self) -> None:
+        """Forget the last server's stream and online names.
+
+        NOTE: a server is stopped with SIGKILL, so its names stay online in
+        Redis; the next server would reap them ~15 s later, one USER_LEFT
+        broadcast each, in the middle of a measurement.
+        """
+        self.command(b"FLUSHALL")
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
