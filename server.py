@@ -46,12 +46,15 @@ import chat_pb2 as pb
 import chat_pb2_grpc
 import session
 from hub import Hub
+from longcalls import LongCallLimit
 from store import StoreUnavailable, open_store
 from timers import Timers
 
 log = logging.getLogger("server")
 
-UNARY_HEADROOM_THREADS = 16  # pool threads beyond --max-clients: health checks, refusals
+# Pool threads beyond --max-clients: up to LONG_CALLS_MAX reflection/watch
+# streams (longcalls.py), and the rest for health checks and refusals.
+UNARY_HEADROOM_THREADS = 16
 SHUTDOWN_GRACE_S = 2.0  # after SIGTERM, streams get this long to drain before cancel
 MAX_INBOUND_BYTES = 64 * 1024  # bigger requests are refused by gRPC itself (SPEC §3.8)
 
@@ -131,6 +134,7 @@ def create_server(
         futures.ThreadPoolExecutor(max_workers=pool_threads, thread_name_prefix="grpc-pool"),
         options=list({**dict(SERVER_OPTIONS), **dict(options or [])}.items()),
         maximum_concurrent_rpcs=pool_threads,  # beyond: RESOURCE_EXHAUSTED, never a wait
+        interceptors=[LongCallLimit()],  # reflection and watches cannot take every spare thread
     )
     chat_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()

@@ -4,7 +4,7 @@ import threading
 import time
 
 import grpc
-from conftest import wait_until, stored
+from conftest import stored, wait_until
 from wire import health, join
 
 import chat_pb2 as pb

@@ -1,9 +1,9 @@
 """Typing indicators (SPEC §3.3, §3.4): to others only, coalesced, stopped for you."""
 
+from conftest import stored
 from wire import join
 
 import chat_pb2 as pb
-from conftest import stored
 
 START, STOP = pb.TYPING_START, pb.TYPING_STOP
 
