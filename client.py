@@ -1,170 +1,169 @@
 """The chat client: `python client.py --name alice`, one user's session.
 
-This file is the protocol side: the Chat call and its receive thread,
-rejoining after a drop, and the command line. render.py is the user's side:
-how each event looks, and the input line on a terminal; piped.py sends
-piped input, each line confirmed by its echo.
+This file is the session: joining, rejoining after a drop (on another
+server if there are several), what each event means to us, and the
+command line. link.py is one Chat call and its receive thread; lines.py
+keeps what the user said until the server confirms it; render.py is how
+events look; prompt.py (terminal) and piped.py (piped input) read lines.
 
-    main thread:    input (prompt or stdin) --> Link.outbox --> gRPC --> server
+    main thread:    input --> Chat.enter --> Lines --> send thread --> Link.outbox --> server
     receive thread: server --> Chat._on_event --> Renderer.show --> terminal
-                    at the end: Link.error, Link.ended, Chat.on_down()
+                                             \\--> Lines.echo / Lines.refused
+                    at the end: Link.error, Link.ended, Lines.down, Chat.on_down()
 
 The receive thread only drains and reports; the main thread decides what an
-ending means (leave, report an error, or reconnect). NOTE: the threads share
-only thread-safe things: the queues `Link.outbox` (to gRPC's sending
-thread) and `Chat.acks` (our echoes and refusals, piped input only); the
-Events `Link.answered` and `Link.ended` (`Link.error` is written before
-`ended` is set); the Renderer, whose lock serialises output. The receive
-thread also writes `Chat.last_seen_id` and `Chat.shutting_down`; the main
-thread reads them only after `Link.ended` is set.
+ending means (leave, report an error, or reconnect). NOTE: the threads
+share only thread-safe things: `Lines` (its own lock), the queue
+`Link.outbox`, the Events `Link.answered` and `Link.ended` (`Link.error` is
+written before `ended` is set), and the Renderer, whose lock serialises
+output. The receive thread also writes `Chat.last_seen_id` and
+`Chat.shutting_down`; the main thread reads them only after `Link.ended`
+is set, and only the main thread replaces `Chat.link`.
 
-Reconnect: a call that drops without a SHUTTING_DOWN notice is reopened with
-backoff, joining with `last_seen_id` so the server sends exactly what was
-missed; ids already shown are skipped, so nothing appears twice.
+Reconnect: a call that drops without a SHUTTING_DOWN notice is reopened
+with backoff, on the next address given, joining with `last_seen_id` so
+the server sends exactly what was missed; ids already shown are skipped,
+so nothing appears twice and the ids shown only increase.
 """
 
-import queue
 import sys
-import threading
 import time
 
 import click
 import grpc
 
 import chat_pb2 as pb
-import chat_pb2_grpc
-from piped import DOWN, run_pipe
-from render import Prompt, Renderer, ask_name, use_colour
+from lines import DEFAULT_MAX_MESSAGE_CHARS, Lines, refusal
+from link import CHANNEL_OPTIONS, END, Link, code_of, describe, dropped
+from piped import run_pipe
+from prompt import Prompt
+from render import OutputClosed, Renderer, ask_name, parse, use_colour
 from sanitize import NAME_RULE, clean_text, is_valid_name
 from store import id_key
 
 DEFAULT_ADDRESS = "localhost:8080"
-CONNECT_TIMEOUT_S = 3.0  # no connection by then: "cannot reach" (or the next retry)
+CONNECT_TIMEOUT_S = 3.0  # no connection by then: "cannot reach" (or the next address)
 JOIN_TIMEOUT_S = 5.0  # connected, but the server has not confirmed our join
 CLOSE_TIMEOUT_S = 1.0  # on leaving, wait this long for the server to end the call
 RECONNECT_FIRST_WAIT_S = 0.25  # backoff before the first attempt, doubling each time
 RECONNECT_MAX_WAIT_S = 5.0  # ... up to this
 RECONNECT_GIVE_UP_S = 60.0  # then give up, one error line, exit 1
-
-# Transport options, all in one place (the server's are in server.py).
-# Keepalive finds a server that vanished without closing the connection (a
-# cable pulled, a laptop lid shut): ping when idle for KEEPALIVE_TIME_MS,
-# and if no ack comes within KEEPALIVE_TIMEOUT_MS the call ends UNAVAILABLE
-# and we reconnect. NOTE: the server accepts pings every 5 s at most; pinging
-# more often gets the connection closed with "too_many_pings".
-KEEPALIVE_TIME_MS = 10_000
-KEEPALIVE_TIMEOUT_MS = 10_000
-CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
-    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-    ("grpc.keepalive_permit_without_calls", 1),  # ping even with no call open
-    ("grpc.http2.max_pings_without_data", 0),  # 0 = no limit: a chat can be quiet for hours
-]
-
-END = object()  # in Link.outbox: half-close the call
+# A rejoin refused with these is tried again on the same server: it is up,
+# and will let us in once it knows our old call is gone (ALREADY_EXISTS).
+STAY_CODES = (grpc.StatusCode.ALREADY_EXISTS,)
 
 
 class ChatError(click.ClickException):
     """The chat cannot go on; click prints "Error: <message>" and exits 1."""
 
-    def __init__(self, message: str, retryable: bool = False):
+    def __init__(self, message: str, retryable: bool = False, stay: bool = False):
         super().__init__(message)
         self.retryable = retryable  # worth another try while reconnecting
-
-
-class Link:
-    """One Chat call: requests from `outbox`, responses drained by the receive thread."""
-
-    def __init__(self, channel, name: str, last_seen_id: str, on_event, on_end):
-        self.channel = channel
-        self.outbox: queue.Queue = queue.Queue()  # ClientEvents to send, then END
-        self.answered = threading.Event()  # our own USER_JOINED came back, or the call ended
-        self.ended = threading.Event()
-        self.error: Exception | None = None  # why the call ended; None for status OK
-        self._name, self._on_event, self._on_end = name, on_event, on_end
-        join = pb.UserEvent(type=pb.USER_JOINED, username=name, last_seen_id=last_seen_id)
-        self.outbox.put(pb.ClientEvent(user_event=join))
-        self.call = chat_pb2_grpc.ChatServiceStub(channel).Chat(self._requests())
-        self.thread = threading.Thread(target=self._receive, name="receive", daemon=True)
-        self.thread.start()
-
-    def _requests(self):
-        """gRPC's own thread pulls what to send from here; END half-closes."""
-        while (event := self.outbox.get()) is not END:
-            yield event
-
-    def _receive(self) -> None:
-        """The receive thread: drain the stream, hand on each event, report the end."""
-        try:
-            for event in self.call:
-                self._on_event(event)
-                joined = event.user_event
-                if joined.type == pb.USER_JOINED and joined.username == self._name:
-                    self.answered.set()
-        except Exception as error:  # an RpcError, or output gone (a closed pipe)
-            self.error = error
-        finally:
-            self.ended.set()
-            self.answered.set()
-            self._on_end()
-
-    def close(self) -> None:
-        self.outbox.put(END)  # frees gRPC's request thread if it waits on the queue
-        self.call.cancel()
-        self.channel.close()
+        self.stay = stay  # the server answered: try it again, not the next address
 
 
 class Chat:
     """One user's session across calls: the current Link, what was shown, reconnects."""
 
-    def __init__(self, address: str, name: str, renderer: Renderer, acks=None):
-        self.address, self.name, self.renderer = address, name, renderer
-        self.acks: queue.Queue | None = acks  # our echoes, refusals, DOWN; None: not kept
+    def __init__(self, addresses, name, renderer, max_chars=DEFAULT_MAX_MESSAGE_CHARS):
+        self.addresses, self.name, self.renderer = list(addresses), name, renderer
+        self.max_chars = max_chars
         self.on_down = lambda: None  # called on the receive thread when a call ends
+        self.on_settled = lambda: None  # called when every line is confirmed
         self.last_seen_id = ""  # the newest chat message shown
         self.shutting_down = False  # the server said SHUTTING_DOWN
         self.link: Link | None = None
+        self.lines = Lines(self._lost, lambda: self.on_settled())
+        self._at = 0  # index in `addresses` of the server we use
+
+    def start(self) -> None:
+        """Join the first server that answers, in the order given; raise ChatError if none."""
+        for _ in self.addresses:
+            try:
+                return self.connect()
+            except ChatError as error:
+                if error.stay or not error.retryable or len(self.addresses) == 1:
+                    raise
+                self._at = (self._at + 1) % len(self.addresses)
+        raise ChatError(f"cannot reach the chat server at {', '.join(self.addresses)}")
 
     def connect(self) -> None:
         """Open a call and join; raise ChatError if the server cannot be reached or says no."""
-        channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        address = self.addresses[self._at]
+        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         try:
             grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT_S)
         except grpc.FutureTimeoutError:
             channel.close()
-            raise ChatError(f"cannot reach the chat server at {self.address}", True) from None
+            raise ChatError(f"cannot reach the chat server at {address}", True) from None
         link = Link(channel, self.name, self.last_seen_id, self._on_event, self._on_end)
-        if not link.answered.wait(JOIN_TIMEOUT_S) or link.ended.is_set():
+        if not link.answered.wait(JOIN_TIMEOUT_S):
+            reason = f"the server did not answer within {JOIN_TIMEOUT_S:.0f} s"  # before cancel
             link.close()
-            raise ChatError(f"cannot join: {describe(link.error)}", dropped(link.error))
+            raise ChatError(f"cannot join: {reason}", True)
+        if link.ended.is_set():
+            link.close()
+            if isinstance(link.error, OutputClosed):
+                raise link.error
+            stay = code_of(link.error) in STAY_CODES
+            raise ChatError(f"cannot join: {describe(link.error)}", dropped(link.error), stay)
         self.link = link
+        self.lines.up(link)
+
+    def enter(self, line: str, interactive: bool) -> bool:
+        """A line the user pressed Enter on: run it or send it. False for /quit."""
+        kind, text = parse(line)
+        if kind == "command":
+            if text == "/quit":
+                return False
+            self.renderer.help()
+        elif kind == "unknown" and interactive:
+            self.renderer.problem(f"unknown command {text.strip()}: try /help")
+        else:
+            self.say(text)
+        return True
 
     def say(self, text: str) -> None:
-        self.link.outbox.put(pb.ClientEvent(chat_message=pb.ChatMessageEvent(message=text)))
+        """Send `text`, kept until it comes back; refuse it here if the server would."""
+        if not clean_text(text):
+            return  # nothing to send
+        if reason := refusal(text, self.max_chars):
+            return self.renderer.refuse(reason)
+        self.lines.add(text)
 
     def typing(self, started: bool) -> None:
-        kind = pb.TYPING_START if started else pb.TYPING_STOP
-        self.link.outbox.put(pb.ClientEvent(typing_event=pb.TypingEvent(type=kind)))
+        self.link.typing(pb.TYPING_START if started else pb.TYPING_STOP)
 
     def recover(self) -> bool:
         """After a DOWN: reconnect if the call dropped (True), else False if it is fine.
 
         Raises ChatError when the chat is over: the server shut down, refused
-        us, or could not be reached again within RECONNECT_GIVE_UP_S.
+        us, or could not be reached again within RECONNECT_GIVE_UP_S; and
+        OutputClosed when stdout is gone.
         """
         link = self.link
         if not link.ended.is_set():
             return False  # a DOWN from an earlier call, already dealt with
         link.close()
+        if isinstance(link.error, OutputClosed):
+            raise link.error
         if self.shutting_down:
             raise ChatError("server shut down")
-        if not dropped(link.error):
+        if code_of(link.error) == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            self.lines.drop_oversized()  # our own line was too big: not a reason to stop
+        elif not dropped(link.error):
             raise ChatError(f"connection lost: {describe(link.error)}")
         self._reconnect()
         return True
 
+    def flush(self, timeout_s: float) -> None:
+        """Before leaving: give lines not yet echoed a moment, while the call is up."""
+        if self.link is not None and not self.link.ended.is_set():
+            self.lines.wait_settled(timeout_s)
+
     def close(self) -> None:
         """Leave: half-close, so the server delivers what is queued and ends with OK."""
+        self.lines.close()
         if self.link is None:
             return
         self.link.outbox.put(END)
@@ -173,10 +172,12 @@ class Chat:
         self.link.thread.join(CLOSE_TIMEOUT_S)
 
     def _reconnect(self) -> None:
+        """Rejoin, on the next address first (this one just failed), with backoff."""
         self.renderer.notice("reconnecting...")
         self.renderer.clear_typing()
         give_up_at = time.monotonic() + RECONNECT_GIVE_UP_S
         wait_s = RECONNECT_FIRST_WAIT_S
+        self._at = (self._at + 1) % len(self.addresses)
         while True:
             time.sleep(wait_s)  # backoff, so a restarting server is not hammered
             try:
@@ -184,23 +185,25 @@ class Chat:
             except ChatError as error:
                 if not error.retryable or time.monotonic() + wait_s > give_up_at:
                     raise ChatError(f"gave up reconnecting: {error.message}") from None
+                if not error.stay:
+                    self._at = (self._at + 1) % len(self.addresses)
             wait_s = min(2 * wait_s, RECONNECT_MAX_WAIT_S)
 
     # -- on the receive thread ------------------------------------------------
 
-    def _on_event(self, event: pb.ServerEvent) -> None:
+    def _on_event(self, link: Link, event: pb.ServerEvent) -> None:
         kind = event.WhichOneof("event")
         if kind == "chat_message":
             message = event.chat_message
             if not self._is_new(message.id):
                 return  # shown before the reconnect
             if message.username == self.name:
-                self._ack(clean_text(message.message))  # as deliver() compares it
+                self.lines.echo(clean_text(message.message))  # replayed ones count too
         elif kind == "system_event":
             code = event.system_event.code
             self.shutting_down |= code == pb.SHUTTING_DOWN
-            if code in (pb.RATE_LIMITED, pb.INVALID_EVENT):
-                self._ack(event.system_event)
+            if code in (pb.RATE_LIMITED, pb.INVALID_EVENT, pb.NOT_SENT):
+                self.lines.refused(code, event.system_event.message)
         self.renderer.show(event)
 
     def _is_new(self, message_id: str) -> bool:
@@ -213,29 +216,24 @@ class Chat:
         self.last_seen_id = message_id
         return True
 
-    def _ack(self, answer) -> None:
-        if self.acks is not None:
-            self.acks.put(answer)
+    def _lost(self, notice: str) -> None:
+        """On the send thread: a line was given up. A closed stdout is the main thread's."""
+        try:
+            self.renderer.problem(notice)
+        except OutputClosed:
+            pass  # the receive thread meets it too, and ends the call
 
-    def _on_end(self) -> None:
-        self._ack(DOWN)
+    def _on_end(self, link: Link) -> None:
+        self.lines.down(link)
         self.on_down()
 
 
-def dropped(error) -> bool:
-    """Did the call end because the connection or server went away (worth a rejoin)?"""
-    if error is None:
-        return True  # status OK though we did not half-close, or no answer to the join
-    return isinstance(error, grpc.RpcError) and error.code() != grpc.StatusCode.INVALID_ARGUMENT
-
-
-def describe(error) -> str:
-    """Why a call ended, in a few words for the user."""
-    if error is None:
-        return "the server did not confirm the join"
-    if not isinstance(error, grpc.RpcError):
-        return str(error)
-    return clean_text(error.details() or "") or error.code().name.lower()
+def split_addresses(value: str) -> list[str]:
+    """ "host1:8081,host2:8082" -> each address, in order; at least one."""
+    addresses = [part.strip() for part in value.split(",") if part.strip()]
+    if not addresses:
+        raise ChatError("no address: use --address host:port[,host:port...]")
+    return addresses
 
 
 # -- the command line -------------------------------------------------------------
@@ -248,10 +246,15 @@ def describe(error) -> str:
 )  # fmt: skip
 @click.option(
     "--address", envvar="CHAT_ADDRESS", show_envvar=True, default=DEFAULT_ADDRESS,
-    show_default=True, help="host:port of the chat server.",
+    show_default=True,
+    help="host:port of the chat server; several, comma-separated, to fail over in turn.",
 )  # fmt: skip
 @click.option("--timestamps", is_flag=True, help="Start each line with the time, HH:MM.")
-def main(name, address, timestamps):
+@click.option(
+    "--max-message-chars", type=click.IntRange(min=1), default=DEFAULT_MAX_MESSAGE_CHARS,
+    show_default=True, help="Refuse longer lines here (match the server's limit).",
+)  # fmt: skip
+def main(name, address, timestamps, max_message_chars):
     """Chat with everyone on a grpc-chat server.
 
     On a terminal, type and press Enter; /help lists commands. With input
@@ -260,6 +263,7 @@ def main(name, address, timestamps):
     """
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     try:
+        addresses = split_addresses(address)
         if name is None and interactive:
             name = ask_name()
         if name is None:
@@ -267,13 +271,13 @@ def main(name, address, timestamps):
         if not is_valid_name(name):
             raise ChatError(f"invalid name {name!r}: use {NAME_RULE}")
         renderer = Renderer(name, use_colour(sys.stdout), timestamps, show_typing=interactive)
-        chat = Chat(address, name, renderer, acks=None if interactive else queue.Queue())
+        chat = Chat(addresses, name, renderer, max_message_chars)
         try:
             Prompt(chat).run() if interactive else run_pipe(chat)
         finally:
             chat.close()
-    except (KeyboardInterrupt, EOFError, click.Abort):
-        pass  # Ctrl-C, Ctrl-D: leave quietly
+    except (KeyboardInterrupt, EOFError, click.Abort, OutputClosed):
+        pass  # Ctrl-C, Ctrl-D, stdout closed: leave quietly
 
 
 if __name__ == "__main__":

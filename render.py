@@ -1,36 +1,31 @@
-"""The client's user side: how server events look, and what the user types.
+"""The client's user side: how server events look, and what the user's lines mean.
 
-client.py is the protocol side (the Chat call, rejoining, piped lines);
-this file is what the user sees and types. `Renderer` turns each
-`ServerEvent` into one line of text; `Prompt` is the prompt_toolkit input
-line on a terminal, with incoming lines above it and who is typing just
-over it; `read_lines` reads piped input.
+client.py is the protocol side (the Chat call, rejoining, pending lines);
+this file is what the user sees. `Renderer` turns each `ServerEvent` into
+one line of text; `parse` tells a command from text to send; `read_lines`
+reads piped input. prompt.py is the input line on a terminal.
 
 The receive thread calls `Renderer.show` for every event while the main
 thread reads input, so the renderer's lock serialises output and guards the
 set of people typing. NOTE: everything received is passed through
 `sanitize.clean_text` before it is printed. The server cleans text too, but
 a client must not trust whatever it connects to: the only escape codes that
-ever reach the terminal are this file's own colours.
+ever reach the terminal are this file's own colours. A closed stdout
+(`client.py | head -1`) raises `OutputClosed` from every later print, so
+whichever thread meets it first, the client ends quietly.
 """
 
-import asyncio
 import os
 import queue
-import signal
+import sys
 import threading
 import time
 import zlib
 
 import click
-from prompt_toolkit import PromptSession
-from prompt_toolkit.patch_stdout import patch_stdout
 
 import chat_pb2 as pb
 from sanitize import NAME_RULE, clean_text, is_valid_name
-
-PROMPT = "> "
-TYPING_IDLE_S = 2.0  # no keystroke for this long: we stopped typing (SPEC §4)
 
 # SGR colour codes (ESC [ code m). Names get one of PALETTE, picked by a
 # hash of the name, so "alice" has the same colour in every client and run.
@@ -38,8 +33,31 @@ PALETTE = ("31", "32", "33", "34", "35", "36", "91", "92", "93", "94", "95", "96
 DIM = "2"
 WARN = "1;33"  # bold yellow: notices that something went wrong
 HISTORY_MARK = "[history] "  # before replayed messages; "[alice] hi" stays greppable
+NO_CLOCK = "--:--"  # --timestamps, for a timestamp no clock can show (10**17, say)
 EOF = object()  # from read_lines: the input has ended
 COMMANDS = {"/help": "list these commands", "/quit": "leave the chat (Ctrl-D does too)"}
+ESCAPE = "//"  # a line starting with it is text starting with "/"
+
+
+class OutputClosed(Exception):
+    """stdout is gone (a closed pipe): the client ends, quietly."""
+
+
+def parse(line: str) -> tuple[str, str]:
+    """What a line is: ("command", "/help"), ("unknown", "/x") or ("text", what to send).
+
+    Only a known command, exactly, is a command; "//x" sends "/x". Piped
+    input sends an "unknown" line as text ("/var/lib/db is 91% full"); a
+    terminal asks first.
+    """
+    word = line.strip()
+    if word in COMMANDS:
+        return "command", word
+    if word.startswith(ESCAPE):
+        return "text", word[1:]
+    if word.startswith("/") and " " not in word:
+        return "unknown", line
+    return "text", line
 
 
 def use_colour(stream) -> bool:
@@ -72,8 +90,9 @@ class Renderer:
         self.timestamps = timestamps
         self.show_typing = show_typing  # off when piped: a plain stream cannot unprint
         self.on_typing_change = lambda: None  # the Prompt sets this to repaint
-        self._lock = threading.Lock()  # serialises printing; guards _typing
+        self._lock = threading.Lock()  # serialises printing; guards _typing and _closed
         self._typing: dict[str, None] = {}  # names typing now, first starter first
+        self._closed = False  # stdout is gone
 
     def paint(self, text: str, sgr: str) -> str:
         return f"\x1b[{sgr}m{text}\x1b[0m" if self.colour else text
@@ -91,16 +110,15 @@ class Renderer:
     def problem(self, text: str) -> None:
         self._print(self.paint(f"! {text}", WARN))
 
-    def command(self, word: str) -> bool:
-        """Run `word` if it is a /command other than /quit; True if it was one."""
-        if not word.startswith("/"):
-            return False
-        if word == "/help":
-            for name, what in COMMANDS.items():
-                self.notice(f"{name}  {what}")
-        else:
-            self.problem(f"unknown command {word}: try /help")
-        return True
+    def refuse(self, text: str) -> None:
+        """One line on stderr: a line of ours that the client will not send."""
+        with self._lock:
+            print(self.paint(f"! {text}", WARN), file=sys.stderr, flush=True)
+
+    def help(self) -> None:
+        for name, what in COMMANDS.items():
+            self.notice(f"{name}  {what}")
+        self.notice(f"{ESCAPE}text  send a line that starts with /")
 
     def typing_line(self) -> str:
         """ "* alice, bob typing..." or "" when nobody is."""
@@ -159,10 +177,31 @@ class Renderer:
 
     def _print(self, line: str, timestamp: int = 0) -> None:
         if self.timestamps:
-            clock = time.strftime("%H:%M", time.localtime(timestamp or time.time()))
-            line = f"{self.paint(clock, DIM)} {line}"
+            line = f"{self.paint(clock(timestamp), DIM)} {line}"
         with self._lock:  # print looks up sys.stdout now: prompt_toolkit may have patched it
-            print(line, flush=True)
+            if self._closed:
+                raise OutputClosed
+            try:
+                print(line, flush=True)
+            except BrokenPipeError:
+                self._closed = True
+                silence_stdout()
+                raise OutputClosed from None
+
+
+def clock(timestamp: int) -> str:
+    """HH:MM of a Unix time; now for 0 (missing); NO_CLOCK for what no clock shows."""
+    try:
+        return time.strftime("%H:%M", time.localtime(timestamp or time.time()))
+    except (OverflowError, OSError, ValueError):
+        return NO_CLOCK
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null, so the flush at exit cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def read_lines(fd: int, lines: queue.Queue) -> None:
@@ -180,136 +219,3 @@ def read_lines(fd: int, lines: queue.Queue) -> None:
     if pending:
         lines.put(pending.decode(errors="replace"))
     lines.put(EOF)
-
-
-class Interrupted(Exception):
-    """A read was ended from another thread (the chat call ended)."""
-
-
-class Prompt:
-    """The input line on a terminal, with the typing line above it.
-
-    Lines printed while a line is being typed appear above the input line,
-    which is redrawn with whatever was half-typed. The first keystroke sends
-    TYPING_START; a cleared line, a sent line or TYPING_IDLE_S without a
-    keystroke sends TYPING_STOP; only changes are sent. Everything here runs
-    on the main thread except `interrupt`, which the receive thread calls.
-
-    Ctrl-C during a read is a key, and the read raises KeyboardInterrupt.
-    NOTE: a SIGINT (Ctrl-C between reads, when the terminal is not in raw
-    mode, or `kill -INT`) is always ours: reads run with prompt_toolkit's
-    own SIGINT handling off, which could drop one that came while a read
-    was starting. A KeyboardInterrupt raised at a random point can land in
-    a `__del__` and be lost, so `_on_sigint` only notes it and ends the
-    current read, or the next one at once; while connecting it stops the
-    wait at once.
-    """
-
-    def __init__(self, chat):
-        self._chat = chat  # a client.Chat: what to send, and how to rejoin
-        self._typing = False  # what the server was last told
-        self._idle = None  # asyncio TimerHandle: TYPING_STOP after TYPING_IDLE_S
-        self._ctrl_c = False  # SIGINT came between reads
-        self._connecting = False  # in chat.connect() or chat.recover()
-        renderer = chat.renderer
-        # The typing line sits just above the input line, part of the prompt.
-        # NOTE: not prompt_toolkit's bottom_toolbar, which is only drawn once
-        # the terminal has answered a cursor-position query; some never do.
-        self._session = PromptSession(
-            lambda: f"{renderer.typing_line()}\n{PROMPT}", erase_when_done=True
-        )
-        self._session.default_buffer.on_text_changed += self._text_changed
-        renderer.on_typing_change = self._session.app.invalidate  # thread-safe repaint
-
-    def run(self) -> None:
-        """Join, then read lines until /quit, sending each.
-
-        Raises EOFError (Ctrl-D), KeyboardInterrupt (Ctrl-C), or ChatError.
-        When the call drops, the read is interrupted, `chat.recover()`
-        rejoins, and the half-typed line comes back on the new input line.
-        """
-        chat = self._chat
-        chat.on_down = self.interrupt
-        signal.signal(signal.SIGINT, self._on_sigint)  # reads leave it in place
-        with patch_stdout(raw=True):  # print() lands above the input line, colours kept
-            self._connect(chat.connect)
-            keep = ""
-            while True:
-                line = self._read(default=keep)
-                keep = ""
-                if chat.link.ended.is_set():  # dropped: the line was not sent; keep it
-                    keep = self._session.default_buffer.text if line is None else line
-                    self._connect(chat.recover)
-                    self._typing = False  # the new call starts with nobody typing
-                elif line is None:
-                    continue  # interrupted by an earlier call's end
-                elif line.strip() == "/quit":
-                    return
-                elif not chat.renderer.command(line.strip()) and clean_text(line):
-                    chat.say(line)
-
-    def interrupt(self) -> None:
-        """From any thread: end the current read (the call ended)."""
-        app = self._session.app
-        loop = app.loop
-        if app.is_running and loop is not None:
-            try:
-                loop.call_soon_threadsafe(self._exit)
-            except RuntimeError:
-                pass  # the loop closed meanwhile: the next read's pre_run catches it
-
-    def _read(self, default: str) -> str | None:
-        """One line, or None if interrupted.
-
-        NOTE: pre_run checks once the prompt is up, so an `interrupt()` or a
-        Ctrl-C that came while no read was running is not missed.
-        """
-        ended = self._chat.link.ended
-        try:
-            return self._session.prompt(
-                default=default,
-                pre_run=lambda: (ended.is_set() or self._ctrl_c) and self._exit(),
-                handle_sigint=False,  # _on_sigint handles it, during reads too
-            )
-        except Interrupted:
-            if self._ctrl_c:
-                raise KeyboardInterrupt from None
-            return None
-        finally:
-            self._set_typing(False)
-
-    def _connect(self, step) -> None:
-        self._connecting = True
-        try:
-            step()
-        finally:
-            self._connecting = False
-
-    def _on_sigint(self, signum, frame) -> None:
-        self._ctrl_c = True
-        if self._connecting:
-            raise KeyboardInterrupt  # stop waiting for the server
-        self.interrupt()  # end the read if one is running; else pre_run sees _ctrl_c
-
-    def _exit(self) -> None:
-        """On the prompt's event loop: end the read if it is still going."""
-        future = self._session.app.future
-        if future is not None and not future.done():
-            self._session.app.exit(exception=Interrupted())
-
-    def _text_changed(self, buffer) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # the line was reset between reads, not typed
-        self._set_typing(bool(buffer.text))  # cancels the idle timer
-        if buffer.text:
-            self._idle = loop.call_later(TYPING_IDLE_S, self._set_typing, False)
-
-    def _set_typing(self, typing: bool) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
-        if typing != self._typing:
-            self._typing = typing
-            self._chat.typing(typing)
