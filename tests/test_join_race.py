@@ -1,0 +1,69 @@
+"""A message posted while a joiner's history is read reaches the joiner once.
+
+The joiner is registered before its history is read, so a message posted in
+between is both in the history and in the joiner's queue; the session skips
+the queued copy (session.py, `_drain`). A store wrapper makes that window
+certain instead of lucky: its history read lets another user post, and waits
+for the post to be delivered, before it reads.
+"""
+
+import threading
+
+import pytest
+from wire import Conn, join, join_event
+
+from redis_store import RedisStore
+from store import MemoryStore
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class PostDuringHistory:
+    """A store whose next history read first runs `hook` (which posts a message)."""
+
+    def __init__(self, store):
+        self._store = store
+        self.hook = None
+
+    def history(self, limit, after_id=None):
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            hook()
+        return self._store.history(limit, after_id)
+
+    def __getattr__(self, name):  # everything else is the real store's
+        return getattr(self._store, name)
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request):
+    if request.param == "memory":
+        return MemoryStore()
+    return RedisStore(request.getfixturevalue("redis_proc").url)
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["last-n", "last-seen-id"])
+def test_message_posted_during_the_history_read_arrives_once(server_factory, store, resume):
+    """When bob posts while alice's history is read, alice sees it once, as history."""
+    wrapper = PostDuringHistory(store)
+    server = server_factory(store=wrapper)
+    bob = join(server.address, "bob")
+    bob.say("before")
+    before = bob.messages(1)[0]
+
+    posted = threading.Event()
+
+    def post_during():
+        bob.say("during")
+        assert bob.messages(1)[0].message == "during"  # delivered to every queue, alice's too
+        posted.set()
+
+    wrapper.hook = post_during
+    alice = Conn(server.address, join_event("alice", before.id if resume else ""))
+    assert posted.wait(10), "the history read never ran"
+    bob.say("after")  # a copy of "during" left in alice's queue would come before this
+    expected = ([("before", True)] if not resume else []) + [("during", True), ("after", False)]
+    seen = [(m.message, m.replay) for m in alice.messages(len(expected))]
+    assert seen == expected
+    alice.close()
+    bob.close()
