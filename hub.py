@@ -31,24 +31,17 @@ in the stream's order.
 import logging
 import queue
 import threading
-import time
 
 import chat_pb2 as pb
+from events import message_event, now_s, system_event, typing_event, user_event
+from member import DRAIN, EVICTED, KICKED, Client
 from store import Message
 from timers import Timers
 
 log = logging.getLogger(__name__)
 
-QUEUE_MAX_EVENTS = 1024  # outgoing backlog per client before it is evicted
 TYPING_SILENCE_S = 5.0  # a typer silent this long gets a TYPING_STOP on their behalf
 EVICT_GRACE_S = 5.0  # an evicted client's call is cancelled if its stream is still stuck
-WAKE = object()  # sentinel put into a queue to wake its generator when the client ends
-
-# Why a client's stream ends (`Client.ending`).
-DRAIN = "drain"  # deliver what is queued, then end with OK (half-close, shutdown)
-EVICTED = "evicted"  # fell QUEUE_MAX_EVENTS behind: end now, RESOURCE_EXHAUSTED
-KICKED = "kicked"  # the name is held on another server (after a partition): ALREADY_EXISTS
-GONE = "gone"  # the call is already over (cancelled, network lost)
 
 
 class NameTaken(Exception):
@@ -57,56 +50,6 @@ class NameTaken(Exception):
 
 class ShuttingDown(Exception):
     """The server is stopping: no one joins any more."""
-
-
-class Client:
-    """One joined user. The hub's lock guards `typing_timer` and `ending`.
-
-    The generator reads `ending` without the lock: it is set once, from None
-    to its final value, and a plain attribute read is atomic.
-    """
-
-    def __init__(self, name: str, cancel=lambda: None, queue_max: int = QUEUE_MAX_EVENTS):
-        self.name = name
-        self.cancel = cancel  # ends the gRPC call; used if an evicted client will not read
-        self.queue: queue.Queue = queue.Queue(maxsize=queue_max)
-        self.typing_timer = None  # a Timer while this user is typing, else None
-        self.ending = None  # None while online, else DRAIN, EVICTED or GONE
-
-    def wake(self) -> None:
-        """Wake the generator if it is blocked on an empty queue.
-
-        If the queue is full the put fails, but then the generator is not
-        blocked: it will see `ending` after its next event.
-        """
-        try:
-            self.queue.put_nowait(WAKE)
-        except queue.Full:
-            pass
-
-
-def now_s() -> int:
-    return int(time.time())
-
-
-def user_event(kind, name: str) -> pb.ServerEvent:
-    return pb.ServerEvent(user_event=pb.UserEvent(type=kind, username=name, timestamp=now_s()))
-
-
-def system_event(text: str, code=pb.SYSTEM_INFO) -> pb.ServerEvent:
-    return pb.ServerEvent(system_event=pb.SystemEvent(message=text, timestamp=now_s(), code=code))
-
-
-def typing_event(name: str, kind) -> pb.ServerEvent:
-    return pb.ServerEvent(typing_event=pb.TypingEvent(username=name, timestamp=now_s(), type=kind))
-
-
-def message_event(m: Message, replay: bool = False) -> pb.ServerEvent:
-    return pb.ServerEvent(
-        chat_message=pb.ChatMessageEvent(
-            message=m.text, username=m.username, timestamp=m.timestamp, id=m.id, replay=replay
-        )
-    )
 
 
 class Alone:

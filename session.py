@@ -9,18 +9,13 @@ life of one `Chat` call:
    INVALID_ARGUMENT; an address joining too often is RESOURCE_EXHAUSTED;
 3. claim the name (ALREADY_EXISTS if it is online), register with the
    hub, then replay history page by page (the `replay` flag set);
-4. start the reader thread, which validates, rate-limits and forwards what
-   the client says;
+4. start the reader thread (reader.py), which validates, rate-limits and
+   forwards what the client says;
 5. drain the client's queue into the response stream until the client ends.
 
-Bad input after the join never ends the call: the sender alone gets a
-`SystemEvent` saying what was wrong, and nothing is stored or sent. The
-log gets a line per refusal, up to a few a second per client, then one
-line saying how many more there were.
 """
 
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -30,15 +25,18 @@ import grpc
 import chat_pb2 as pb
 import chat_pb2_grpc
 import hub as hubs
-from hub import Client, Hub, NameTaken, ShuttingDown, message_event, system_event
+import member
+from events import message_event, system_event
+from hub import Hub, NameTaken, ShuttingDown
+from member import Client
 from ratelimit import Buckets
-from sanitize import NAME_RULE, clean_text, is_valid_name
-from store import NotSent, id_key
+from reader import Reader, round_up
+from sanitize import NAME_RULE, is_valid_name
+from store import id_key
 
 log = logging.getLogger("session")
 
 JOIN_TIMEOUT_S = 10.0  # a stream that has not joined by then is cancelled
-REFUSALS_LOGGED_PER_S = 3  # refusal lines per client per second; beyond, one summary
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,7 @@ class Settings:
     max_clients: int = 512
     typing_silence_s: float = hubs.TYPING_SILENCE_S
     join_timeout_s: float = JOIN_TIMEOUT_S
-    queue_max_events: int = hubs.QUEUE_MAX_EVENTS  # a client this far behind is evicted
+    queue_max_events: int = member.QUEUE_MAX_EVENTS  # a client this far behind is evicted
     evict_grace_s: float = hubs.EVICT_GRACE_S  # then cut off if its stream stays stuck
 
 
@@ -68,10 +66,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self._slots = threading.BoundedSemaphore(settings.max_clients)  # one per open Chat
         self._started = time.monotonic()
         # Buckets outlive streams: reconnecting refills nothing (None: no limit).
-        self._message_buckets = self._join_buckets = None
+        message_buckets = self._join_buckets = None
         if settings.rate is not None:
-            self._message_buckets = Buckets(settings.rate, settings.burst)  # by name
+            message_buckets = Buckets(settings.rate, settings.burst)  # by name
             self._join_buckets = Buckets(settings.join_rate, settings.join_burst)  # by address
+        self._reader = Reader(hub, settings.max_message_chars, message_buckets)
 
     def HealthCheck(self, request, context):
         return pb.HealthCheckResponse(
@@ -108,15 +107,17 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             joined.username, cancel=context.cancel, queue_max=self._settings.queue_max_events
         )
         claim = self._join(client, context)
-        context.add_callback(lambda: self.hub.leave(client, hubs.GONE))
+        context.add_callback(lambda: self.hub.leave(client, member.GONE))
         try:
             replayed_up_to = yield from self._replay(client, joined.last_seen_id)
             threading.Thread(
-                target=self._read, args=(client, request_iterator), name=f"reader-{client.name}"
+                target=self._reader.run,
+                args=(client, request_iterator),
+                name=f"reader-{client.name}",
             ).start()
             yield from self._drain(client, context, replayed_up_to)
         finally:
-            self.hub.leave(client, hubs.GONE)  # a no-op if the reader or hub got there first
+            self.hub.leave(client, member.GONE)  # a no-op if the reader or hub got there first
             self.hub.cluster.release(client.name, claim)
             log.info("%s left (%s)", client.name, client.ending)
 
@@ -203,13 +204,13 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         skip_up_to = id_key(replayed_up_to) if replayed_up_to else None
         while True:
             event = client.queue.get()
-            if client.ending == hubs.EVICTED:
+            if client.ending == member.EVICTED:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too slow: fell too far behind")
-            if client.ending == hubs.KICKED:
+            if client.ending == member.KICKED:
                 context.abort(grpc.StatusCode.ALREADY_EXISTS, f"{client.name} is online elsewhere")
-            if client.ending == hubs.GONE:
+            if client.ending == member.GONE:
                 return
-            if event is not hubs.WAKE:
+            if event is not member.WAKE:
                 if skip_up_to is not None and event.WhichOneof("event") == "chat_message":
                     if id_key(event.chat_message.id) <= skip_up_to:
                         continue
@@ -217,103 +218,3 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 yield event
             if client.ending is not None and client.queue.empty():
                 return  # DRAIN: everything queued was delivered
-
-    # -- the reader thread --------------------------------------------------
-
-    def _read(self, client: Client, request_iterator) -> None:
-        """Step 4, on its own thread: owns `request_iterator` and `refusals`."""
-        refusals = RefusalLog(client.name)
-        ending = hubs.DRAIN  # the client half-closed: deliver what is queued
-        try:
-            for event in request_iterator:
-                kind = event.WhichOneof("event")
-                handler = getattr(self, f"_on_{kind}", self._on_None)
-                refusal = handler(client, event)
-                if refusal is not None:
-                    refusals.note(refusal)
-        except grpc.RpcError:
-            ending = hubs.GONE  # cancelled or connection lost
-        except Exception:  # a bug must not leave the client registered
-            log.exception("reader for %s failed", client.name)
-            ending = hubs.GONE
-        finally:
-            refusals.flush()
-            self.hub.leave(client, ending)
-
-    # Each handler returns None, or the reason it refused the event.
-
-    def _on_chat_message(self, client: Client, event) -> str | None:
-        text = clean_text(event.chat_message.message)
-        if not text:
-            return self._reject(client, pb.INVALID_EVENT, "empty message: nothing was sent")
-        if len(text) > self._settings.max_message_chars:
-            limit = self._settings.max_message_chars
-            return self._reject(
-                client, pb.INVALID_EVENT, f"message too long: {len(text)} characters, max {limit}"
-            )
-        buckets = self._message_buckets
-        wait_s = buckets.try_take(client.name) if buckets is not None else 0.0
-        if wait_s:
-            retry = f"rate limited: retry in {round_up(wait_s):.1f} s"
-            return self._reject(client, pb.RATE_LIMITED, retry)
-        try:
-            self.hub.post(client, text)
-        except NotSent:  # cut off from the other servers: no id would hold
-            retry = "not sent: the chat is reconnecting, send it again"
-            return self._reject(client, pb.NOT_SENT, retry)
-        return None
-
-    def _on_typing_event(self, client: Client, event) -> str | None:
-        kind = event.typing_event.type
-        if kind not in (pb.TYPING_START, pb.TYPING_STOP):
-            return self._reject(client, pb.INVALID_EVENT, "typing event without a type")
-        self.hub.typing(client, kind)
-        return None
-
-    def _on_user_event(self, client: Client, event) -> str | None:
-        return self._reject(client, pb.INVALID_EVENT, "already joined: user events are for joining")
-
-    def _on_None(self, client: Client, event) -> str | None:  # the oneof was empty
-        return self._reject(client, pb.INVALID_EVENT, "empty event")
-
-    def _reject(self, client: Client, code, reason: str) -> str:
-        self.hub.tell(client, system_event(reason, code))
-        return reason
-
-
-def round_up(wait_s: float) -> float:
-    """Round a wait up to 0.1 s, so a retry at the time we name is not early."""
-    return math.ceil(wait_s * 10 - 1e-9) / 10
-
-
-class RefusalLog:
-    """Log lines for one client's refused events, a few per second at most.
-
-    Owned by the client's reader thread (no lock). Past
-    REFUSALS_LOGGED_PER_S in one second, refusals are counted, and the count
-    is logged once, when the next second's first refusal comes or the
-    stream ends.
-    """
-
-    def __init__(self, name: str, clock=time.monotonic):
-        self._name = name
-        self._clock = clock
-        self._window_start = -1.0
-        self._logged = 0  # lines logged in the current one-second window
-        self._suppressed = 0  # refusals not logged in the current window
-
-    def note(self, reason: str) -> None:
-        now = self._clock()
-        if now - self._window_start >= 1.0:
-            self.flush()
-            self._window_start, self._logged = now, 0
-        if self._logged < REFUSALS_LOGGED_PER_S:
-            self._logged += 1
-            log.info("refused an event from %s: %s", self._name, reason)
-        else:
-            self._suppressed += 1
-
-    def flush(self) -> None:
-        if self._suppressed:
-            log.info("refused %d more events from %s", self._suppressed, self._name)
-            self._suppressed = 0

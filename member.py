@@ -1,0 +1,43 @@
+"""One joined user as the hub sees it: a bounded queue, and why its stream ends.
+
+The hub (hub.py) puts events into `Client.queue` from any thread; the
+user's Chat handler (session.py) is the only one that takes them out and
+yields them to the network. `Client.ending` tells the handler how to end.
+"""
+
+import queue
+
+QUEUE_MAX_EVENTS = 1024  # outgoing backlog per client before it is evicted
+WAKE = object()  # sentinel put into a queue to wake its generator when the client ends
+
+# Why a client's stream ends (`Client.ending`).
+DRAIN = "drain"  # deliver what is queued, then end with OK (half-close, shutdown)
+EVICTED = "evicted"  # fell QUEUE_MAX_EVENTS behind: end now, RESOURCE_EXHAUSTED
+KICKED = "kicked"  # the name is held on another server (after a partition): ALREADY_EXISTS
+GONE = "gone"  # the call is already over (cancelled, network lost)
+
+
+class Client:
+    """One joined user. The hub's lock guards `typing_timer` and `ending`.
+
+    The generator reads `ending` without the lock: it is set once, from None
+    to its final value, and a plain attribute read is atomic.
+    """
+
+    def __init__(self, name: str, cancel=lambda: None, queue_max: int = QUEUE_MAX_EVENTS):
+        self.name = name
+        self.cancel = cancel  # ends the gRPC call; used if an evicted client will not read
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_max)
+        self.typing_timer = None  # a Timer while this user is typing, else None
+        self.ending = None  # None while online, else DRAIN, EVICTED or GONE
+
+    def wake(self) -> None:
+        """Wake the generator if it is blocked on an empty queue.
+
+        If the queue is full the put fails, but then the generator is not
+        blocked: it will see `ending` after its next event.
+        """
+        try:
+            self.queue.put_nowait(WAKE)
+        except queue.Full:
+            pass

@@ -1,0 +1,137 @@
+"""The reader thread of one chat stream: what a joined client says, checked.
+
+session.py starts one `Reader.run` thread per joined client. It consumes
+the client's request stream and, for each event, cleans and checks it, asks
+the rate limiter, and hands it to the hub (hub.py), which fans it out. It
+never writes to the network itself: replies go through the hub into the
+client's queue.
+
+Bad input after the join never ends the call: the sender alone gets a
+`SystemEvent` saying what was wrong, and nothing is stored or sent. The log
+gets a line per refusal, up to a few a second per client, then one line
+saying how many more there were.
+"""
+
+import logging
+import math
+import time
+
+import grpc
+
+import chat_pb2 as pb
+import member
+from events import system_event
+from member import Client
+from sanitize import clean_text
+from store import NotSent
+
+log = logging.getLogger("session")
+
+REFUSALS_LOGGED_PER_S = 3  # refusal lines per client per second; beyond, one summary
+
+
+class Reader:
+    """Reads one client's events at a time; shared by all streams, holds no per-client state."""
+
+    def __init__(self, hub, max_chars: int, buckets=None):
+        self.hub = hub
+        self._max_chars = max_chars  # longest message, after cleaning
+        self._buckets = buckets  # ratelimit.Buckets by user name; None: no limit
+
+    def run(self, client: Client, request_iterator) -> None:
+        """The reader thread's body: owns `request_iterator` and `refusals`."""
+        refusals = RefusalLog(client.name)
+        ending = member.DRAIN  # the client half-closed: deliver what is queued
+        try:
+            for event in request_iterator:
+                kind = event.WhichOneof("event")
+                handler = getattr(self, f"_on_{kind}", self._on_None)
+                refusal = handler(client, event)
+                if refusal is not None:
+                    refusals.note(refusal)
+        except grpc.RpcError:
+            ending = member.GONE  # cancelled or connection lost
+        except Exception:  # a bug must not leave the client registered
+            log.exception("reader for %s failed", client.name)
+            ending = member.GONE
+        finally:
+            refusals.flush()
+            self.hub.leave(client, ending)
+
+    # Each handler returns None, or the reason it refused the event.
+
+    def _on_chat_message(self, client: Client, event) -> str | None:
+        text = clean_text(event.chat_message.message)
+        if not text:
+            return self._reject(client, pb.INVALID_EVENT, "empty message: nothing was sent")
+        if len(text) > self._max_chars:
+            limit = self._max_chars
+            return self._reject(
+                client, pb.INVALID_EVENT, f"message too long: {len(text)} characters, max {limit}"
+            )
+        buckets = self._buckets
+        wait_s = buckets.try_take(client.name) if buckets is not None else 0.0
+        if wait_s:
+            retry = f"rate limited: retry in {round_up(wait_s):.1f} s"
+            return self._reject(client, pb.RATE_LIMITED, retry)
+        try:
+            self.hub.post(client, text)
+        except NotSent:  # cut off from the other servers: no id would hold
+            retry = "not sent: the chat is reconnecting, send it again"
+            return self._reject(client, pb.NOT_SENT, retry)
+        return None
+
+    def _on_typing_event(self, client: Client, event) -> str | None:
+        kind = event.typing_event.type
+        if kind not in (pb.TYPING_START, pb.TYPING_STOP):
+            return self._reject(client, pb.INVALID_EVENT, "typing event without a type")
+        self.hub.typing(client, kind)
+        return None
+
+    def _on_user_event(self, client: Client, event) -> str | None:
+        return self._reject(client, pb.INVALID_EVENT, "already joined: user events are for joining")
+
+    def _on_None(self, client: Client, event) -> str | None:  # the oneof was empty
+        return self._reject(client, pb.INVALID_EVENT, "empty event")
+
+    def _reject(self, client: Client, code, reason: str) -> str:
+        self.hub.tell(client, system_event(reason, code))
+        return reason
+
+
+def round_up(wait_s: float) -> float:
+    """Round a wait up to 0.1 s, so a retry at the time we name is not early."""
+    return math.ceil(wait_s * 10 - 1e-9) / 10
+
+
+class RefusalLog:
+    """Log lines for one client's refused events, a few per second at most.
+
+    Owned by the client's reader thread (no lock). Past
+    REFUSALS_LOGGED_PER_S in one second, refusals are counted, and the count
+    is logged once, when the next second's first refusal comes or the
+    stream ends.
+    """
+
+    def __init__(self, name: str, clock=time.monotonic):
+        self._name = name
+        self._clock = clock
+        self._window_start = -1.0
+        self._logged = 0  # lines logged in the current one-second window
+        self._suppressed = 0  # refusals not logged in the current window
+
+    def note(self, reason: str) -> None:
+        now = self._clock()
+        if now - self._window_start >= 1.0:
+            self.flush()
+            self._window_start, self._logged = now, 0
+        if self._logged < REFUSALS_LOGGED_PER_S:
+            self._logged += 1
+            log.info("refused an event from %s: %s", self._name, reason)
+        else:
+            self._suppressed += 1
+
+    def flush(self) -> None:
+        if self._suppressed:
+            log.info("refused %d more events from %s", self._suppressed, self._name)
+            self._suppressed = 0
