@@ -165,7 +165,13 @@ def create_server(
 @click.option("--history-max", default=10_000, show_default=True, help="Messages kept.")
 @click.option("--rate", default=1.0, show_default=True, help="Messages per second per client.")
 @click.option("--burst", default=5, show_default=True, help="Messages a client may send at once.")
-@click.option("--no-rate-limit", is_flag=True, help="Switch rate limiting off (benchmarks).")
+@click.option(
+    "--join-rate", default=2.0, show_default=True, help="Joins per second per client address."
+)
+@click.option(
+    "--join-burst", default=20, show_default=True, help="Joins an address may make at once."
+)
+@click.option("--no-rate-limit", is_flag=True, help="Switch rate limits off (benchmarks).")
 @click.option("--max-message-chars", default=2000, show_default=True, help="Longest message.")
 @click.option("--max-clients", default=512, show_default=True, help="Concurrent chat streams.")
 @click.option(
@@ -174,17 +180,21 @@ def create_server(
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
-def main(host, port, redis_url, history, history_max, rate, burst, no_rate_limit,
-         max_message_chars, max_clients, log_level):  # fmt: skip
+def main(host, port, redis_url, history, history_max, rate, burst, join_rate, join_burst,
+         no_rate_limit, max_message_chars, max_clients, log_level):  # fmt: skip
     """Run the chat server until SIGINT or SIGTERM."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
-    if rate <= 0 or burst < 1 or max_clients < 1 or history < 0 or history_max < 1:
-        raise click.BadParameter("--rate, --burst, --max-clients, --history-max must be positive")
+    if min(rate, join_rate) <= 0 or min(burst, join_burst, max_clients, history_max) < 1:
+        raise click.BadParameter("rates, bursts, --max-clients and --history-max must be positive")
+    if history < 0:
+        raise click.BadParameter("--history cannot be negative")
     settings = session.Settings(
         history=history,
         max_message_chars=max_message_chars,
         rate=None if no_rate_limit else rate,
         burst=burst,
+        join_rate=join_rate,
+        join_burst=join_burst,
         max_clients=max_clients,
     )
     try:
