@@ -1,16 +1,20 @@
 """The client with piped input (SPEC §4): what it prints, what it cleans, its errors."""
 
 import signal
+import subprocess
+import sys
 from concurrent import futures
 
 import grpc
 import pytest
-from clients import ERROR_WITHIN_S, assert_one_clean_error, run_client
-from conftest import free_port
+from clients import CLIENT, CLIENT_ENV, ERROR_WITHIN_S, assert_one_clean_error, run_client
+from conftest import ROOT, free_port
+from fakes import NeverAnswers, serving
 from wire import join
 
 import chat_pb2 as pb
 import chat_pb2_grpc
+from store import MemoryStore
 
 # -- piped -----------------------------------------------------------------------
 
@@ -65,6 +69,85 @@ def test_escape_codes_in_a_message_never_reach_the_screen(server, pipe_client):
     assert bob.finish() == 0
     assert not any("\x1b" in line or "\x07" in line for line in bob.seen), bob.seen
     mallory.close()
+
+
+def test_history_with_nonsense_timestamps_still_joins_and_renders(server_factory, pipe_client):
+    """When stored messages carry a timestamp no clock can show, --timestamps still works."""
+    store = MemoryStore()
+    for name, text, timestamp in [("bot", "far", 10**17), ("old", "past", -5), ("no", "time", 0)]:
+        store.append(name, text, timestamp)
+    server = server_factory(store=store)
+    alice = pipe_client(server.address, "alice", "--timestamps")
+    assert alice.expect("[bot] far").startswith("--:-- ")
+    alice.expect("[old] past")
+    alice.expect("[no] time")
+    alice.send("hi")
+    alice.expect("[you] hi")
+    assert alice.finish() == 0
+
+
+def test_piped_line_too_long_is_refused_on_stderr_and_the_rest_go(server, pipe_client):
+    """When a piped line is over the wire limit or 2000 characters, the client refuses
+    it with one stderr line each and sends the next line; it never rejoins for it."""
+    alice = pipe_client(server.address, "alice")
+    for line in ("x" * 70_000, "y" * 2001, "after"):
+        alice.send(line)
+    alice.expect("[you] after")
+    assert alice.finish() == 0
+    refusals = alice.stderr().splitlines()
+    assert len(refusals) == 2 and all("not sent" in line for line in refusals), refusals
+    assert alice.seen.count("* alice joined the chat") == 1, alice.seen
+
+
+def test_line_the_server_refuses_is_dropped_not_retried(server_factory, pipe_client):
+    """When the server refuses a line (INVALID_EVENT), the client drops it and goes on."""
+    server = server_factory(max_message_chars=10)
+    alice = pipe_client(server.address, "alice", "--max-message-chars", "5000")
+    alice.send("longer than ten characters")
+    alice.send("after")
+    alice.expect("! message too long")
+    alice.expect("[you] after")
+    assert alice.finish() == 0
+    assert not any("longer than ten" in line for line in alice.seen)
+
+
+def test_piped_lines_starting_with_a_slash_are_text_unless_a_known_command(server, pipe_client):
+    """When piped lines start with '/', only a known command runs; '//' sends one '/'."""
+    alice = pipe_client(server.address, "alice")
+    for line in ("/var/lib/db is 91% full", "/nosuch", "//help", "/help", "last"):
+        alice.send(line)
+    alice.expect("[you] last")
+    assert alice.finish() == 0
+    for text in ("[you] /var/lib/db is 91% full", "[you] /nosuch", "[you] /help"):
+        assert alice.seen.count(text) == 1, (text, alice.seen)
+    assert any(line.startswith("* /quit") for line in alice.seen)  # /help listed commands
+
+
+def test_closed_stdout_ends_the_client_quietly(server):
+    """When stdout is closed (`client.py | head -1`), the client exits 0 without a word."""
+    alice = subprocess.Popen(
+        [sys.executable, CLIENT, "--name", "alice", "--address", server.address],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=CLIENT_ENV, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        assert alice.stdout.readline() == "* alice joined the chat\n"
+        alice.stdout.close()  # as `head -1` does after its line
+        alice.stdin.write("hello\n")
+        alice.stdin.flush()  # the echo is printed into the closed pipe
+        assert alice.wait(ERROR_WITHIN_S) == 0
+        assert alice.stderr.read() == ""
+    finally:
+        alice.kill()
+        alice.wait(5)
+
+
+def test_join_without_an_answer_is_one_error_line_saying_so():
+    """When the server never confirms the join, the client says so, not "cancelled"."""
+    with serving(NeverAnswers()) as address:
+        result, took_s = run_client("--name", "alice", "--address", address)
+    assert result.returncode == 1 and took_s < 2 * ERROR_WITHIN_S
+    assert result.stderr == "Error: cannot join: the server did not answer within 5 s\n"
 
 
 class LyingServicer(chat_pb2_grpc.ChatServiceServicer):

@@ -3,6 +3,7 @@
 import signal
 import time
 
+import pytest
 from clients import Terminal
 from wire import EVENT_TIMEOUT_S, join
 
@@ -158,3 +159,37 @@ def test_no_color_switches_colour_off(monkeypatch):
     assert not use_colour(Tty())
     monkeypatch.delenv("NO_COLOR")
     assert use_colour(Tty())
+
+
+def test_terminal_keeps_typing_shown_while_the_keys_keep_coming(server, terminal):
+    """When alice types for longer than the server's 5 s silence rule, no stop is sent."""
+    watcher = join(server.address, "watcher")
+    alice = terminal(server.address, "alice")
+    is_stop = lambda e: e.type == pb.TYPING_STOP  # noqa: E731
+    alice.send("a")
+    watcher.next_event("typing_event", where=lambda e: e.type == pb.TYPING_START)
+    typing_until = time.monotonic() + 6.5
+    while time.monotonic() < typing_until:
+        with pytest.raises(AssertionError, match="no typing_event"):
+            watcher.next_event("typing_event", timeout=0.5, where=is_stop)  # a key every 0.5 s
+        alice.send("a")
+    alice.send("\r")
+    watcher.next_event("typing_event", where=is_stop)
+    alice.send("\x04")
+    assert alice.exit_code() == 0
+    watcher.close()
+
+
+def test_terminal_lines_over_the_rate_limit_are_resent_in_order(server_factory, terminal):
+    """When lines typed at once outrun the rate limit, each is sent after the wait named."""
+    server = server_factory(rate=2.0, burst=1)
+    bob = join(server.address, "bob")
+    alice = terminal(server.address, "alice")
+    alice.send("one\rtwo\rthree\r")
+    assert [m.message for m in bob.messages(3)] == ["one", "two", "three"]
+    alice.expect_exact("[you] three")
+    alice.send("\x04")
+    assert alice.exit_code() == 0
+    bob.next_event("user_event", where=lambda e: e.type == pb.USER_LEFT)
+    assert not [e for e in bob.drain() if e.WhichOneof("event") == "chat_message"]  # once each
+    bob.close()
