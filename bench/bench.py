@@ -179,9 +179,8 @@ def run_server(bench: Bench, start, burst_clients: int, sweep: bool) -> dict:
     "--servers",
     default="project,threaded,aio",
     show_default=True,
-    help="Servers to measure in turn, comma-separated: project, project+redis, cluster "
-    "(3 servers on one Redis, clients spread over them: cross-server fan-out), alt, and the "
-    "baselines threaded and aio. Ratios are the first one's to each other one.",
+    help=f"Servers to measure in turn, comma-separated, of: {', '.join(KINDS)} (see "
+    "KINDS in bench/servers.py). Ratios are the first one's to each other one.",
 )
 @click.option(
     "--baseline",

@@ -36,6 +36,9 @@ class Kind:
     members: int = 1  # servers started side by side on one Redis, clients spread over them
 
 
+# A new kind is one more line; a server of several processes on one port, for
+# example, is server.py with its flag and redis=True (its children are
+# measured and stopped with it).
 KINDS = {
     "project": Kind(("server.py",)),
     "project+redis": Kind(("server.py",), redis=True),
@@ -90,9 +93,12 @@ class Server:
         """SIGKILL it: a server under test is thrown away.
 
         A graceful stop would only make the benchmark wait: each of its
-        clients' leaves is broadcast to all the others.
+        clients' leaves is broadcast to all the others. Its children go too
+        (a server of several processes): nobody would reap them.
         """
         if self.process is not None:
+            for child in psutil.Process(self.process.pid).children(recursive=True):
+                child.kill()
             self.process.kill()
             self.process.wait()
         for member in self.members:
