@@ -3,24 +3,35 @@
 With `--redis-url`, every accepted message goes to one Redis Stream, and
 every server, the one that accepted it included, delivers messages in the
 stream's order. So the order, the ids, history and resume all come from one
-mechanism, however many servers share the Redis (SPEC §5, §7):
+mechanism, however many servers share the Redis:
 
     hub.post -> append() -> _pending -> writer thread --XADD--> stream
                                                                   |
-    hub._deliver <------------ follower thread <---XREAD BLOCK----+
+    hub.deliver <------ follower (redis_follow.py) <--XREAD BLOCK-+
 
 Threads: the hub's callers append to `_pending`; the *writer* (owned here)
-is the only one that removes from it; the *follower* (owned here) is the
-only one that reads the stream for delivery. `_lock` guards `_pending`,
-`_dropped`, `_online`, `_delivered_seq` and `_ids`; it is never held during a
-Redis call, nor while calling the hub.
+is the only one that removes from it; the *follower* is the only one that
+reads the stream for delivery. `_lock` guards `_pending`, `_dropped`,
+`_online`, `_delivered_seq`, `_ids` and `_recent`; it is never held during
+a Redis call, nor while calling the hub.
 
-When Redis is lost (SPEC §5), chat goes on live: the writer delivers what is
-waiting itself, with ids made here, and from then on `append` hands each new
-message straight back to the hub. They wait in `_pending` (bounded) and are
-written in order as soon as Redis answers again. Every entry carries its
-origin server and a per-server sequence number, so an entry delivered during
-the outage, or written twice because a reply was lost, is delivered once.
+When Redis is lost, what happens depends on whether we are alone on it
+(`link.shared`, which the cluster's heartbeat keeps):
+
+- **alone**: chat goes on live. The writer delivers what is waiting itself,
+  with ids made here, and `append` hands each new message straight back to
+  the hub. They wait in `_pending` (bounded) and are written, in order and
+  under those ids, as soon as Redis answers again.
+- **shared**: an id made here would not hold (another server may give a
+  lower one to a message its clients see first), so `append` raises
+  `NotSent` and the client sends again later. What was already waiting is
+  written when Redis is back and delivered from the stream, like any message.
+
+Every entry carries its origin server and a per-server sequence number, so an
+entry delivered during an outage, or written twice because a reply was lost,
+is delivered once. History is read a page at a time (`XRANGE ... COUNT`);
+while Redis is known to be away, joins are answered from what this server
+has: a small cache of recent messages and the unwritten ones.
 """
 
 import itertools
@@ -29,29 +40,32 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from store import IdClock, Message, StoreUnavailable, id_key, messages_after
+from redis_entries import origin, to_message
+from redis_follow import StreamFollower
+from redis_keys import STREAM_KEY, RedisLink
+from store import (
+    HISTORY_PAGE,
+    IdClock,
+    Message,
+    NotSent,
+    StoreUnavailable,
+    id_key,
+    messages_after,
+    pages,
+)
 
 log = logging.getLogger(__name__)
 
-# Every Redis key of the project, in one place (cluster.py uses the rest).
-STREAM_KEY = "chat:messages"  # stream: the messages, in their one order
-EVENTS_CHANNEL = "chat:events"  # pub/sub: joins, leaves, typing (never stored)
-NAMES_KEY = "chat:names"  # hash: online username -> "<server id>:<session>"
-SERVERS_KEY = "chat:servers"  # set: ids of servers that may hold names
-ALIVE_KEY = "chat:server:{}:alive"  # string with a TTL, refreshed by a live server
-
 WRITE_BATCH_MAX = 200  # messages per pipelined XADD round trip
-FOLLOW_BATCH_MAX = 500  # entries per XREAD
-FOLLOW_BLOCK_MS = 1000  # XREAD waits this long for news, then loops (to see close())
 PENDING_MAX = 100_000  # messages kept while Redis is away; beyond, the oldest drop
-RETRY_S = 0.5  # how often the writer and follower retry a lost Redis
-REDIS_TIMEOUT_S = 2.0  # a Redis call never blocks longer than this (beyond XREAD's block)
+RECENT_MAX = 500  # delivered messages kept for joins while Redis is away
+RETRY_S = 0.5  # how often the writer retries a lost Redis
+NOT_SENT_TEXT = "cut off from the Redis the other servers share"
 
 
 @dataclass(slots=True)
@@ -73,109 +87,147 @@ class RedisStore:
 
     def __init__(self, url: str, max_messages: int = 10_000, pending_max: int = PENDING_MAX):
         self.description = f"in Redis at {url} (stream {STREAM_KEY})"
-        self.redis = connect(url)
+        self.redis = RedisLink(url)  # shared with cluster.py; raises StoreUnavailable
         self.server_id = uuid.uuid4().hex[:12]
         self._max_messages = max_messages
         self._pending_max = pending_max
         self._deliver = None  # the hub's callback, given to start()
-        newest = self._newest_id()
+        self._start_at = self._tail()  # (last id, entries added): the follower starts there
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)  # the writer waits here for work
-        self._ids = IdClock(after=newest)  # ids for messages delivered during an outage
+        self._ids = IdClock(after=self._start_at[0])  # ids for messages delivered in an outage
         self._seq = itertools.count(1)
         self._pending: deque[Pending] = deque()
         self._dropped = 0  # overflowed `_pending` since last reported
-        self._online = True  # False while Redis is lost: deliver before writing
+        self._online = True  # False once the writer found Redis lost, until a write succeeds
         self._delivered_seq = 0  # highest own seq already delivered by us
+        self._recent: deque[Message] = deque(maxlen=RECENT_MAX)  # delivered, newest last
+        self._seen: dict[str, int] = {}  # origin -> highest seq delivered (follower only)
         self._closing = False
-        self._closed = threading.Event()  # set by close(): the follower stops
         self._writer = threading.Thread(target=self._write_loop, name="redis-writer")
-        self._follower = threading.Thread(
-            target=self._follow_loop, args=(newest,), name="redis-follower"
+        self._follower = StreamFollower(
+            self.redis, STREAM_KEY, "redis-follower", self._deliver_new, gap=_log_trimmed
         )
 
-    def _newest_id(self) -> str:
+    def _tail(self) -> tuple[str, int]:
         try:
-            newest = self.redis.xrevrange(STREAM_KEY, count=1)
+            return tuple(self.redis.run("tail", [STREAM_KEY], []))
         except redis.RedisError as error:
-            raise StoreUnavailable(f"cannot reach Redis: {error}") from error
-        return newest[0][0] if newest else "0-0"
+            self.redis.close()
+            raise StoreUnavailable(f"cannot read the stream in Redis: {error}") from error
 
     def start(self, deliver) -> None:
         """Begin writing and following; `deliver(messages)` fans out, in order."""
         self._deliver = deliver
         self._writer.start()
-        self._follower.start()
+        self._follower.start(*self._start_at)
 
     def append(self, username: str, text: str, timestamp: int) -> list[Message]:
         """Queue a message for the stream; return what the caller must deliver now.
 
-        Normally nothing: the follower delivers it from the stream. While Redis
-        is away, this message. If the buffer fills before the writer has
-        noticed that Redis is away, everything still waiting, so that what
-        overflows was at least delivered.
+        Normally nothing: the follower delivers it from the stream. Alone on
+        a lost Redis: this message, and if the buffer fills before the writer
+        noticed the loss, everything still waiting, so what overflows was at
+        least delivered. Raises NotSent if cut off from a shared Redis.
         """
         with self._lock:
+            shared = self.redis.shared
+            if shared and not (self._online and self.redis.reachable):
+                raise NotSent(NOT_SENT_TEXT)
             deliver_now = []
             if len(self._pending) >= self._pending_max:
+                if shared:
+                    raise NotSent(NOT_SENT_TEXT)  # not delivered: never dropped either
                 if self._online:
                     deliver_now = self._strand_locked()
                 self._pending.popleft()
                 self._dropped += 1
             pending = Pending(next(self._seq), username, text, timestamp)
-            if not self._online:  # Redis is away: deliver now, write later
+            if not self._online:  # alone, Redis away: deliver now, write later
                 pending.id = self._ids.next()
                 self._delivered_seq = pending.seq
                 deliver_now.append(pending.message())
+                self._recent.append(deliver_now[-1])
             self._pending.append(pending)
             self._wake.notify()
         return deliver_now
 
-    def history(self, limit: int, after_id: str | None = None) -> list[Message]:
-        """Stored messages, plus those delivered but not yet written, oldest first.
+    # -- history: pages, oldest first ------------------------------------------
 
-        NOTE: the pending snapshot is taken *before* reading Redis: an entry
-        leaves `_pending` only once written, so each is in one or both.
+    def history(self, limit: int, after_id: str | None = None) -> Iterator[list[Message]]:
+        """Pages of stored messages, plus those delivered but not yet written.
+
+        The last `limit`, or every kept message after `after_id` (a ValueError
+        now if it is malformed). NOTE: the unwritten snapshot is taken *before*
+        reading Redis: an entry leaves `_pending` only once written, so each
+        message is in one or both, and the copies are merged by origin.
         """
         if after_id:
-            id_key(after_id)  # refuse a malformed id before Redis sees it
+            id_key(after_id)  # refuse a malformed id before anything is read
         with self._lock:
             unwritten = {(self.server_id, p.seq): p.message() for p in self._pending if p.id}
-        try:
-            stored = self._read_stream(limit, after_id)
-        except redis.RedisError as error:
-            log.warning("history from Redis failed (%s); replaying unwritten messages only", error)
-            stored = {}
-        merged = {**unwritten, **stored}  # the same message, written, wins
-        return messages_after(sorted(merged.values(), key=lambda m: id_key(m.id)), after_id, limit)
-
-    def _read_stream(self, limit: int, after_id: str | None) -> dict:
+        if not self.redis.reachable:  # known lost: do not wait on Redis during a join
+            return pages(self._cached(unwritten, limit, after_id))
         if after_id:
-            entries = self.redis.xrange(STREAM_KEY, min=f"({after_id}")
-        elif limit > 0:
-            entries = self.redis.xrevrange(STREAM_KEY, count=limit)[::-1]
-        else:
-            entries = []
-        stored = {}
-        for entry_id, fields in entries:
-            stored.setdefault(_origin(entry_id, fields), _message(entry_id, fields))
-        return stored
+            return self._pages_after(after_id, unwritten)
+        return pages(self._last(limit, unwritten))
+
+    def _last(self, limit: int, unwritten: dict) -> list[Message]:
+        if limit <= 0:
+            return []
+        try:
+            entries = self.redis.quick.xrevrange(STREAM_KEY, count=limit)[::-1]
+        except redis.RedisError as error:
+            return self._history_failed(error, unwritten, limit, None)
+        stored = {origin(i, fields): to_message(i, fields) for i, fields in entries}
+        return _merge(unwritten, stored)[-limit:]
+
+    def _pages_after(self, after_id: str, unwritten: dict) -> Iterator[list[Message]]:
+        """Read on a page at a time: only one page is ever held here."""
+        position = after_id
+        while True:
+            try:
+                entries = self.redis.quick.xrange(
+                    STREAM_KEY, min=f"({position}", count=HISTORY_PAGE
+                )
+            except redis.RedisError as error:
+                yield from pages(self._history_failed(error, unwritten, 0, position))
+                return
+            for entry_id, fields in entries:
+                unwritten.pop(origin(entry_id, fields), None)  # written meanwhile: once
+            if entries:
+                yield [to_message(entry_id, fields) for entry_id, fields in entries]
+                position = entries[-1][0]
+            if len(entries) < HISTORY_PAGE:
+                break
+        yield from pages(messages_after(_merge(unwritten, {}), position, 0))
+
+    def _history_failed(self, error, unwritten: dict, limit: int, after_id) -> list[Message]:
+        self.redis.mark_down()
+        log.warning("history from Redis failed (%s): replaying what this server has", error)
+        return self._cached(unwritten, limit, after_id)
+
+    def _cached(self, unwritten: dict, limit: int, after_id: str | None) -> list[Message]:
+        """History from memory: recent deliveries and unwritten messages."""
+        with self._lock:
+            by_id = {m.id: m for m in self._recent}
+        by_id.update((m.id, m) for m in unwritten.values())  # stranded ones are in both
+        return messages_after(sorted(by_id.values(), key=lambda m: id_key(m.id)), after_id, limit)
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush what is pending (for up to `timeout` seconds) and stop both threads."""
         with self._lock:
             self._closing = True
             self._wake.notify()
-        self._closed.set()
-        for thread in (self._writer, self._follower):
-            if thread.is_alive():
-                thread.join(timeout)
+        self._follower.stop(timeout)
+        if self._writer.is_alive():
+            self._writer.join(timeout)
         with self._lock:
             if self._pending:
                 log.error("store closed with %d messages unwritten", len(self._pending))
         self.redis.close()
 
-    # -- the writer thread ------------------------------------------------
+    # -- the writer thread ------------------------------------------------------
 
     def _write_loop(self) -> None:
         outage_since = None  # monotonic time Redis was lost; None while it answers
@@ -192,14 +244,15 @@ class RedisStore:
             try:
                 self._write(batch)
             except redis.RedisError as error:
+                self.redis.mark_down()
                 if outage_since is None:
                     outage_since = time.monotonic()
-                    log.error("Redis lost (%s): chat goes on, %d messages waiting", error, waiting)
-                    self._go_offline()
+                    self._go_offline(error, waiting)
                 if self._sleep_unless_closing(RETRY_S):
                     log.error("store closed during a Redis outage")
                     return
                 continue
+            self.redis.mark_up()
             with self._lock:
                 while self._pending and self._pending[0].seq <= batch[-1].seq:
                     self._pending.popleft()
@@ -210,7 +263,7 @@ class RedisStore:
 
     def _write(self, batch: list[Pending]) -> None:
         """XADD a batch in one round trip; ids already delivered are kept if the stream allows."""
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.redis.client.pipeline(transaction=False)
         for p in batch:
             self._xadd(pipe, p, p.id or "*")
         retry = []
@@ -220,7 +273,7 @@ class RedisStore:
             if isinstance(result, redis.ResponseError):
                 retry.append(p)  # another server wrote past our outage id: take a new one
         if retry:
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.redis.client.pipeline(transaction=False)
             for p in retry:
                 self._xadd(pipe, p, "*")
             pipe.execute()
@@ -230,10 +283,16 @@ class RedisStore:
                   "server": self.server_id, "seq": p.seq}  # fmt: skip
         pipe.xadd(STREAM_KEY, fields, id=entry_id, maxlen=self._max_messages, approximate=True)
 
-    def _go_offline(self) -> None:
-        """Redis is lost: deliver what was waiting for the stream, with our own ids."""
+    def _go_offline(self, error, waiting: int) -> None:
+        """Redis is lost. Alone: deliver what waits, with our own ids. Shared: refuse."""
         with self._lock:
-            stranded = self._strand_locked()
+            shared = self.redis.shared
+            self._online = False
+            stranded = [] if shared else self._strand_locked()
+        if shared:
+            log.error("Redis lost (%s): refusing messages, %d to write", error, waiting)
+        else:
+            log.error("Redis lost (%s): chat goes on, %d messages waiting", error, waiting)
         if stranded:
             self._deliver(stranded)
 
@@ -244,7 +303,9 @@ class RedisStore:
         for p in stranded:
             p.id = self._ids.next()
             self._delivered_seq = p.seq
-        return [p.message() for p in stranded]
+        messages = [p.message() for p in stranded]
+        self._recent.extend(messages)
+        return messages
 
     def _sleep_unless_closing(self, wait_s: float) -> bool:
         """Sleep `wait_s`, True at once if closing.
@@ -258,69 +319,33 @@ class RedisStore:
                 self._wake.wait(left)
             return self._closing
 
-    # -- the follower thread ----------------------------------------------
+    # -- the follower's handler ---------------------------------------------------
 
-    def _follow_loop(self, last_id: str) -> None:
-        seen: dict[str, int] = {}  # origin server -> highest seq delivered (this thread only)
-        while not self._closed.is_set():
-            try:
-                reply = self.redis.xread(
-                    {STREAM_KEY: last_id}, count=FOLLOW_BATCH_MAX, block=FOLLOW_BLOCK_MS
-                )
-            except redis.RedisError:
-                self._closed.wait(RETRY_S)  # the writer logs the outage; we wait for Redis
-                continue
-            entries = reply[0][1] if reply else []
-            if entries:
-                last_id = entries[-1][0]
-                self._deliver_new(entries, seen)
-
-    def _deliver_new(self, entries, seen: dict) -> None:
+    def _deliver_new(self, entries: list) -> None:
+        """Follower thread: deliver entries not delivered yet, in the stream's order."""
         with self._lock:
             self._ids.advance_past(entries[-1][0])  # outage ids stay above the stream
             delivered_seq = self._delivered_seq
-        fresh, missed = [], 0
+        fresh = []
         for entry_id, fields in entries:
-            if "server" not in fields:  # written by another tool: nothing to dedupe
-                fresh.append(_message(entry_id, fields))
-                continue
-            origin, seq = _origin(entry_id, fields)
-            if seq <= seen.get(origin, 0):
-                continue  # written twice (a lost reply); delivered already
-            if origin in seen:
-                missed += seq - seen[origin] - 1  # trimmed before we read them
-            seen[origin] = seq
-            if origin == self.server_id and seq <= delivered_seq:
-                continue  # we delivered it ourselves during an outage
-            fresh.append(_message(entry_id, fields))
-        if missed:
-            log.error("fell behind the stream's MAXLEN: %d messages not delivered", missed)
+            source, seq = origin(entry_id, fields)
+            if seq:  # one of our servers: dedupe by (server, seq)
+                if seq <= self._seen.get(source, 0):
+                    continue  # written twice (a lost reply); delivered already
+                self._seen[source] = seq
+                if source == self.server_id and seq <= delivered_seq:
+                    continue  # we delivered it ourselves during an outage
+            fresh.append(to_message(entry_id, fields))
         if fresh:
+            with self._lock:
+                self._recent.extend(fresh)
             self._deliver(fresh)
 
 
-def _origin(entry_id: str, fields: dict) -> tuple[str, int]:
-    """(server, seq) of an entry; entries from other tools count as their own origin."""
-    if "server" in fields:
-        return fields["server"], int(fields["seq"])
-    return entry_id, 0
+def _merge(unwritten: dict, stored: dict) -> list[Message]:
+    """Both sets of messages, keyed by origin (the stored copy wins), oldest first."""
+    return sorted({**unwritten, **stored}.values(), key=lambda m: id_key(m.id))
 
 
-def _message(entry_id: str, fields: dict) -> Message:
-    return Message(entry_id, fields["username"], fields["message"], int(fields["timestamp"]))
-
-
-def connect(url: str) -> redis.Redis:
-    """One client per process, shared by all threads; strings decoded here."""
-    client = redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=REDIS_TIMEOUT_S + FOLLOW_BLOCK_MS / 1000,
-        socket_connect_timeout=REDIS_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0),  # we retry ourselves, visibly
-    )
-    try:
-        client.ping()
-    except redis.RedisError as error:
-        raise StoreUnavailable(f"cannot reach Redis at {url}: {error}") from error
-    return client
+def _log_trimmed(missed: int) -> None:
+    log.error("fell behind the stream's MAXLEN: %d messages not delivered", missed)

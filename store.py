@@ -6,7 +6,8 @@ the hub must deliver now: here, the one appended; with Redis, usually none,
 as the message will come back from the stream in order (the stream is also
 the bus between servers).
 The Chat handler calls `history` when a client joins, to replay what it
-missed. `start(deliver)` hands the store the hub's delivery callback.
+missed, as pages of at most HISTORY_PAGE messages: `for page in
+store.history(limit, after_id)`. `start(deliver)` hands the store the hub's delivery callback.
 
 Two stores, one interface:
 
@@ -16,11 +17,13 @@ Two stores, one interface:
 Ids look like Redis stream ids, "<milliseconds>-<sequence>", in both.
 """
 
+import bisect
 import itertools
 import re
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 _ID_PATTERN = re.compile(r"(\d+)(?:-(\d+))?")
@@ -34,7 +37,11 @@ class StoreUnavailable(Exception):
 
 
 class NotSent(Exception):
-    """The message cannot get an id that holds for every server: send it again later."""
+    """The message cannot get an id that holds for every server: send it again later.
+
+    Raised by `RedisStore.append` while this server is cut off from a Redis
+    that other servers share; never by `MemoryStore`.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,18 +116,29 @@ class MemoryStore:
             self._messages.append(message)
         return [message]
 
-    def history(self, limit: int, after_id: str | None = None):
-        """Pages (lists, oldest first) of the last `limit`, or all after `after_id`.
+    def history(self, limit: int, after_id: str | None = None) -> Iterator[list[Message]]:
+        """Pages (lists, oldest first) of the last `limit`, or of all after `after_id`.
 
-        Raises ValueError at once for a malformed `after_id`.
+        Raises ValueError at once for a malformed `after_id`. Each page is
+        copied under the lock when it is asked for, so a slow joiner holds
+        one page, never the whole history.
         """
-        cut = id_key(after_id) if after_id else None
-        with self._lock:
-            if cut is None:  # the common join: copy only the last `limit`
+        if after_id is None:  # the common join: copy only the last `limit`
+            with self._lock:
                 wanted = list(itertools.islice(reversed(self._messages), limit))[::-1]
-            else:
-                wanted = [m for m in self._messages if id_key(m.id) > cut]
-        return pages(wanted)
+            return pages(wanted)
+        return self._pages_after(id_key(after_id))
+
+    def _pages_after(self, cut: tuple[int, int]) -> Iterator[list[Message]]:
+        while True:
+            with self._lock:  # ids increase along the deque: find where `cut` falls
+                start = bisect.bisect_right(self._messages, cut, key=lambda m: id_key(m.id))
+                page = list(itertools.islice(self._messages, start, start + HISTORY_PAGE))
+            if page:
+                yield page
+            if len(page) < HISTORY_PAGE:
+                return
+            cut = id_key(page[-1].id)
 
     def close(self, timeout: float = 5.0) -> None:
         pass
