@@ -5,7 +5,15 @@ import signal
 import pytest
 from clients import RECONNECT_WITHIN_S
 from conftest import free_port
+from fakes import DropsBeforeTheEcho, NotSentOnce, serving
+from proxy import Proxy
 from wire import join
+
+import chat_pb2 as pb
+
+# Keepalive (link.py): a ping every 10 s, 10 s for its ack. Beyond this, a
+# dead connection went unnoticed.
+DEAD_NOTICED_WITHIN_S = 25.0
 
 
 def test_terminal_rejoins_after_a_crash_keeping_the_half_typed_line(terminal, server_process):
@@ -77,3 +85,52 @@ def test_reconnect_after_a_crash_shows_each_missed_message_once(
     assert alice.finish() == 0
     for text in ("[carol] before", "[dave] missed 1", "[dave] missed 2", "[carol] after"):
         assert sum(text in line for line in alice.seen) == 1, (text, alice.seen)
+
+
+def test_line_answered_not_sent_is_sent_again(pipe_client):
+    """When the server answers NOT_SENT (cut off from the others), the client resends it."""
+    servicer = NotSentOnce()
+    with serving(servicer) as address:
+        alice = pipe_client(address, "alice")
+        alice.send("hello")
+        alice.expect("! not sent")
+        alice.expect("[you] hello")
+        assert alice.finish() == 0
+    assert servicer.received == ["hello", "hello"]
+
+
+def test_own_message_replayed_after_a_rejoin_counts_as_its_echo(pipe_client):
+    """When the call drops after the server stored a line, the replay confirms it: not resent."""
+    servicer = DropsBeforeTheEcho()
+    with serving(servicer) as address:
+        alice = pipe_client(address, "alice")
+        alice.send("hello")
+        alice.expect("* reconnecting...")
+        alice.expect("[you] hello")  # replayed on the rejoin
+        alice.send("next")
+        alice.expect("[you] next")
+        assert alice.finish() == 0
+    assert servicer.received == ["hello", "next"]
+
+
+@pytest.mark.timeout(60)
+def test_line_typed_into_a_dead_connection_is_sent_after_the_rejoin(server, terminal):
+    """When the network dies silently, the client notices within ~20 s and resends the line."""
+    bob = join(server.address, "bob")
+    proxy = Proxy(server.port)
+    try:
+        alice = terminal(proxy.address, "alice")
+        proxy.black_hole()
+        alice.send("into the void\r")
+        alice.expect_exact("* reconnecting...", timeout=DEAD_NOTICED_WITHIN_S)
+        proxy.restore()
+        alice.expect_exact("[you] into the void", timeout=RECONNECT_WITHIN_S)
+        said = bob.next_event("chat_message", timeout=RECONNECT_WITHIN_S).chat_message
+        assert (said.username, said.message) == ("alice", "into the void")
+        alice.send("/quit\r")
+        assert alice.exit_code() == 0
+        bob.next_event("user_event", where=lambda e: e.type == pb.USER_LEFT)
+        assert not [e for e in bob.drain() if e.WhichOneof("event") == "chat_message"]
+    finally:
+        bob.close()
+        proxy.close()
