@@ -45,6 +45,10 @@ class TokenBucket:
             return 0.0
         return (1 - self._tokens) / self.rate  # step 4
 
+    def give_back(self) -> None:
+        """Return a token taken for something that turned out free (a good password)."""
+        self._tokens = min(self.burst, self._tokens + 1)
+
     def _refill(self) -> None:
         """Step 2: add what flowed in since the last call."""
         now = self._clock()
@@ -82,6 +86,13 @@ class Buckets:
                 bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, self._clock)
             self._last_used[key] = now
             return bucket.try_take()
+
+    def give_back(self, key: str) -> None:
+        """Return a token to `key`'s bucket, if it is still kept (else it is full anyway)."""
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is not None:
+                bucket.give_back()
 
     def __len__(self) -> int:
         with self._lock:
