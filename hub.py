@@ -35,6 +35,7 @@ import threading
 import chat_pb2 as pb
 from events import message_event, now_s, system_event, typing_event, user_event
 from member import DRAIN, EVICTED, KICKED, Client
+from ratelimit import Buckets
 from store import Message
 from timers import Timers
 
@@ -42,6 +43,10 @@ log = logging.getLogger(__name__)
 
 TYPING_SILENCE_S = 5.0  # a typer silent this long gets a TYPING_STOP on their behalf
 EVICT_GRACE_S = 5.0  # an evicted client's call is cancelled if its stream is still stuck
+# Typing changes forwarded per client: a burst, then a few a second. A client
+# flipping START/STOP in a loop would otherwise make us fan out thousands a second.
+TYPING_CHANGES_BURST = 4
+TYPING_CHANGES_PER_S = 2.0
 
 
 class NameTaken(Exception):
@@ -96,6 +101,8 @@ class Hub:
         self._clients: dict[str, Client] = {}  # our joined users
         self._remote: dict[str, bool] = {}  # other servers' users -> typing now?
         self._closing = False  # shut_down() has begun: joins are refused
+        # Typing changes, by name (a reconnect refills nothing); its own lock, taken inside ours.
+        self._typing_changes = Buckets(TYPING_CHANGES_PER_S, TYPING_CHANGES_BURST)
 
     def count(self) -> int:
         with self._lock:
@@ -239,9 +246,17 @@ class Hub:
     # -- typing here ------------------------------------------------------------
 
     def typing(self, client: Client, kind) -> None:
-        """Forward a change of typing state to everyone else; drop repeats."""
+        """Forward a change of typing state to everyone else; drop repeats.
+
+        Changes past the client's typing bucket are dropped silently, the
+        state left as the others last saw it (typing is ephemeral: a start
+        that stays ends by the silence timer, or with the next message).
+        """
         with self._lock:
             if client.name not in self._clients:
+                return
+            is_change = (kind == pb.TYPING_START) != (client.typing_timer is not None)
+            if is_change and self._typing_changes.try_take(client.name):
                 return
             if kind == pb.TYPING_START:
                 was_typing = client.typing_timer is not None

@@ -31,24 +31,29 @@ hub.post (id, store, fan-out to every queue) -> each generator -> clients.
 """
 
 import logging
+import re
 import signal
 import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+import auth
 import chat_pb2 as pb
 import chat_pb2_grpc
 import session
 from hub import Hub
 from longcalls import LongCallLimit
+from perhost import StreamsPerAddress
 from store import StoreUnavailable, open_store
 from timers import Timers
+from users import UsersFileError, add_user_command
 
 log = logging.getLogger("server")
 
@@ -114,12 +119,17 @@ def create_server(
     timers: Timers | None = None,
     options: list[tuple[str, int]] | None = None,
     cluster=None,
+    gate=None,
+    tls: grpc.ServerCredentials | None = None,
 ) -> ChatServer:
     """Build a chat server on `address` (port 0 picks a free port); do not start it.
 
     `options` override SERVER_OPTIONS key by key (tests shorten keepalive).
     `cluster` shares names and live events with other servers (cluster.py).
+    `gate` says who may call (auth.py; default: anyone); with `tls`
+    (`tls_credentials`) the port speaks TLS only.
     """
+    gate = gate or auth.Anyone()
     timers = timers or Timers()
     hub = Hub(
         store,
@@ -128,13 +138,17 @@ def create_server(
         typing_silence_s=settings.typing_silence_s,
         evict_grace_s=settings.evict_grace_s,
     )
-    servicer = session.ChatServicer(hub, timers, settings)
+    servicer = session.ChatServicer(hub, timers, settings, gate)
     pool_threads = settings.max_clients + UNARY_HEADROOM_THREADS
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=pool_threads, thread_name_prefix="grpc-pool"),
         options=list({**dict(SERVER_OPTIONS), **dict(options or [])}.items()),
         maximum_concurrent_rpcs=pool_threads,  # beyond: RESOURCE_EXHAUSTED, never a wait
-        interceptors=[LongCallLimit()],  # reflection and watches cannot take every spare thread
+        interceptors=[  # in this order, each before the handler runs
+            LongCallLimit(),  # reflection and watches cannot take every spare thread
+            StreamsPerAddress(settings.max_streams_per_address),  # nor one host every chat slot
+            gate,  # credentials
+        ],
     )
     chat_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
@@ -149,11 +163,21 @@ def create_server(
         ),
         server,
     )
-    port = server.add_insecure_port(address)
+    port = server.add_secure_port(address, tls) if tls else server.add_insecure_port(address)
     return ChatServer(server, servicer, health_servicer, port)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+def tls_credentials(cert_path: Path, key_path: Path) -> grpc.ServerCredentials:
+    """The server's certificate chain and private key, from PEM files (`make cert`)."""
+    return grpc.ssl_server_credentials([(key_path.read_bytes(), cert_path.read_bytes())])
+
+
+def without_password(text: str) -> str:
+    """Mask a password inside a URL: redis://:secret@host:6379/0 -> redis://:***@host:6379/0."""
+    return re.sub(r"(://[^/@:\s]*:)[^@\s]*@", r"\1***@", text)
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--host", default="[::]", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8080, show_default=True, help="TCP port to listen on.")
 @click.option(
@@ -175,19 +199,54 @@ def create_server(
 @click.option("--max-message-chars", default=2000, show_default=True, help="Longest message.")
 @click.option("--max-clients", default=512, show_default=True, help="Concurrent chat streams.")
 @click.option(
+    "--max-streams-per-address", default=32, show_default=True,
+    help="Open chat streams one client address may hold, joined or not.",
+)  # fmt: skip
+@click.option(
+    "--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Serve TLS only, with this certificate chain (PEM; see make cert). Needs --tls-key.",
+)  # fmt: skip
+@click.option(
+    "--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The private key of --tls-cert (PEM).",
+)  # fmt: skip
+@click.option(
+    "--token", envvar="CHAT_TOKEN", show_envvar=True,
+    help="Every chat call must carry this shared token (client.py --token).",
+)  # fmt: skip
+@click.option(
+    "--users", type=click.Path(dir_okay=False, path_type=Path),
+    help="Accounts: only names in this file may join, each with its password (see add-user).",
+)  # fmt: skip
+@click.option(
     "--log-level",
     default="INFO",
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
-def main(host, port, redis_url, history, history_max, rate, burst, join_rate, join_burst,
-         no_rate_limit, max_message_chars, max_clients, log_level):  # fmt: skip
-    """Run the chat server until SIGINT or SIGTERM."""
+@click.pass_context
+def main(ctx, host, port, redis_url, history, history_max, rate, burst, join_rate, join_burst,
+         no_rate_limit, max_message_chars, max_clients, max_streams_per_address, tls_cert,
+         tls_key, token, users, log_level):  # fmt: skip
+    """Run the chat server until SIGINT or SIGTERM (or run a COMMAND instead)."""
+    if ctx.invoked_subcommand is not None:
+        return  # add-user: the server's options are not for it
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     if min(rate, join_rate) <= 0 or min(burst, join_burst, max_clients, history_max) < 1:
         raise click.BadParameter("rates, bursts, --max-clients and --history-max must be positive")
     if history < 0:
         raise click.BadParameter("--history cannot be negative")
+    if max_streams_per_address < 1:
+        raise click.BadParameter("--max-streams-per-address must be positive")
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    try:
+        gate = auth.from_flags(token, users)
+        tls = tls_credentials(tls_cert, tls_key) if tls_cert else None
+    except ValueError as error:  # --token and --users
+        raise click.UsageError(str(error)) from None
+    except (UsersFileError, OSError) as error:
+        raise click.ClickException(str(error)) from None
     settings = session.Settings(
         history=history,
         max_message_chars=max_message_chars,
@@ -196,18 +255,21 @@ def main(host, port, redis_url, history, history_max, rate, burst, join_rate, jo
         join_rate=join_rate,
         join_burst=join_burst,
         max_clients=max_clients,
+        max_streams_per_address=max_streams_per_address,
     )
     try:
         store = open_store(redis_url, history_max)
     except StoreUnavailable as error:
-        raise click.ClickException(str(error)) from None
+        raise click.ClickException(without_password(str(error))) from None
     cluster = None
     if redis_url:  # every server on this Redis is one chat server (SPEC §7)
         from cluster import Cluster
 
         cluster = Cluster(store.redis, store.server_id)
     try:
-        server = create_server(settings, store, f"{host}:{port}", cluster=cluster)
+        server = create_server(
+            settings, store, f"{host}:{port}", cluster=cluster, gate=gate, tls=tls
+        )
     except RuntimeError as error:  # grpc cannot bind the port
         store.close()
         raise click.ClickException(f"cannot listen on {host}:{port}: {error}") from None
@@ -216,13 +278,16 @@ def main(host, port, redis_url, history, history_max, rate, burst, join_rate, jo
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()
-    click.echo(f"chat server listening on {host}:{server.port}; history {store.description}")
+    history_where = without_password(store.description)
+    click.echo(f"chat server listening on {host}:{server.port}; history {history_where}")
     stop.wait()
     log.info("shutting down")
     started = time.monotonic()
     server.stop()
     log.info("stopped in %.1f s", time.monotonic() - started)
 
+
+main.add_command(add_user_command)
 
 if __name__ == "__main__":
     main()

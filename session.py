@@ -6,7 +6,8 @@ life of one `Chat` call:
 
 1. take a client slot (`--max-clients`), else RESOURCE_EXHAUSTED at once;
 2. read the first event: it must be a valid USER_JOINED, else
-   INVALID_ARGUMENT; an address joining too often is RESOURCE_EXHAUSTED;
+   INVALID_ARGUMENT; a name other than the signed-in one (auth.py) is
+   PERMISSION_DENIED; an address joining too often is RESOURCE_EXHAUSTED;
 3. claim the name (ALREADY_EXISTS if it is online), register with the
    hub, then replay history page by page (the `replay` flag set);
 4. start the reader thread (reader.py), which validates, rate-limits and
@@ -26,6 +27,8 @@ import chat_pb2 as pb
 import chat_pb2_grpc
 import hub as hubs
 import member
+import perhost
+from auth import Anyone
 from events import message_event, system_event
 from hub import Hub, NameTaken, ShuttingDown
 from member import Client
@@ -50,6 +53,7 @@ class Settings:
     join_rate: float = 2.0  # joins per second per client address (off with `rate` None)
     join_burst: int = 20
     max_clients: int = 512
+    max_streams_per_address: int = perhost.MAX_STREAMS_PER_ADDRESS  # open Chats, joined or not
     typing_silence_s: float = hubs.TYPING_SILENCE_S
     join_timeout_s: float = JOIN_TIMEOUT_S
     queue_max_events: int = member.QUEUE_MAX_EVENTS  # a client this far behind is evicted
@@ -59,8 +63,9 @@ class Settings:
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     """Implements `Chat` and `HealthCheck` of chat.proto."""
 
-    def __init__(self, hub: Hub, timers, settings: Settings):
+    def __init__(self, hub: Hub, timers, settings: Settings, auth=None):
         self.hub = hub
+        self._auth = auth or Anyone()  # who may join as whom (auth.py)
         self._timers = timers
         self._settings = settings
         self._slots = threading.BoundedSemaphore(settings.max_clients)  # one per open Chat
@@ -157,6 +162,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             self._refuse(context, "the first event must be a UserEvent USER_JOINED")
         if not is_valid_name(joined.username):
             self._refuse(context, f"invalid username: use {NAME_RULE}")
+        if not self._auth.may_join(context, joined.username):
+            log.info("refused a stream: joining as another name than the signed-in one")
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "you may only join as your own name")
         return joined
 
     @staticmethod
