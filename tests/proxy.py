@@ -1,49 +1,109 @@
-"""A loopback TCP proxy that can turn into a black hole, for dead-peer tests.
+"""A loopback TCP relay that a test can cut or turn into a black hole.
 
-A client that connects through `Proxy` reaches the server as usual. After
-`black_hole()`, the proxy keeps both connections open but drops every byte
-in both directions: to the server, the client looks like a peer whose
-network vanished without a FIN or a RST, which only keepalive can detect
-(SPEC §3.5).
+A client that connects through `Proxy` reaches its target as usual. The
+test then breaks the path in one of two ways:
+
+- `black_hole()`: every connection stays open but every byte is dropped,
+  in both directions, on old and new connections alike. To the peers this
+  is a network that vanished without a FIN or a RST, which only a timeout
+  or keepalive can detect (a partition).
+- `cut()`: every connection is reset (RST) at once, and new ones are
+  accepted and reset, until `restore()`. To the peers this is a refusal
+  they notice at once.
+
+`restore()` forwards again. Connections that were black-holed are reset
+then: a TCP stream with bytes missing from its middle is corrupt, and a
+peer must reconnect rather than read garbage.
+
+    peer --> [listener] --> Link(downstream <-> upstream) --> target
+                              one pump thread per direction
 """
 
 import socket
+import struct
 import threading
 
 CHUNK_BYTES = 65536  # one recv at a time
+FORWARD, BLACK_HOLE, CUT = "forward", "black hole", "cut"
+_RST_LINGER = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST, not FIN
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close `sock` with a RST, waking a thread blocked in its recv."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST_LINGER)
+        sock.shutdown(socket.SHUT_RD)  # wakes our pump; sends nothing to the peer
+    except OSError:
+        pass
+    sock.close()
+
+
+class Link:
+    """One relayed connection: the accepted socket and the one to the target."""
+
+    def __init__(self, downstream: socket.socket, upstream: socket.socket | None, mode: str):
+        self.downstream = downstream
+        self.upstream = upstream
+        self.black_holed = mode == BLACK_HOLE  # set once: the stream is corrupt from then on
+        self.closed = False
+        self.pumps_left = 2  # the second pump to finish closes both sockets
+
+    def reset(self) -> None:
+        self.closed = True
+        for sock in (self.downstream, self.upstream):
+            if sock is not None:
+                _reset(sock)
 
 
 class Proxy:
-    """Forward 127.0.0.1:`port` to 127.0.0.1:`target_port`, one thread per direction."""
+    """Relay 127.0.0.1:`port` to 127.0.0.1:`target_port`; see the module docstring."""
 
     def __init__(self, target_port: int):
         self._target_port = target_port
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self.address = f"127.0.0.1:{self.port}"
-        self._forwarding = threading.Event()
-        self._forwarding.set()
-        self._lock = threading.Lock()  # guards _sockets and _threads
-        self._sockets: list[socket.socket] = [self._listener]
+        self._lock = threading.Lock()  # guards _mode, _links and _threads
+        self._mode = FORWARD
+        self._links: list[Link] = []
         self._threads = [self._start(self._accept)]
+
+    @property
+    def mode(self) -> str:
+        return self._mode
 
     def black_hole(self) -> None:
         """From now on, drop everything silently; close nothing."""
-        self._forwarding.clear()
+        with self._lock:
+            self._mode = BLACK_HOLE
+            for link in self._links:
+                link.black_holed = True
+
+    def cut(self) -> None:
+        """Reset every connection now, and every new one until `restore()`."""
+        with self._lock:
+            self._mode = CUT
+            links, self._links = self._links, []
+        for link in links:
+            link.reset()
 
     def restore(self) -> None:
-        """Forward again (bytes dropped meanwhile stay lost)."""
-        self._forwarding.set()
+        """Forward again; reset the connections that lost bytes while black-holed."""
+        with self._lock:
+            self._mode = FORWARD
+            corrupt = [link for link in self._links if link.black_holed]
+            self._links = [link for link in self._links if not link.black_holed]
+        for link in corrupt:
+            link.reset()
 
     def close(self) -> None:
         with self._lock:
-            sockets, threads = list(self._sockets), list(self._threads)
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept/recv
-            except OSError:
-                pass
-            sock.close()
+            self._mode = CUT
+            links, threads = self._links, list(self._threads)
+            self._links = []
+        _reset(self._listener)
+        for link in links:
+            link.reset()
         for thread in threads:
             thread.join(timeout=5)
 
@@ -58,20 +118,51 @@ class Proxy:
                 downstream, _ = self._listener.accept()
             except OSError:
                 return  # closed
-            upstream = socket.create_connection(("127.0.0.1", self._target_port))
-            with self._lock:
-                self._sockets += [downstream, upstream]
-                self._threads += [
-                    self._start(self._pump, downstream, upstream),
-                    self._start(self._pump, upstream, downstream),
-                ]
+            if self._mode == CUT:
+                _reset(downstream)
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self._target_port), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                _reset(downstream)  # the target is down: refuse, as it would
+                continue
+            self._open(Link(downstream, upstream, self._mode))
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _open(self, link: Link) -> None:
+        with self._lock:
+            if self._mode == CUT:  # cut while we connected
+                link.reset()
+                return
+            link.black_holed = link.black_holed or self._mode == BLACK_HOLE
+            self._links.append(link)
+            self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads += [
+                self._start(self._pump, link, link.downstream, link.upstream),
+                self._start(self._pump, link, link.upstream, link.downstream),
+            ]
+
+    def _pump(self, link: Link, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(CHUNK_BYTES):
-                if self._forwarding.is_set():
+                if not link.black_holed:
                     sink.sendall(data)
-            if self._forwarding.is_set():
+            if not link.black_holed and not link.closed:
                 sink.shutdown(socket.SHUT_WR)  # pass a clean close on
         except OSError:
-            pass  # closed by close() or by the other side
+            if not link.closed:
+                link.reset()  # the peer reset: so do we, to the other side
+        self._finished(link)
+
+    def _finished(self, link: Link) -> None:
+        """A pump ended; once both have, the link is over."""
+        with self._lock:
+            link.pumps_left -= 1
+            if link.pumps_left or link.black_holed:
+                return  # a black-holed link stays open until restore()
+            if link in self._links:
+                self._links.remove(link)
+        if not link.closed:
+            link.closed = True
+            link.downstream.close()
+            link.upstream.close()

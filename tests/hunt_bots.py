@@ -1,0 +1,277 @@
+"""Simulated users for the fault hunt: each joins, chats, types and leaves at random.
+
+A `Bot` behaves as the real client does, over the wire: it sends one line
+at a time and keeps it until its echo arrives, sending it again after a
+`NOT_SENT` or `RATE_LIMITED` notice or after its stream broke (then on
+another live server, joining with `last_seen_id`). Each attempt carries its
+own text ("u1:7.2" is line 7, third try), so the checker can tell which
+try was stored. A bot writes down everything it receives; `hunt_check.py`
+judges it afterwards.
+
+Threads: a bot's own thread decides and sends; each stream's receive thread
+records what arrives (`_on_event`). `_lock` guards what both touch.
+"""
+
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass
+
+import grpc
+from wire import join_event
+
+import chat_pb2 as pb
+import chat_pb2_grpc
+
+JOIN_WAIT_S = 10.0  # a join is confirmed (our own USER_JOINED) within this, or tried again
+JOIN_GIVE_UP_S = 45.0  # no join anywhere for this long: the bot reports it and stops
+ANSWER_WAIT_S = 20.0  # a sent line is echoed or refused within this
+LEAVE_WAIT_S = 5.0  # a half-closed stream ends within this
+STREAM_DEADLINE_S = 3600.0  # the deadline on every Chat stream: longer than any hunt
+_ONLINE = re.compile(r"online \((\d+)\): (.*)")
+_RETRY = re.compile(r"retry in ([\d.]+) s")
+
+
+@dataclass
+class Attempt:
+    """One try at sending a line; `outcome` is "" until the server answers it."""
+
+    text: str
+    sent_t: float
+    session: int
+    outcome: str = ""  # "echo", "not sent", "rate limited", or "lost" (the stream broke)
+    id: str = ""
+    retry_s: float = 0.0
+
+
+@dataclass
+class Received:
+    id: str
+    username: str
+    text: str
+    replay: bool
+    t: float
+    session: int
+
+
+class Session:
+    """One Chat stream; its receive thread hands each event to the bot."""
+
+    def __init__(self, bot, address: str, index: int, last_seen_id: str):
+        self.address, self.index = address, index
+        self.joined, self.ended = threading.Event(), threading.Event()
+        self.error: grpc.RpcError | None = None
+        self.channel = grpc.insecure_channel(address)
+        self._outbox: queue.Queue = queue.Queue()
+        self._outbox.put(join_event(bot.name, last_seen_id))
+        stub = chat_pb2_grpc.ChatServiceStub(self.channel)
+        self.call = stub.Chat(iter(self._outbox.get, None), timeout=STREAM_DEADLINE_S)
+        threading.Thread(target=self._receive, args=(bot,), daemon=True).start()
+
+    def _receive(self, bot) -> None:
+        try:
+            for event in self.call:
+                bot._on_event(self, event)
+        except grpc.RpcError as error:
+            self.error = error
+        finally:
+            self.ended.set()
+            bot._on_end()
+
+    def send(self, event: pb.ClientEvent) -> None:
+        self._outbox.put(event)
+
+    def close(self, half_close: bool) -> None:
+        self._outbox.put(None)  # half-close: the server drains our queue, ends with OK
+        if not half_close or not self.ended.wait(LEAVE_WAIT_S):
+            self.call.cancel()
+        self.channel.close()
+
+    def status(self) -> str:
+        return self.error.code().name if self.error else "OK"
+
+
+class Bot:
+    """One simulated user; `run` is its thread."""
+
+    def __init__(self, name: str, rng, addresses, clock, stop: threading.Event):
+        self.name, self.rng, self.clock, self.stop = name, rng, clock, stop
+        self._addresses = addresses  # () -> addresses of the servers up now
+        self._lock = threading.Lock()  # guards everything the receive threads write
+        self._changed = threading.Condition(self._lock)
+        self.sessions: list[Session] = []
+        self.received: list[Received] = []
+        self.attempts: list[Attempt] = []
+        self.first_join_t: float | None = None
+        self.view: set[str] | None = None  # who is online, as this bot was told
+        self.typing_view: set[str] = set()
+        self.problems: list[str] = []  # wrong on the spot (an unknown code, a slow answer)
+        self.error: BaseException | None = None
+        self._typing = False
+        self._lines = 0
+
+    # -- state, read by the checker once the bot has stopped ---------------------
+
+    @property
+    def session(self) -> Session | None:
+        live = self.sessions[-1] if self.sessions else None
+        return live if live is not None and not live.ended.is_set() else None
+
+    @property
+    def online(self) -> bool:
+        return self.session is not None and self.session.joined.is_set()
+
+    def last_seen_id(self) -> str:
+        with self._lock:
+            return self.received[-1].id if self.received else ""
+
+    # -- what arrives (receive threads) -------------------------------------------
+
+    def _on_event(self, session: Session, event: pb.ServerEvent) -> None:
+        kind = event.WhichOneof("event")
+        with self._lock:
+            if session is self.sessions[-1]:
+                getattr(self, f"_got_{kind}")(session, getattr(event, kind))
+            self._changed.notify_all()
+
+    def _on_end(self) -> None:
+        with self._lock:
+            self._changed.notify_all()
+
+    def _got_chat_message(self, session: Session, m) -> None:
+        self.received.append(
+            Received(m.id, m.username, m.message, m.replay, self.clock(), session.index)
+        )
+        if m.username != self.name:
+            return
+        for attempt in self.attempts:
+            if attempt.text == m.message:
+                if attempt.outcome == "not sent":
+                    self.problems.append(f"{m.message!r} came back (id {m.id}) after NOT_SENT")
+                attempt.outcome, attempt.id = "echo", m.id
+
+    def _got_system_event(self, session: Session, e) -> None:
+        pending = [a for a in self.attempts if a.outcome == ""]
+        if e.code in (pb.NOT_SENT, pb.RATE_LIMITED) and pending:
+            pending[-1].outcome = "not sent" if e.code == pb.NOT_SENT else "rate limited"
+            retry = _RETRY.search(e.message)
+            pending[-1].retry_s = float(retry[1]) if retry else 0.5
+        elif e.code == pb.SYSTEM_INFO and (online := _ONLINE.fullmatch(e.message)):
+            self.view = set(online[2].split(", ")) if int(online[1]) else set()
+        elif e.code not in (pb.SYSTEM_INFO, pb.SHUTTING_DOWN):
+            self.problems.append(f"{self.clock():.1f} s: unexpected notice {e.code} {e.message!r}")
+
+    def _got_user_event(self, session: Session, e) -> None:
+        if e.username == self.name and e.type == pb.USER_JOINED and not session.joined.is_set():
+            session.joined.set()
+            self.first_join_t = self.first_join_t or self.clock()
+        elif self.view is not None and e.type == pb.USER_JOINED:
+            self.view.add(e.username)
+        elif self.view is not None and e.type == pb.USER_LEFT:
+            self.view.discard(e.username)
+            self.typing_view.discard(e.username)
+
+    def _got_typing_event(self, session: Session, e) -> None:
+        if e.type == pb.TYPING_START:
+            self.typing_view.add(e.username)
+        else:
+            self.typing_view.discard(e.username)
+
+    # -- what the bot does (its own thread) -----------------------------------------
+
+    def run(self, final_online: bool) -> None:
+        """Act at random until `stop`; then finish the line under way and settle."""
+        try:
+            while not self.stop.is_set():
+                if not self.online:
+                    self._join()
+                else:
+                    self._act(self.rng.random())
+                self.stop.wait(self.rng.uniform(0.05, 0.4))
+            if self._typing:
+                self._type(pb.TYPING_STOP)
+            if final_online and not self.online:
+                self._join()
+            elif not final_online and self.online:
+                self._leave()
+        except BaseException as error:  # noqa: BLE001 - the checker reports it
+            self.error = error
+
+    def _act(self, dice: float) -> None:
+        if dice < 0.55:
+            self._say()
+        elif dice < 0.75:
+            self._type(pb.TYPING_STOP if self._typing else pb.TYPING_START)
+        elif dice < 0.8:
+            self._leave()
+            self.stop.wait(self.rng.uniform(0.2, 2.0))
+
+    def _type(self, kind) -> None:
+        self._typing = kind == pb.TYPING_START
+        if self.session is not None:
+            self.session.send(pb.ClientEvent(typing_event=pb.TypingEvent(type=kind)))
+
+    def _leave(self) -> None:
+        self._typing = False
+        if self.session is not None:
+            self.session.close(half_close=self.rng.random() < 0.5)
+
+    def _join(self) -> None:
+        """Join a live server (resuming after our last id); retry until it works."""
+        given_up = time.monotonic() + JOIN_GIVE_UP_S
+        while time.monotonic() < given_up:
+            addresses = self._addresses()
+            if addresses:
+                address, last_seen_id = self.rng.choice(addresses), self.last_seen_id()
+                with self._lock:  # its events are ours from the first one
+                    self.view, self.typing_view = None, set()
+                    session = Session(self, address, len(self.sessions), last_seen_id)
+                    self.sessions.append(session)
+                if self._wait(lambda s=session: s.joined.is_set() or s.ended.is_set(), JOIN_WAIT_S):
+                    if session.joined.is_set():
+                        return
+                else:
+                    self.problems.append(f"{self.clock():.1f} s: no join within {JOIN_WAIT_S} s")
+                    session.close(half_close=False)
+            time.sleep(self.rng.uniform(0.2, 1.0))
+        raise AssertionError(f"{self.name} could not join for {JOIN_GIVE_UP_S} s")
+
+    def _say(self) -> None:
+        """Send one line and keep it until its echo, as the real client does."""
+        self._lines += 1
+        for attempt_no in range(1000):
+            if not self.online:
+                self._join()
+            session = self.session
+            attempt = Attempt(
+                f"{self.name}:{self._lines}.{attempt_no}", self.clock(), session.index
+            )
+            with self._lock:
+                self.attempts.append(attempt)
+            session.send(pb.ClientEvent(chat_message=pb.ChatMessageEvent(message=attempt.text)))
+            self._wait(lambda a=attempt, s=session: a.outcome or s.ended.is_set(), ANSWER_WAIT_S)
+            with self._lock:
+                if not attempt.outcome and not session.ended.is_set():
+                    self.problems.append(
+                        f"{attempt.text!r}: no echo nor refusal in {ANSWER_WAIT_S} s"
+                    )
+                if not attempt.outcome:
+                    attempt.outcome = "lost"  # an echo in the next join's replay still counts
+            if attempt.outcome in ("not sent", "rate limited"):
+                time.sleep(min(attempt.retry_s, 2.0))
+            elif attempt.outcome == "lost":
+                session.close(half_close=False)
+                self._join()
+            if self._echoed(self._lines):
+                return
+        raise AssertionError(f"{self.name}: line {self._lines} never got through")
+
+    def _echoed(self, line: int) -> bool:
+        prefix = f"{self.name}:{line}."
+        with self._lock:
+            return any(a.outcome == "echo" and a.text.startswith(prefix) for a in self.attempts)
+
+    def _wait(self, predicate, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(predicate, timeout)

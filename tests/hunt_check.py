@@ -1,0 +1,199 @@
+"""The fault hunt's judge: what the bots saw, against what the chat promises.
+
+Each check returns a list of failures, one short line each with an excerpt;
+`Verdict` gathers them under the promise they break. The promises, from the
+README's section on several servers:
+
+1. every accepted message (its sender got the echo) reaches every user
+   online throughout its life exactly once; a user's streams, each joined
+   with the last id it saw, count as one life;
+2. the ids each user receives only increase, and an id means one message;
+3. every online user's view of who is online (and of who is typing) is
+   right once things settle;
+4. history holds every accepted message once, in order, and nothing the
+   server refused with NOT_SENT;
+5. servers stopped with SIGTERM exit 0 and leave no name claimed.
+"""
+
+from collections import Counter
+
+EXCERPT_ITEMS = 4  # examples shown per failure
+
+PROMISES = {
+    1: "every accepted message reaches every client online throughout its life, exactly once",
+    2: "the ids each client receives only increase; one id is one message",
+    3: "every client's view of who is online (and typing) is right after settling",
+    4: "history holds every accepted message once, in order, and nothing NOT_SENT",
+    5: "servers stopped with SIGTERM exit 0 and leave no name claimed",
+    6: "a client's line gets an echo or a refusal (no line lost, no unknown notice)",
+}
+
+
+def id_key(message_id: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in message_id.split("-"))
+
+
+def accepted(bots) -> list:
+    """Every attempt whose sender got the echo, in id order."""
+    return sorted(
+        (a for bot in bots for a in bot.attempts if a.outcome == "echo"), key=lambda a: id_key(a.id)
+    )
+
+
+def _excerpt(items) -> str:
+    items = list(items)
+    more = f" (+{len(items) - EXCERPT_ITEMS} more)" if len(items) > EXCERPT_ITEMS else ""
+    return "; ".join(str(item) for item in items[:EXCERPT_ITEMS]) + more
+
+
+# -- 1. delivery ------------------------------------------------------------------------
+
+
+def owed(bot, messages) -> list:
+    """The accepted messages `bot` must have: sent after its first join and, if it
+    is offline at the end, no later than the last message it received."""
+    if bot.first_join_t is None:
+        return []
+    last = id_key(bot.received[-1].id) if bot.received else (0, 0)
+    return [
+        a for a in messages if a.sent_t > bot.first_join_t and (bot.online or id_key(a.id) <= last)
+    ]
+
+
+def missing(bot, messages) -> list:
+    got = {r.id for r in bot.received}
+    return [a for a in owed(bot, messages) if a.id not in got]
+
+
+def check_delivery(bots, messages) -> list[str]:
+    failures = []
+    for bot in bots:
+        gaps = missing(bot, messages)
+        if gaps:
+            failures.append(
+                f"{bot.name} missed {len(gaps)} of {len(owed(bot, messages))}: "
+                + _excerpt(f"{a.text} id {a.id} sent {a.sent_t:.1f} s" for a in gaps)
+            )
+        twice = [i for i, n in Counter(r.id for r in bot.received).items() if n > 1]
+        if twice:
+            failures.append(f"{bot.name} got {len(twice)} ids more than once: {_excerpt(twice)}")
+    return failures
+
+
+# -- 2. order and identity ---------------------------------------------------------------
+
+
+def check_order(bots) -> list[str]:
+    failures, meaning = [], {}
+    for bot in bots:
+        seen = bot.received
+        for before, after in zip(seen, seen[1:], strict=False):
+            if id_key(after.id) <= id_key(before.id):
+                failures.append(
+                    f"{bot.name} got {after.text} id {after.id} (stream {after.session}"
+                    f"{', replay' if after.replay else ''}, {after.t:.1f} s) after "
+                    f"{before.text} id {before.id} (stream {before.session}, "
+                    f"{before.t:.1f} s)"
+                )
+                break
+        for r in seen:
+            if meaning.setdefault(r.id, (r.username, r.text)) != (r.username, r.text):
+                failures.append(
+                    f"id {r.id} is {meaning[r.id]} for one client and "
+                    f"{(r.username, r.text)} for {bot.name}"
+                )
+    return failures
+
+
+# -- 3. presence ---------------------------------------------------------------------------
+
+
+def presence_errors(bots) -> list[str]:
+    truth = {bot.name for bot in bots if bot.online}
+    failures = []
+    for bot in bots:
+        if not bot.online:
+            continue
+        with bot._lock:
+            view, typing = set(bot.view or ()), set(bot.typing_view)
+        if view != truth:
+            failures.append(
+                f"{bot.name} (on {bot.session.address}) shows "
+                f"{sorted(view - truth)} online who are not and misses "
+                f"{sorted(truth - view)}"
+            )
+        if typing:
+            failures.append(f"{bot.name} still shows {sorted(typing)} typing")
+    return failures
+
+
+# -- 4. history ----------------------------------------------------------------------------
+
+
+def check_history(entries, bots, messages) -> list[str]:
+    """`entries`: (id, fields) from XRANGE of the stream, oldest first."""
+    failures = []
+    ids = [entry_id for entry_id, _ in entries]
+    if ids != sorted(ids, key=id_key):
+        failures.append("the stream's ids are out of order")
+    oldest = id_key(ids[0]) if ids else (0, 0)
+    copies = Counter(fields.get("message") for _, fields in entries)
+    stored = {fields.get("message"): entry_id for entry_id, fields in entries}
+    kept = [a for a in messages if id_key(a.id) >= oldest]  # older ones may be trimmed
+    absent = [a for a in kept if a.text not in stored]
+    moved = [a for a in kept if a.text in stored and stored[a.text] != a.id]
+    doubled = [a for a in kept if copies[a.text] > 1]
+    for what, items in (
+        ("missing", absent),
+        ("stored under another id", moved),
+        ("stored more than once", doubled),
+    ):
+        if items:
+            failures.append(
+                f"{len(items)} of {len(kept)} accepted messages {what}: "
+                + _excerpt(f"{a.text} id {a.id} -> {stored.get(a.text)}" for a in items)
+            )
+    refused = {a.text for bot in bots for a in bot.attempts if a.outcome == "not sent"}
+    leaked = sorted(refused & set(stored))
+    if leaked:
+        failures.append(
+            f"{len(leaked)} messages refused with NOT_SENT are stored: "
+            + _excerpt(f"{t} id {stored[t]}" for t in leaked)
+        )
+    return failures
+
+
+# -- 6. the client's own view of its lines ------------------------------------------------
+
+
+def check_lines(bots) -> list[str]:
+    failures = []
+    for bot in bots:
+        if bot.error is not None:
+            failures.append(f"{bot.name} stopped: {bot.error!r}")
+        failures += [f"{bot.name}: {problem}" for problem in bot.problems]
+    return failures
+
+
+class Verdict:
+    """Failures by promise; `message()` is the test's assertion message."""
+
+    def __init__(self, seed: int, replay: str):
+        self.seed, self.replay = seed, replay
+        self.broken: dict[int, list[str]] = {}
+
+    def add(self, promise: int, failures: list[str]) -> None:
+        if failures:
+            self.broken.setdefault(promise, []).extend(failures)
+
+    def __bool__(self) -> bool:
+        return not self.broken
+
+    def message(self, timeline: list[str], logs: str, stats: str) -> str:
+        lines = [f"the fault hunt failed with seed {self.seed}; replay: {self.replay}", stats]
+        for promise, failures in sorted(self.broken.items()):
+            lines.append(f"promise {promise} broken ({PROMISES[promise]}):")
+            lines += [f"  - {failure}" for failure in failures[: EXCERPT_ITEMS * 2]]
+        lines += ["faults (seconds since start):", *[f"  {t}" for t in timeline[-25:]]]
+        lines += ["end of the servers' logs:", logs[-6000:]]
+        return "\n".join(lines)

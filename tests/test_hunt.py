@@ -1,0 +1,136 @@
+"""The fault hunt: three servers on one Redis, random users, random faults, one judge.
+
+Bots (hunt_bots.py) join, leave, type and chat at random over the wire while
+a seeded schedule (hunt.py) kills and restarts Redis, cuts or black-holes
+one server's Redis connection, and SIGKILLs and restarts a server. When the
+faults stop and things settle, hunt_check.py holds what every bot saw
+against the promises of the README's section on several servers.
+
+Knobs (environment): HUNT_SEED replays one run; HUNT_SEEDS runs that many
+random seeds; HUNT_SECONDS is how long faults go on (default 30);
+HUNT_BOTS is the number of users (default 6); HUNT_FAULTS is a comma list
+of fault kinds, or "none" to check the harness on a healthy cluster.
+`make soak` runs a long profile.
+"""
+
+import os
+import random
+import sys
+import threading
+import time
+import traceback
+
+import pytest
+import redis
+from conftest import wait_until
+from hunt import Faults, Stage
+from hunt_bots import Bot
+from hunt_check import (
+    Verdict,
+    accepted,
+    check_delivery,
+    check_history,
+    check_lines,
+    check_order,
+    missing,
+    presence_errors,
+)
+
+SECONDS = float(os.environ.get("HUNT_SECONDS", "30"))
+BOTS = int(os.environ.get("HUNT_BOTS", "6"))
+KINDS = [
+    k for k in os.environ.get("HUNT_FAULTS", ",".join(Faults.KINDS)).split(",") if k and k != "none"
+]
+SEEDS = (
+    [int(os.environ["HUNT_SEED"])]
+    if os.environ.get("HUNT_SEED")
+    else [random.randrange(1_000_000) for _ in range(int(os.environ.get("HUNT_SEEDS", "1")))]
+)
+STREAM_KEY = "chat:messages"  # the stream of every message, in its one order
+NAMES_KEY = "chat:names"  # hash: the names claimed by online users
+SETTLE_S = 30.0  # after the faults stop: a dead server's users are reaped in ~15 s, then slack
+BOTS_STOP_S = 90.0  # bots finish the line under way (joins retried for up to 45 s)
+
+
+def replay_command(seed: int) -> str:
+    knobs = f"HUNT_SEED={seed} HUNT_SECONDS={SECONDS:g} HUNT_BOTS={BOTS}"
+    return f"{knobs} HUNT_FAULTS={','.join(KINDS) or 'none'} .venv/bin/pytest tests/test_hunt.py"
+
+
+@pytest.mark.timeout(SECONDS + SETTLE_S * 3 + BOTS_STOP_S + 60)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_faults_on_three_servers_break_no_promise(seed, redis_proc, tmp_path):
+    """When Redis, one server's link to it, or a server fails at random, no promise breaks."""
+    rng = random.Random(seed)
+    began = time.monotonic()
+    clock = lambda: time.monotonic() - began  # noqa: E731 - seconds since the hunt began
+    stage = Stage(redis_proc, servers=3, log_dir=tmp_path)
+    stop = threading.Event()
+    bots = [
+        Bot(f"u{i}", random.Random(rng.random()), stage.live_addresses, clock, stop)
+        for i in range(BOTS)
+    ]
+    faults = Faults(stage, random.Random(rng.random()), clock, KINDS)
+    verdict = Verdict(seed, replay_command(seed))
+    try:
+        stage.start()
+        threads = [
+            threading.Thread(target=bot.run, args=(rng.random() < 0.7,), daemon=True)
+            for bot in bots
+        ]
+        for thread in threads:
+            thread.start()
+        faults.start()
+        stop.wait(SECONDS)  # the hunt's length, not a wait for something
+        faults.stop()
+        faults.note("faults stopped; bots settle")
+        stop.set()
+        for thread in threads:
+            thread.join(BOTS_STOP_S - (time.monotonic() - began - SECONDS))
+        stuck = [bot.name for bot, t in zip(bots, threads, strict=True) if t.is_alive()]
+        assert not stuck, f"seed {seed}: bots {stuck} did not settle:\n{stacks(threads)}"
+        judge(verdict, bots, stage, redis_proc.url, faults)
+    finally:
+        stop.set()
+        stage.close()
+    stats = summary(bots, faults, clock())
+    assert verdict, verdict.message(faults.timeline, stage.logs(), stats)
+    print(f"hunt seed {seed}: {stats}")
+
+
+def judge(verdict: Verdict, bots, stage: Stage, redis_url: str, faults: Faults) -> None:
+    """Settle, then check each promise; the servers are stopped at the end."""
+    messages = accepted(bots)
+    verdict.add(6, check_lines(bots))
+    wait_until(lambda: not any(missing(bot, messages) for bot in bots), timeout=SETTLE_S)
+    verdict.add(1, check_delivery(bots, messages))
+    verdict.add(2, check_order(bots))
+    wait_until(lambda: not presence_errors(bots), timeout=SETTLE_S, interval=0.2)
+    verdict.add(3, presence_errors(bots))
+    with redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=10) as client:
+        verdict.add(4, check_history(client.xrange(STREAM_KEY), bots, messages))
+        faults.note("SIGTERM to every server")
+        codes = stage.stop_servers()
+        claimed = client.hgetall(NAMES_KEY)
+    bad_exits = [f"server {i} exited {code}" for i, code in enumerate(codes) if code != 0]
+    names = [f"names still claimed: {claimed}"] if claimed else []
+    verdict.add(5, bad_exits + names)
+
+
+def summary(bots, faults: Faults, elapsed: float) -> str:
+    attempts = [a for bot in bots for a in bot.attempts]
+    outcomes = {o: sum(a.outcome == o for a in attempts) for o in ("echo", "not sent", "lost")}
+    sessions = sum(len(bot.sessions) for bot in bots)
+    injected = sum("SIGKILLed" in t or "cut" in t or "black-holed" in t for t in faults.timeline)
+    return (
+        f"{elapsed:.0f} s, {len(bots)} bots, {sessions} streams, {injected} faults, "
+        f"lines: {outcomes['echo']} echoed, {outcomes['not sent']} NOT_SENT, "
+        f"{outcomes['lost']} lost with their stream"
+    )
+
+
+def stacks(threads) -> str:
+    frames = sys._current_frames()
+    return "\n".join(
+        "".join(traceback.format_stack(frames[t.ident])[-4:]) for t in threads if t.is_alive()
+    )
