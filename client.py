@@ -26,15 +26,22 @@ the server sends exactly what was missed; ids already shown are skipped,
 so nothing appears twice and the ids shown only increase.
 """
 
+import os
 import sys
 import time
+from pathlib import Path
+
+# Before grpc loads, or its core logs every failed TLS handshake (a client
+# that disagrees about TLS, a port scanner) at INFO; GRPC_VERBOSITY=INFO shows them.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import click
 import grpc
 
 import chat_pb2 as pb
+from dial import Dialer, basic, bearer
 from lines import DEFAULT_MAX_MESSAGE_CHARS, Lines, refusal
-from link import CHANNEL_OPTIONS, END, Link, code_of, describe, dropped
+from link import END, Link, code_of, describe, dropped
 from piped import run_pipe
 from prompt import Prompt
 from render import OutputClosed, Renderer, ask_name, parse, use_colour
@@ -65,8 +72,9 @@ class ChatError(click.ClickException):
 class Chat:
     """One user's session across calls: the current Link, what was shown, reconnects."""
 
-    def __init__(self, addresses, name, renderer, max_chars=DEFAULT_MAX_MESSAGE_CHARS):
+    def __init__(self, addresses, name, renderer, max_chars=DEFAULT_MAX_MESSAGE_CHARS, dial=None):
         self.addresses, self.name, self.renderer = list(addresses), name, renderer
+        self.dial = dial or Dialer()  # address -> channel: TLS and credentials (dial.py)
         self.max_chars = max_chars
         self.on_down = lambda: None  # called on the receive thread when a call ends
         self.on_settled = lambda: None  # called when every line is confirmed
@@ -90,12 +98,12 @@ class Chat:
     def connect(self) -> None:
         """Open a call and join; raise ChatError if the server cannot be reached or says no."""
         address = self.addresses[self._at]
-        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        channel = self.dial(address)
         try:
             grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT_S)
         except grpc.FutureTimeoutError:
             channel.close()
-            raise ChatError(f"cannot reach the chat server at {address}", True) from None
+            raise ChatError(self.dial.unreachable(address), True) from None
         link = Link(channel, self.name, self.last_seen_id, self._on_event, self._on_end)
         if not link.answered.wait(JOIN_TIMEOUT_S):
             reason = f"the server did not answer within {JOIN_TIMEOUT_S:.0f} s"  # before cancel
@@ -254,7 +262,22 @@ def split_addresses(value: str) -> list[str]:
     "--max-message-chars", type=click.IntRange(min=1), default=DEFAULT_MAX_MESSAGE_CHARS,
     show_default=True, help="Refuse longer lines here (match the server's limit).",
 )  # fmt: skip
-def main(name, address, timestamps, max_message_chars):
+@click.option("--tls", is_flag=True, help="Use TLS, trusting the system's certificate roots.")
+@click.option(
+    "--ca-cert", envvar="CHAT_CA_CERT", show_envvar=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Use TLS, trusting this CA or self-signed certificate (PEM; make cert).",
+)  # fmt: skip
+@click.option(
+    "--token", envvar="CHAT_TOKEN", show_envvar=True,
+    help="The server's shared token (server.py --token).",
+)  # fmt: skip
+@click.option(
+    "--password", envvar="CHAT_PASSWORD", show_envvar=True, prompt=True,
+    prompt_required=False, hide_input=True,
+    help="Your account's password (server.py --users); --password alone asks for it.",
+)  # fmt: skip
+def main(name, address, timestamps, max_message_chars, tls, ca_cert, token, password):
     """Chat with everyone on a grpc-chat server.
 
     On a terminal, type and press Enter; /help lists commands. With input
@@ -271,7 +294,11 @@ def main(name, address, timestamps, max_message_chars):
         if not is_valid_name(name):
             raise ChatError(f"invalid name {name!r}: use {NAME_RULE}")
         renderer = Renderer(name, use_colour(sys.stdout), timestamps, show_typing=interactive)
-        chat = Chat(addresses, name, renderer, max_message_chars)
+        if token and password:
+            raise ChatError("use --token or --password, not both")
+        authorization = bearer(token) if token else basic(name, password) if password else ""
+        dial = Dialer(tls, ca_cert, authorization)
+        chat = Chat(addresses, name, renderer, max_message_chars, dial)
         try:
             Prompt(chat).run() if interactive else run_pipe(chat)
         finally:

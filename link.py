@@ -40,6 +40,12 @@ CHANNEL_OPTIONS = [
 ]
 
 END = object()  # in Link.outbox: half-close the call
+# The server refused us, not the connection: trying again would get the same answer.
+REFUSALS = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+)
 
 
 class Link:
@@ -102,7 +108,7 @@ def dropped(error) -> bool:
     """Did the call end because the connection or server went away (worth a rejoin)?"""
     if error is None:
         return True  # status OK though we did not half-close, or no answer to the join
-    return isinstance(error, grpc.RpcError) and error.code() != grpc.StatusCode.INVALID_ARGUMENT
+    return isinstance(error, grpc.RpcError) and error.code() not in REFUSALS
 
 
 def describe(error) -> str:

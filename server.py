@@ -31,6 +31,7 @@ hub.post (id, store, fan-out to every queue) -> each generator -> clients.
 """
 
 import logging
+import os
 import re
 import signal
 import threading
@@ -38,6 +39,10 @@ import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
+
+# Before grpc loads, or its core logs every failed TLS handshake (a client
+# that disagrees about TLS, a port scanner) at INFO; GRPC_VERBOSITY=INFO shows them.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import click
 import grpc
