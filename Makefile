@@ -10,7 +10,7 @@ NAME   ?=
 REDIS_PORT ?= 6379
 ARGS   ?=
 
-.PHONY: gen redis server client test bench lint clean wc
+.PHONY: gen redis server client cert test bench lint clean wc
 
 # The virtualenv: .installed once requirements.txt is in it (what the programs
 # need), .installed-dev once requirements-dev.txt is too (tests and tools);
@@ -43,6 +43,15 @@ server: $(VENV)/.installed  ## python server.py --port $(PORT) $(ARGS)
 
 client: $(VENV)/.installed  ## python client.py --name $(NAME)
 	$(PY) client.py $(if $(NAME),--name $(NAME)) --address localhost:$(PORT) $(ARGS)
+
+# openssl, not a Python package: nothing to install, and the command is the one
+# every TLS guide shows. The key is for this machine; the pair lasts 30 days.
+cert:  ## cert.pem and key.pem: a self-signed certificate for localhost (TLS, try it)
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+		-subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1" \
+		-keyout key.pem -out cert.pem
+	@echo "server: make server ARGS='--tls-cert cert.pem --tls-key key.pem'"
+	@echo "client: make client NAME=alice ARGS='--ca-cert cert.pem'"
 
 test: $(VENV)/.installed-dev  ## the whole suite (starts its own redis-server)
 	$(PY) -m pytest
