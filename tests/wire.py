@@ -24,8 +24,10 @@ _END = object()
 class Conn:
     """One Chat stream: `send` puts events on it; a thread collects replies."""
 
-    def __init__(self, address: str, first: pb.ClientEvent | None, timeout=RPC_TIMEOUT_S):
-        self.channel = grpc.insecure_channel(address)
+    def __init__(
+        self, address: str, first: pb.ClientEvent | None, timeout=RPC_TIMEOUT_S, channel=None
+    ):
+        self.channel = channel or grpc.insecure_channel(address)  # or TLS, credentials
         self.stub = chat_pb2_grpc.ChatServiceStub(self.channel)
         self._outbox: queue.Queue = queue.Queue()
         self.events: queue.Queue = queue.Queue()  # ServerEvents, then the final RpcError/None
