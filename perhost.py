@@ -39,6 +39,11 @@ class StreamsPerAddress(grpc.ServerInterceptor):
         self._lock = threading.Lock()  # guards _open
         self._open: Counter[str] = Counter()  # address -> open Chat streams
 
+    def open_streams(self, address: str) -> int:
+        """How many Chat streams `address` ("ipv4:127.0.0.1") has open now."""
+        with self._lock:
+            return self._open[address]
+
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None or handler_call_details.method != CHAT_METHOD:

@@ -98,6 +98,7 @@ class ChatServer:
     servicer: session.ChatServicer
     health: health.HealthServicer
     port: int
+    per_address: StreamsPerAddress  # open chat streams by client address
 
     def start(self) -> None:
         hub = self.servicer.hub
@@ -135,6 +136,7 @@ def create_server(
     (`tls_credentials`) the port speaks TLS only.
     """
     gate = gate or auth.Anyone()
+    per_address = StreamsPerAddress(settings.max_streams_per_address)
     timers = timers or Timers()
     hub = Hub(
         store,
@@ -151,7 +153,7 @@ def create_server(
         maximum_concurrent_rpcs=pool_threads,  # beyond: RESOURCE_EXHAUSTED, never a wait
         interceptors=[  # in this order, each before the handler runs
             LongCallLimit(),  # reflection and watches cannot take every spare thread
-            StreamsPerAddress(settings.max_streams_per_address),  # nor one host every chat slot
+            per_address,  # nor one host every chat slot
             gate,  # credentials
         ],
     )
@@ -169,7 +171,7 @@ def create_server(
         server,
     )
     port = server.add_secure_port(address, tls) if tls else server.add_insecure_port(address)
-    return ChatServer(server, servicer, health_servicer, port)
+    return ChatServer(server, servicer, health_servicer, port, per_address)
 
 
 def tls_credentials(cert_path: Path, key_path: Path) -> grpc.ServerCredentials:
