@@ -41,7 +41,17 @@ import grpc
 import chat_pb2 as pb
 from dial import Dialer, basic, bearer
 from lines import DEFAULT_MAX_MESSAGE_CHARS, Lines, refusal
-from link import END, Link, code_of, describe, dropped
+from link import (
+    END,
+    STAY_CODES,
+    ChatError,
+    Link,
+    Unreachable,
+    code_of,
+    describe,
+    dropped,
+    split_addresses,
+)
 from piped import run_pipe
 from prompt import Prompt
 from render import OutputClosed, Renderer, ask_name, parse, use_colour
@@ -55,18 +65,6 @@ CLOSE_TIMEOUT_S = 1.0  # on leaving, wait this long for the server to end the ca
 RECONNECT_FIRST_WAIT_S = 0.25  # backoff before the first attempt, doubling each time
 RECONNECT_MAX_WAIT_S = 5.0  # ... up to this
 RECONNECT_GIVE_UP_S = 60.0  # then give up, one error line, exit 1
-# A rejoin refused with these is tried again on the same server: it is up,
-# and will let us in once it knows our old call is gone (ALREADY_EXISTS).
-STAY_CODES = (grpc.StatusCode.ALREADY_EXISTS,)
-
-
-class ChatError(click.ClickException):
-    """The chat cannot go on; click prints "Error: <message>" and exits 1."""
-
-    def __init__(self, message: str, retryable: bool = False, stay: bool = False):
-        super().__init__(message)
-        self.retryable = retryable  # worth another try while reconnecting
-        self.stay = stay  # the server answered: try it again, not the next address
 
 
 class Chat:
@@ -85,15 +83,25 @@ class Chat:
         self._at = 0  # index in `addresses` of the server we use
 
     def start(self) -> None:
-        """Join the first server that answers, in the order given; raise ChatError if none."""
+        """Join the first server that lets us in, in the order given; else raise ChatError.
+
+        A server that answers and refuses (name taken, say) decides: the
+        servers share names. Only when none could be reached does the error
+        name them all.
+        """
+        last = None
         for _ in self.addresses:
             try:
                 return self.connect()
             except ChatError as error:
                 if error.stay or not error.retryable or len(self.addresses) == 1:
                     raise
+                if last is None or not isinstance(error, Unreachable):
+                    last = error  # a more telling error than "cannot reach" wins
                 self._at = (self._at + 1) % len(self.addresses)
-        raise ChatError(f"cannot reach the chat server at {', '.join(self.addresses)}")
+        if isinstance(last, Unreachable):
+            raise Unreachable(self.dial.unreachable(", ".join(self.addresses)))
+        raise last
 
     def connect(self) -> None:
         """Open a call and join; raise ChatError if the server cannot be reached or says no."""
@@ -103,7 +111,7 @@ class Chat:
             grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT_S)
         except grpc.FutureTimeoutError:
             channel.close()
-            raise ChatError(self.dial.unreachable(address), True) from None
+            raise Unreachable(self.dial.unreachable(address)) from None
         link = Link(channel, self.name, self.last_seen_id, self._on_event, self._on_end)
         if not link.answered.wait(JOIN_TIMEOUT_S):
             reason = f"the server did not answer within {JOIN_TIMEOUT_S:.0f} s"  # before cancel
@@ -234,14 +242,6 @@ class Chat:
     def _on_end(self, link: Link) -> None:
         self.lines.down(link)
         self.on_down()
-
-
-def split_addresses(value: str) -> list[str]:
-    """ "host1:8081,host2:8082" -> each address, in order; at least one."""
-    addresses = [part.strip() for part in value.split(",") if part.strip()]
-    if not addresses:
-        raise ChatError("no address: use --address host:port[,host:port...]")
-    return addresses
 
 
 # -- the command line -------------------------------------------------------------

@@ -14,6 +14,7 @@ receive thread stores why in `error`, sets `ended`, and calls `on_end`.
 import queue
 import threading
 
+import click
 import grpc
 
 import chat_pb2 as pb
@@ -40,6 +41,27 @@ CHANNEL_OPTIONS = [
 ]
 
 END = object()  # in Link.outbox: half-close the call
+# A rejoin refused with these is tried again on the same server: it is up,
+# and will let us in once it knows our old call is gone (ALREADY_EXISTS).
+STAY_CODES = (grpc.StatusCode.ALREADY_EXISTS,)
+
+
+class ChatError(click.ClickException):
+    """The chat cannot go on; click prints "Error: <message>" and exits 1."""
+
+    def __init__(self, message: str, retryable: bool = False, stay: bool = False):
+        super().__init__(message)
+        self.retryable = retryable  # worth another try while reconnecting
+        self.stay = stay  # the server answered: try it again, not the next address
+
+
+class Unreachable(ChatError):
+    """No connection to the server at all (worth trying the next address)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retryable=True)
+
+
 # The server refused us, not the connection: trying again would get the same answer.
 REFUSALS = (
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -118,3 +140,11 @@ def describe(error) -> str:
     if not isinstance(error, grpc.RpcError):
         return str(error)
     return clean_text(error.details() or "") or error.code().name.lower()
+
+
+def split_addresses(value: str) -> list[str]:
+    """ "host1:8081,host2:8082" -> each address, in order; at least one."""
+    addresses = [part.strip() for part in value.split(",") if part.strip()]
+    if not addresses:
+        raise ChatError("no address: use --address host:port[,host:port...]")
+    return addresses
