@@ -30,10 +30,10 @@ CLIENT_ENV = {
 }
 pytestmark = pytest.mark.timeout(30)  # each test; the reconnect one gets more
 
-ERROR_WITHIN_S = 5.0  # SPEC §4: an error is reported this fast, never a hang
+ERROR_WITHIN_S = 5.0  # an error is reported this fast, never a hang
 # With Redis, a SIGKILLed server's users count as online until its liveness
-# key expires (~12 s, SPEC §7): the rejoin gets ALREADY_EXISTS and retries
-# with backoff (waits up to 5 s) until then.
+# key expires (~12 s; README, "Running more than one server"): the rejoin
+# gets ALREADY_EXISTS and retries with backoff (waits up to 5 s) until then.
 RECONNECT_WITHIN_S = 25.0
 
 

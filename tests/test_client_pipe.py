@@ -1,4 +1,4 @@
-"""The client with piped input (SPEC §4): what it prints, what it cleans, its errors."""
+"""The client with piped input: what it prints, what it cleans, its errors."""
 
 import signal
 import subprocess

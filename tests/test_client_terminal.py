@@ -1,4 +1,4 @@
-"""The client on a terminal (SPEC §4), and the renderer on its own."""
+"""The client on a terminal, and the renderer on its own."""
 
 import signal
 import time
@@ -112,7 +112,7 @@ def typing(name: str, kind) -> pb.ServerEvent:
 
 
 def test_renderer_lines_follow_the_spec(capsys):
-    """When events arrive, each becomes the line SPEC §4 shows."""
+    """When events arrive, each becomes the line the README shows."""
     renderer = Renderer("me")
     renderer.show(chat("me", "hello"))
     renderer.show(chat("alice", "hi", replay=True))
