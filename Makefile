@@ -10,7 +10,7 @@ NAME   ?=
 REDIS_PORT ?= 6379
 ARGS   ?=
 
-.PHONY: gen redis server client cert test bench lint clean wc
+.PHONY: gen redis server client cert test soak bench lint clean wc
 
 # The virtualenv: .installed once requirements.txt is in it (what the programs
 # need), .installed-dev once requirements-dev.txt is too (tests and tools);
@@ -55,6 +55,11 @@ cert:  ## cert.pem and key.pem: a self-signed certificate for localhost (TLS, tr
 
 test: $(VENV)/.installed-dev  ## the whole suite (starts its own redis-server)
 	$(PY) -m pytest
+
+HUNT_SECONDS ?= 300
+HUNT_SEEDS ?= 5
+soak: $(VENV)/.installed-dev  ## the fault hunt, long: HUNT_SEEDS runs of HUNT_SECONDS each
+	HUNT_SECONDS=$(HUNT_SECONDS) HUNT_SEEDS=$(HUNT_SEEDS) $(PY) -m pytest tests/test_hunt.py -rA
 
 bench: $(VENV)/.installed-dev  ## python -m bench $(ARGS): server.py against the baselines
 	$(PY) -m bench $(ARGS)

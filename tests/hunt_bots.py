@@ -60,6 +60,7 @@ class Session:
 
     def __init__(self, bot, address: str, index: int, last_seen_id: str):
         self.address, self.index = address, index
+        self.opened_t, self.ended_t = bot.clock(), None
         self.joined, self.ended = threading.Event(), threading.Event()
         self.error: grpc.RpcError | None = None
         self.channel = grpc.insecure_channel(address)
@@ -76,6 +77,7 @@ class Session:
         except grpc.RpcError as error:
             self.error = error
         finally:
+            self.ended_t = bot.clock()
             self.ended.set()
             bot._on_end()
 
@@ -89,6 +91,8 @@ class Session:
         self.channel.close()
 
     def status(self) -> str:
+        if not self.ended.is_set():
+            return "open"
         return self.error.code().name if self.error else "OK"
 
 
@@ -271,6 +275,20 @@ class Bot:
         prefix = f"{self.name}:{line}."
         with self._lock:
             return any(a.outcome == "echo" and a.text.startswith(prefix) for a in self.attempts)
+
+    def record(self) -> dict:
+        """Everything this bot saw and did, for a failure's record file."""
+        with self._lock:
+            return {
+                "name": self.name,
+                "first_join_t": self.first_join_t,
+                "streams": [
+                    (s.index, s.address, s.opened_t, s.ended_t, s.status()) for s in self.sessions
+                ],
+                "attempts": [vars(a) for a in self.attempts],
+                "received": [vars(r) for r in self.received],
+                "problems": self.problems,
+            }
 
     def _wait(self, predicate, timeout: float) -> bool:
         with self._changed:

@@ -13,6 +13,7 @@ of fault kinds, or "none" to check the harness on a healthy cluster.
 `make soak` runs a long profile.
 """
 
+import json
 import os
 import random
 import sys
@@ -94,6 +95,15 @@ def test_random_faults_on_three_servers_break_no_promise(seed, redis_proc, tmp_p
         stop.set()
         stage.close()
     stats = summary(bots, faults, clock())
+    if not verdict:
+        record = tmp_path / "hunt-record.json"
+        record.write_text(
+            json.dumps(
+                {"seed": seed, "faults": faults.timeline, "bots": [bot.record() for bot in bots]},
+                indent=1,
+            )
+        )
+        stats += f"\nwhat each bot saw: {record}; server logs: {tmp_path}/server*.log"
     assert verdict, verdict.message(faults.timeline, stage.logs(), stats)
     print(f"hunt seed {seed}: {stats}")
 
