@@ -27,6 +27,7 @@ so `Terminal.type` stands for typing (client.py reads piped lines the same
 way, and prints the same lines).
 """
 
+import contextlib
 import os
 import re
 import signal
@@ -123,7 +124,7 @@ class Terminal:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._changed.wait(min(left, 0.2))  # also sees an exit, which prints nothing
+                self._changed.wait(left)  # each new line, and each end of output, notifies
             return True
 
     def expect(self, expected: list[str], timeout: float = EXPECT_TIMEOUT_S) -> None:
@@ -138,9 +139,9 @@ class Terminal:
                         return True
                 return False
 
-            shown = "\n".join(self.lines)
             assert self.wait_for(found, timeout), (
-                f"terminal {self.number} never showed {line!r} within {timeout} s:\n{shown}"
+                f"terminal {self.number} never showed {line!r} within {timeout} s:\n"
+                + "\n".join(self.lines)
             )
 
     def type(self, text: str) -> None:
@@ -151,7 +152,7 @@ class Terminal:
 
     def kill(self) -> None:
         for _, proc in self.procs:
-            if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):  # its whole group may be gone
                 os.killpg(proc.pid, signal.SIGCONT)  # a stopped process cannot die otherwise
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
@@ -202,11 +203,11 @@ class Lab:
             if ready is None or "|" in command:
                 assert drained.wait(RUN_TIMEOUT_S), f"{command!r} still running: {terminal.lines}"
                 proc.wait(RUN_TIMEOUT_S)
-            else:
+            else:  # until ready, or ended (a refused client: its error is what we check)
                 started = len(terminal.lines)
                 assert terminal.wait_for(
-                    lambda t=terminal, s=started, p=proc, r=ready: (
-                        p.poll() is not None or any(r in line for line in t.lines[s:])
+                    lambda t=terminal, s=started, d=drained, r=ready: (
+                        d.is_set() or any(r in line for line in t.lines[s:])
                     ),
                     READY_TIMEOUT_S,
                 ), f"{command!r} was not ready within {READY_TIMEOUT_S} s: {terminal.lines}"
