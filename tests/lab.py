@@ -48,6 +48,7 @@ BLOCK = re.compile(
 TERMINAL = re.compile(r"# terminal (\d+)")
 PGREP = re.compile(r"\$\(pgrep -f \"([^\"]+)\"\)")
 LAB_PORTS = ("8080", "8081", "8082", "6379")
+LAB_PORT = re.compile(rf"\b({'|'.join(LAB_PORTS)})\b")
 # What a long-running program prints once it is ready; a command that names
 # none of these (or feeds a pipe into one) runs to its end.
 READY = {
@@ -178,7 +179,7 @@ class Lab:
 
     def local(self, command: str) -> str:
         """The command with the test's ports and pids in place of the lab's."""
-        command = re.sub(r"\b(8080|8081|8082|6379)\b", lambda m: self.ports[m[1]], command)
+        command = LAB_PORT.sub(lambda m: self.ports[m[0]], command)
         return PGREP.sub(lambda m: str(self.pid_of(m[1])), command)
 
     def pid_of(self, text: str) -> int:
@@ -198,13 +199,13 @@ class Lab:
         for number, command in self.commands[name]:
             command = self.local(command)
             terminal = self.terminal(number)
+            started = len(terminal.lines)  # before it starts: its first line may come at once
             proc, drained = terminal.start(command, self.env)
             ready = next((line for key, line in READY.items() if key in command), None)
             if ready is None or "|" in command:
                 assert drained.wait(RUN_TIMEOUT_S), f"{command!r} still running: {terminal.lines}"
                 proc.wait(RUN_TIMEOUT_S)
             else:  # until ready, or ended (a refused client: its error is what we check)
-                started = len(terminal.lines)
                 assert terminal.wait_for(
                     lambda t=terminal, s=started, d=drained, r=ready: (
                         d.is_set() or any(r in line for line in t.lines[s:])
