@@ -112,7 +112,7 @@ def judge(verdict: Verdict, bots, stage: Stage, redis_url: str, faults: Faults) 
     """Settle, then check each promise; the servers are stopped at the end."""
     messages = accepted(bots)
     verdict.add(6, check_lines(bots))
-    wait_until(lambda: not any(missing(bot, messages) for bot in bots), timeout=SETTLE_S)
+    wait_until(lambda: not any(missing(b, messages) for b in bots), timeout=SETTLE_S, interval=0.2)
     verdict.add(1, check_delivery(bots, messages))
     verdict.add(2, check_order(bots))
     wait_until(lambda: not presence_errors(bots), timeout=SETTLE_S, interval=0.2)
