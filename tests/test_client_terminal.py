@@ -175,7 +175,8 @@ def test_terminal_keeps_typing_shown_while_the_keys_keep_coming(server, terminal
         alice.send("a")
     alice.send("\r")
     watcher.next_event("typing_event", where=is_stop)
-    alice.send("\x04")
+    alice.expect_exact("[you] aaa")
+    alice.send("/quit\r")
     assert alice.exit_code() == 0
     watcher.close()
 
@@ -188,7 +189,7 @@ def test_terminal_lines_over_the_rate_limit_are_resent_in_order(server_factory, 
     alice.send("one\rtwo\rthree\r")
     assert [m.message for m in bob.messages(3)] == ["one", "two", "three"]
     alice.expect_exact("[you] three")
-    alice.send("\x04")
+    alice.send("/quit\r")
     assert alice.exit_code() == 0
     bob.next_event("user_event", where=lambda e: e.type == pb.USER_LEFT)
     assert not [e for e in bob.drain() if e.WhichOneof("event") == "chat_message"]  # once each
