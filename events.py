@@ -14,21 +14,40 @@ def now_s() -> int:
     return int(time.time())
 
 
-def user_event(kind, name: str) -> pb.ServerEvent:
-    return pb.ServerEvent(user_event=pb.UserEvent(type=kind, username=name, timestamp=now_s()))
+def user_event(kind, name: str, room: str) -> pb.ServerEvent:
+    return pb.ServerEvent(
+        user_event=pb.UserEvent(type=kind, username=name, timestamp=now_s(), room=room)
+    )
 
 
 def system_event(text: str, code=pb.SYSTEM_INFO) -> pb.ServerEvent:
     return pb.ServerEvent(system_event=pb.SystemEvent(message=text, timestamp=now_s(), code=code))
 
 
-def typing_event(name: str, kind) -> pb.ServerEvent:
-    return pb.ServerEvent(typing_event=pb.TypingEvent(username=name, timestamp=now_s(), type=kind))
+def typing_event(name: str, kind, room: str) -> pb.ServerEvent:
+    return pb.ServerEvent(
+        typing_event=pb.TypingEvent(username=name, timestamp=now_s(), type=kind, room=room)
+    )
 
 
 def message_event(m: Message, replay: bool = False) -> pb.ServerEvent:
     return pb.ServerEvent(
         chat_message=pb.ChatMessageEvent(
-            message=m.text, username=m.username, timestamp=m.timestamp, id=m.id, replay=replay
+            message=m.text,
+            username=m.username,
+            timestamp=m.timestamp,
+            id=m.id,
+            replay=replay,
+            room=m.room,
+            action=m.action,
+        )
+    )
+
+
+def direct_event(sender: str, to: str, text: str, timestamp: int, action: bool) -> pb.ServerEvent:
+    """A direct message: no room, no id (it is never stored), `to` set."""
+    return pb.ServerEvent(
+        chat_message=pb.ChatMessageEvent(
+            message=text, username=sender, timestamp=timestamp, to=to, action=action
         )
     )

@@ -1,27 +1,29 @@
-"""The hub: who is online, and fan-out of every event to their queues.
+"""The hub: who is online and in which room, and fan-out of every event to queues.
 
-Each joined user is a `Client` holding a bounded `queue.Queue` of outgoing
-`ServerEvent`s. The Chat handler in server.py drains that queue (it is the
-user's response stream); the hub only ever *puts* into it. The hub is called
-from many threads at once: every client's reader thread (messages, typing),
-the pool threads (join, leave), the timer thread (typing timeouts) and, with
-Redis, the store's follower and the cluster's follower (messages from the
-stream and events of other servers: `deliver`, `remote_event`,
-`resync_remote`, `kick`).
+Each joined user is a `Client` (member.py) holding a bounded `queue.Queue`
+of outgoing `ServerEvent`s. The Chat handler in session.py drains that
+queue (it is the user's response stream); the hub only ever *puts* into it.
+The hub is called from many threads at once: every client's reader thread
+(messages, typing, moves), the pool threads (join, leave), the timer thread
+(typing timeouts) and, with Redis, the store's follower and the cluster's
+follower (messages from the stream, events of other servers).
 
-    reader thread --post()--> [hub lock: id, store, put into every queue]
+    reader thread --post()--> [hub lock: store, put into every queue of the room]
                                  |          |          |
                               queue A    queue B    queue C  <- one per client
                                  |          |          |
                            generator A  generator B  generator C  (pool threads)
 
-NOTE: one lock, `_lock`, guards the registry (our clients, and the users
-of other servers as far as we know them) *and* the order of broadcasts.
-A message gets its id and is put into every queue inside one critical
-section, so all clients see all messages in the same order. Inside it we
-only do non-blocking things: `put_nowait`, and the store's `append` (which
-never touches the network). A client whose queue is full is evicted rather
-than waited for, so one slow reader never holds up the others.
+A room's events (messages, typing, joins and leaves) go to that room's
+members only; a direct message to one user wherever they are.
+
+NOTE: one lock, `_lock`, guards the directory (rooms.py: our clients, their
+rooms, and the users of other servers as far as we know them) *and* the
+order of broadcasts. A message is stored and put into every queue of its
+room inside one critical section, so all members see one order. Inside it
+we only do non-blocking things: `put_nowait`, and the store's `append`
+(which never touches the network). A client whose queue is full is evicted
+rather than waited for, so one slow reader never holds up the others.
 
 With Redis the store's `append` usually returns nothing to deliver: the
 message is delivered when it comes back from the stream, through `deliver`,
@@ -33,9 +35,11 @@ import queue
 import threading
 
 import chat_pb2 as pb
-from events import message_event, now_s, system_event, typing_event, user_event
-from member import DRAIN, EVICTED, KICKED, Client
+from events import direct_event, message_event, now_s, system_event, typing_event, user_event
+from member import DRAIN, EVICTED, Client, Replay
 from ratelimit import Buckets
+from remote import Alone, RemoteUsers
+from rooms import Directory
 from store import Message
 from timers import Timers
 
@@ -57,31 +61,15 @@ class ShuttingDown(Exception):
     """The server is stopping: no one joins any more."""
 
 
-class Alone:
-    """The single-server case: no one to share with, nothing to do.
+class NotOnline(Exception):
+    """A direct message's recipient is not online anywhere."""
 
-    The same methods as `cluster.Cluster`, which shares names and live
-    events with the other servers on one Redis.
+
+class Hub(RemoteUsers):
+    """The registry of online clients and the fan-out to their queues.
+
+    Its methods for the other servers' users are in remote.py.
     """
-
-    def claim(self, name: str) -> str | None:
-        return ""  # always granted; the hub checks names online here
-
-    def release(self, name: str, claim: str) -> None:
-        pass
-
-    def publish_typing(self, name: str, kind) -> None:
-        pass
-
-    def start(self, hub) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class Hub:
-    """The registry of online clients and the fan-out to their queues."""
 
     def __init__(
         self,
@@ -96,39 +84,69 @@ class Hub:
         self._timers = timers
         self._typing_silence_s = typing_silence_s
         self._evict_grace_s = evict_grace_s
-        # `_lock` guards _clients, _remote, _closing and the order of every broadcast.
+        # `_lock` guards _dir, _closing and the order of every broadcast.
         self._lock = threading.Lock()
-        self._clients: dict[str, Client] = {}  # our joined users
-        self._remote: dict[str, bool] = {}  # other servers' users -> typing now?
+        self._dir = Directory()  # who is online, here and elsewhere, and in which room
         self._closing = False  # shut_down() has begun: joins are refused
         # Typing changes, by name (a reconnect refills nothing); its own lock, taken inside ours.
         self._typing_changes = Buckets(TYPING_CHANGES_PER_S, TYPING_CHANGES_BURST)
 
     def count(self) -> int:
         with self._lock:
-            return len(self._clients)
+            return len(self._dir.clients)
 
     def names(self) -> list[str]:
         with self._lock:
-            return sorted(self._clients)
+            return sorted(self._dir.clients)
 
-    def online_names(self) -> list[str]:
-        """Everyone online as far as this server knows: ours and the others'."""
+    def rooms(self) -> dict[str, int]:
+        """Every room with a member here or elsewhere (and the lobby): member counts."""
         with self._lock:
-            return sorted(self._clients.keys() | self._remote.keys())
+            return self._dir.rooms()
+
+    def users(self, room: str | None = None) -> list[tuple[str, str]]:
+        """(name, room) of everyone online, or of everyone in `room`."""
+        with self._lock:
+            return self._dir.users(room)
 
     # -- joining and leaving ----------------------------------------------
 
-    def join(self, client: Client) -> None:
-        """Register `client` and announce it here (its claim told the other servers)."""
+    def join(self, client: Client, last_seen_id: str = "") -> None:
+        """Register `client` in its room: history, then USER_JOINED, then who is there.
+
+        The other servers heard of the join from the name's claim (cluster.py).
+        """
         with self._lock:
             if self._closing:
                 raise ShuttingDown()
-            if client.name in self._clients:
+            if client.name in self._dir.clients:
                 raise NameTaken(client.name)
-            self._clients[client.name] = client
-            self._remote.pop(client.name, None)  # a stale view of another server
-            self._broadcast_locked(user_event(pb.USER_JOINED, client.name))
+            self._dir.remote.pop(client.name, None)  # a stale view of another server
+            self._dir.add(client)
+            self._enter_room_locked(client, last_seen_id)
+
+    def move(self, client: Client, room: str) -> bool:
+        """Move `client` to `room`: USER_LEFT in the old, then as a join in the new.
+
+        False if `client` is already there (or gone): nothing happens.
+        """
+        with self._lock:
+            old = client.room
+            if room == old or self._dir.clients.get(client.name) is not client:
+                return False
+            self._stop_typing_locked(client)
+            self._dir.move(client, room)
+            self._broadcast_locked(user_event(pb.USER_LEFT, client.name, old), old)
+            self._enter_room_locked(client)
+        self.cluster.move(client.name, client.claim, room)
+        return True
+
+    def _enter_room_locked(self, client: Client, last_seen_id: str = "") -> None:
+        self._put(client, Replay(client.room, last_seen_id))  # the generator sends history
+        self._broadcast_locked(user_event(pb.USER_JOINED, client.name, client.room), client.room)
+        present = self._dir.names_in(client.room)
+        notice = f"in #{client.room} ({len(present)}): {', '.join(present)}"
+        self._put(client, system_event(notice))
 
     def leave(self, client: Client, ending: str) -> bool:
         """Remove `client` if still registered, tell the rest; wake its generator.
@@ -139,16 +157,16 @@ class Hub:
         with self._lock:
             if client.ending is None:
                 client.ending = ending
-            removed = self._clients.get(client.name) is client
+            removed = self._dir.clients.get(client.name) is client
             if removed:
                 self._remove_locked(client)
         client.wake()
         return removed
 
     def _remove_locked(self, client: Client) -> None:
-        del self._clients[client.name]
         self._stop_typing_locked(client)
-        self._broadcast_locked(user_event(pb.USER_LEFT, client.name))
+        self._dir.remove(client)
+        self._broadcast_locked(user_event(pb.USER_LEFT, client.name, client.room), client.room)
 
     # -- what clients say ---------------------------------------------------
 
@@ -158,90 +176,45 @@ class Hub:
         A full queue evicts the client, whatever filled it: its own refusals too.
         """
         with self._lock:
-            if not self._put(client, event) and self._clients.get(client.name) is client:
-                self._evict_locked(client)
+            self._put_or_evict_locked(client, event)
 
-    def post(self, client: Client, text: str) -> bool:
-        """Store an accepted message and send it to everyone, sender included.
+    def post(self, client: Client, text: str, action: bool = False) -> bool:
+        """Store an accepted message and send it to its room, sender included.
 
         Returns False, storing nothing, if the sender is no longer online.
         """
         with self._lock:
-            if self._clients.get(client.name) is not client:
+            if self._dir.clients.get(client.name) is not client:
                 return False
             self._stop_typing_locked(client)
             # In memory: this message. With Redis: usually none, the stream
             # delivers it in order; during an outage, what the store holds.
-            for message in self.store.append(client.name, text, now_s()):
-                self._broadcast_locked(message_event(message))
+            for message in self.store.append(client.name, text, now_s(), client.room, action):
+                self._broadcast_locked(message_event(message), message.room)
         return True
 
     def deliver(self, messages: list[Message]) -> None:
         """Store thread: fan out messages that came back from the stream, in order."""
         with self._lock:
             for message in messages:
-                self._broadcast_locked(message_event(message))
+                self._broadcast_locked(message_event(message), message.room)
 
-    # -- other servers' users (cluster.py; never called without Redis) ---------
+    def direct(self, client: Client, to: str, text: str, action: bool = False) -> None:
+        """Send `text` to `to` alone, wherever they are, and echo it to the sender.
 
-    def remote_event(self, kind: str, name: str, typing=0) -> None:
-        """Cluster thread: another server's user joined, left, or typed.
-
-        Only changes are announced, so an event that arrives twice (or after
-        a resync already told it) is shown once.
+        Raises NotOnline if `to` is online nowhere we know of. Never stored.
         """
+        timestamp = now_s()
+        event = direct_event(client.name, to, text, timestamp, action)
         with self._lock:
-            if name in self._clients:
-                return  # about a name online here: ours is the one that counts
-            if kind == "joined":
-                self._remote_join_locked(name)
-            elif kind == "left":
-                self._remote_leave_locked(name)
-            elif kind == "typing" and name in self._remote:
-                self._remote_typing_locked(name, typing == pb.TYPING_START)
-
-    def resync_remote(self, names: set[str]) -> None:
-        """Cluster thread: after a gap in the events, `names` are the others' users.
-
-        Announce who left and who joined meanwhile. Typing changes in the gap
-        are unknown: every remote typer stops (a typer's client repeats START).
-        """
-        with self._lock:
-            for name in [n for n, typing in self._remote.items() if typing]:
-                self._remote_typing_locked(name, False)
-            for name in sorted(self._remote.keys() - names):
-                self._remote_leave_locked(name)
-            for name in sorted(names - self._clients.keys() - self._remote.keys()):
-                self._remote_join_locked(name)
-
-    def kick(self, name: str, text: str) -> None:
-        """Cluster thread: our `name` is held on another server; that one wins."""
-        with self._lock:
-            client = self._clients.get(name)
-            if client is None:
-                return
-            self._put(client, system_event(text))
-            client.ending = KICKED
-            self._remove_locked(client)
-            self._remote_join_locked(name)  # the other one is online
-        client.wake()
-
-    def _remote_join_locked(self, name: str) -> None:
-        if name not in self._remote:
-            self._remote[name] = False
-            self._broadcast_locked(user_event(pb.USER_JOINED, name))
-
-    def _remote_leave_locked(self, name: str) -> None:
-        if name in self._remote:
-            self._remote_typing_locked(name, False)
-            del self._remote[name]
-            self._broadcast_locked(user_event(pb.USER_LEFT, name))
-
-    def _remote_typing_locked(self, name: str, typing: bool) -> None:
-        if self._remote[name] != typing:
-            self._remote[name] = typing
-            kind = pb.TYPING_START if typing else pb.TYPING_STOP
-            self._broadcast_locked(typing_event(name, kind))
+            recipient = self._dir.clients.get(to)
+            if recipient is None and to not in self._dir.remote:
+                raise NotOnline(to)
+            if recipient is not None and recipient is not client:
+                self._put_or_evict_locked(recipient, event)
+        if recipient is None:  # on another server: through Redis (may raise NotSent)
+            self.cluster.direct(client.name, to, text, timestamp, action)
+        self.tell(client, event)
 
     # -- typing here ------------------------------------------------------------
 
@@ -253,7 +226,7 @@ class Hub:
         that stays ends by the silence timer, or with the next message).
         """
         with self._lock:
-            if client.name not in self._clients:
+            if client.name not in self._dir.clients:
                 return
             is_change = (kind == pb.TYPING_START) != (client.typing_timer is not None)
             if is_change and self._typing_changes.try_take(client.name):
@@ -266,7 +239,8 @@ class Hub:
                     self._typing_silence_s, lambda: self._typing_timeout(client)
                 )
                 if not was_typing:
-                    self._broadcast_locked(typing_event(client.name, pb.TYPING_START), client)
+                    event = typing_event(client.name, pb.TYPING_START, client.room)
+                    self._broadcast_locked(event, client.room, skip=client)
                     self.cluster.publish_typing(client.name, pb.TYPING_START)
             elif kind == pb.TYPING_STOP:
                 self._stop_typing_locked(client)
@@ -274,7 +248,7 @@ class Hub:
     def _typing_timeout(self, client: Client) -> None:
         """Timer thread: the typer fell silent."""
         with self._lock:
-            if client.name in self._clients:
+            if client.name in self._dir.clients:
                 self._stop_typing_locked(client)
 
     def _stop_typing_locked(self, client: Client) -> None:
@@ -282,7 +256,8 @@ class Hub:
             return
         client.typing_timer.cancel()
         client.typing_timer = None
-        self._broadcast_locked(typing_event(client.name, pb.TYPING_STOP), client)
+        event = typing_event(client.name, pb.TYPING_STOP, client.room)
+        self._broadcast_locked(event, client.room, skip=client)
         self.cluster.publish_typing(client.name, pb.TYPING_STOP)
 
     # -- shutting down ------------------------------------------------------
@@ -295,8 +270,8 @@ class Hub:
         """
         with self._lock:
             self._closing = True
-            clients = list(self._clients.values())
-            self._clients.clear()
+            clients = list(self._dir.clients.values())
+            self._dir = Directory()
             for client in clients:
                 if not self._put(client, notice):
                     log.warning("%s missed the shutdown notice: queue full", client.name)
@@ -306,12 +281,17 @@ class Hub:
 
     # -- fan-out --------------------------------------------------------------
 
-    def _broadcast_locked(self, event: pb.ServerEvent, skip: Client | None = None) -> None:
-        """Put one event object into every queue but `skip`'s; evict the full ones."""
-        evicted = [c for c in self._clients.values() if c is not skip and not self._put(c, event)]
+    def _broadcast_locked(self, event, room: str, skip: Client | None = None) -> None:
+        """Put one event object into every queue in `room` but `skip`'s; evict the full ones."""
+        members = self._dir.members(room)
+        evicted = [c for c in members if c is not skip and not self._put(c, event)]
         for client in evicted:  # each removal broadcasts USER_LEFT, which may evict more
-            if self._clients.get(client.name) is client:
+            if self._dir.clients.get(client.name) is client:
                 self._evict_locked(client)
+
+    def _put_or_evict_locked(self, client: Client, event) -> None:
+        if not self._put(client, event) and self._dir.clients.get(client.name) is client:
+            self._evict_locked(client)
 
     def _evict_locked(self, client: Client) -> None:
         log.warning("evicting %s: %d events behind", client.name, client.queue.qsize())

@@ -17,15 +17,34 @@ KICKED = "kicked"  # the name is held on another server (after a partition): ALR
 GONE = "gone"  # the call is already over (cancelled, network lost)
 
 
+class Replay:
+    """A mark in a client's queue: "send the history of `room` here".
+
+    The hub puts it in when a user joins or moves, before announcing them in
+    the room; the Chat handler reads the history when it meets the mark, so
+    the user sees the room's past, then its present, in that order.
+    """
+
+    __slots__ = ("room", "after_id")
+
+    def __init__(self, room: str, after_id: str = ""):
+        self.room = room
+        self.after_id = after_id  # "": the last N messages
+
+
 class Client:
-    """One joined user. The hub's lock guards `typing_timer` and `ending`.
+    """One joined user. The hub's lock guards `room`, `typing_timer` and `ending`.
 
     The generator reads `ending` without the lock: it is set once, from None
     to its final value, and a plain attribute read is atomic.
     """
 
-    def __init__(self, name: str, cancel=lambda: None, queue_max: int = QUEUE_MAX_EVENTS):
+    def __init__(
+        self, name: str, room: str = "lobby", cancel=lambda: None, queue_max=QUEUE_MAX_EVENTS
+    ):
         self.name = name
+        self.room = room  # the one room this user is in (the hub's lock guards it)
+        self.claim = ""  # the token of this user's name claim (cluster.py), set at join
         self.cancel = cancel  # ends the gRPC call; used if an evicted client will not read
         self.queue: queue.Queue = queue.Queue(maxsize=queue_max)
         self.typing_timer = None  # a Timer while this user is typing, else None

@@ -21,8 +21,9 @@ import grpc
 import chat_pb2 as pb
 import member
 from events import system_event
+from hub import NotOnline
 from member import Client
-from sanitize import clean_text
+from sanitize import ROOM_RULE, clean_text, room_name
 from store import NotSent
 
 log = logging.getLogger("session")
@@ -61,7 +62,9 @@ class Reader:
     # Each handler returns None, or the reason it refused the event.
 
     def _on_chat_message(self, client: Client, event) -> str | None:
-        text = clean_text(event.chat_message.message)
+        """A message to the room, or to one user (`to`); `action` for /me."""
+        message = event.chat_message
+        text = clean_text(message.message)
         if not text:
             return self._reject(client, pb.INVALID_EVENT, "empty message: nothing was sent")
         if len(text) > self._max_chars:
@@ -69,16 +72,20 @@ class Reader:
             return self._reject(
                 client, pb.INVALID_EVENT, f"message too long: {len(text)} characters, max {limit}"
             )
-        buckets = self._buckets
-        wait_s = buckets.try_take(client.name) if buckets is not None else 0.0
-        if wait_s:
-            retry = f"rate limited: retry in {round_up(wait_s):.1f} s"
-            return self._reject(client, pb.RATE_LIMITED, retry)
+        if (refusal := self._take_token(client)) is not None:
+            return refusal
         try:
-            self.hub.post(client, text)
+            if message.to:
+                self.hub.direct(client, message.to, text, message.action)
+            else:
+                self.hub.post(client, text, message.action)
         except NotSent:  # cut off from the other servers: no id would hold
+            if self._buckets is not None:
+                self._buckets.give_back(client.name)  # sending it again costs nothing
             retry = "not sent: the chat is reconnecting, send it again"
             return self._reject(client, pb.NOT_SENT, retry)
+        except NotOnline:
+            return self._reject(client, pb.NOT_ONLINE, f"{message.to} is not online")
         return None
 
     def _on_typing_event(self, client: Client, event) -> str | None:
@@ -89,10 +96,33 @@ class Reader:
         return None
 
     def _on_user_event(self, client: Client, event) -> str | None:
-        return self._reject(client, pb.INVALID_EVENT, "already joined: user events are for joining")
+        """After the join, a USER_JOINED moves the user to its room."""
+        user = event.user_event
+        if user.type != pb.USER_JOINED or user.username not in ("", client.name):
+            return self._reject(client, pb.INVALID_EVENT, "user events are for joining a room")
+        room = room_name(user.room)
+        if room is None:
+            return self._reject(client, pb.INVALID_EVENT, f"invalid room: use {ROOM_RULE}")
+        if room == client.room:  # read without the lock: only this thread moves the client
+            self.hub.tell(client, system_event(f"already in #{room}"))
+            return None
+        if (refusal := self._take_token(client)) is not None:
+            return refusal
+        self.hub.move(client, room)
+        return None
 
     def _on_None(self, client: Client, event) -> str | None:  # the oneof was empty
         return self._reject(client, pb.INVALID_EVENT, "empty event")
+
+    def _take_token(self, client: Client) -> str | None:
+        """Take a token from the user's bucket; the refusal if there was none."""
+        buckets = self._buckets
+        wait_s = buckets.try_take(client.name) if buckets is not None else 0.0
+        if wait_s:
+            return self._reject(
+                client, pb.RATE_LIMITED, f"rate limited: retry in {round_up(wait_s):.1f} s"
+            )
+        return None
 
     def _reject(self, client: Client, code, reason: str) -> str:
         self.hub.tell(client, system_event(reason, code))

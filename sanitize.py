@@ -1,8 +1,8 @@
-"""Text cleaning and the username rule, shared by the server and the client.
+"""Text cleaning and the rules for user and room names, shared by server and client.
 
 Everything a person typed passes through `clean_text` twice: once on the
-server before it is stored and fanned out (SPEC §3.2), and once more in the
-client just before it reaches the terminal (SPEC §4), because a client must
+server before it is stored and fanned out, and once more in the client
+just before it reaches the terminal, because a client must
 not trust whatever server it talks to. The goal is that a chat line can
 neither move the terminal's cursor (escape sequences, carriage returns) nor
 forge a line that looks like someone else's (newlines, bidirectional
@@ -28,6 +28,11 @@ NAME_RULE = "1-32 characters of letters, digits, '_', '-' or '.'"
 _NAME_PATTERN = re.compile(rf"[A-Za-z0-9_.\-]{{1,{NAME_MAX_CHARS}}}")
 
 
+LOBBY = "lobby"  # the room every stream starts in
+ROOM_RULE = "1-32 characters of lowercase letters, digits, '-' or '_'"
+_ROOM_PATTERN = re.compile(r"[a-z0-9_\-]{1,32}")
+
+
 def clean_text(text: str) -> str:
     """Return `text` safe to print on one terminal line, trimmed of spaces."""
     if text.isprintable():  # the common case, checked in C: nothing to remove
@@ -44,3 +49,9 @@ def clean_text(text: str) -> str:
 def is_valid_name(name: str) -> bool:
     """True if `name` follows NAME_RULE."""
     return _NAME_PATTERN.fullmatch(name) is not None
+
+
+def room_name(text: str) -> str | None:
+    """The room `text` names ("#Rust" -> "rust"; "" -> the lobby), or None if invalid."""
+    name = text.lower().removeprefix("#") if text else LOBBY
+    return name if _ROOM_PATTERN.fullmatch(name) else None

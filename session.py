@@ -31,10 +31,10 @@ import perhost
 from auth import Anyone
 from events import message_event, system_event
 from hub import Hub, NameTaken, ShuttingDown
-from member import Client
+from member import Client, Replay
 from ratelimit import Buckets
 from reader import Reader, round_up
-from sanitize import NAME_RULE, is_valid_name
+from sanitize import NAME_RULE, ROOM_RULE, is_valid_name, room_name
 from store import id_key
 
 log = logging.getLogger("session")
@@ -61,7 +61,7 @@ class Settings:
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
-    """Implements `Chat` and `HealthCheck` of chat.proto."""
+    """Implements the rpcs of chat.proto: `Chat`, and the unary queries."""
 
     def __init__(self, hub: Hub, timers, settings: Settings, auth=None):
         self.hub = hub
@@ -83,6 +83,19 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             active_clients=self.hub.count(),
             uptime_seconds=int(time.monotonic() - self._started),
         )
+
+    def ListRooms(self, request, context):
+        rooms = self.hub.rooms()
+        return pb.ListRoomsResponse(
+            rooms=[pb.Room(name=name, members=rooms[name]) for name in sorted(rooms)]
+        )
+
+    def ListUsers(self, request, context):
+        room = room_name(request.room) if request.room else None
+        if request.room and room is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid room: use {ROOM_RULE}")
+        users = self.hub.users(room)
+        return pb.ListUsersResponse(users=[pb.User(username=n, room=r) for n, r in users])
 
     def Chat(self, request_iterator, context):
         if not self._slots.acquire(blocking=False):
@@ -109,30 +122,33 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             return  # the call was cancelled before a join
         self._limit_joins(context)
         client = Client(
-            joined.username, cancel=context.cancel, queue_max=self._settings.queue_max_events
+            joined.username,
+            room_name(joined.room),
+            cancel=context.cancel,
+            queue_max=self._settings.queue_max_events,
         )
-        claim = self._join(client, context)
+        self._join(client, context, joined.last_seen_id)
         context.add_callback(lambda: self.hub.leave(client, member.GONE))
         try:
-            replayed_up_to = yield from self._replay(client, joined.last_seen_id)
             threading.Thread(
                 target=self._reader.run,
                 args=(client, request_iterator),
                 name=f"reader-{client.name}",
             ).start()
-            yield from self._drain(client, context, replayed_up_to)
+            yield from self._drain(client, context)
         finally:
             self.hub.leave(client, member.GONE)  # a no-op if the reader or hub got there first
-            self.hub.cluster.release(client.name, claim)
+            self.hub.cluster.release(client.name, client.claim)
             log.info("%s left (%s)", client.name, client.ending)
 
-    def _join(self, client: Client, context) -> str:
-        """Step 3a: claim the name (on every server), register, say who is online."""
-        claim = self.hub.cluster.claim(client.name)
+    def _join(self, client: Client, context, last_seen_id: str) -> None:
+        """Step 3a: claim the name (on every server), register in the room."""
+        claim = self.hub.cluster.claim(client.name, client.room)
         try:
             if claim is None:
                 raise NameTaken(client.name)
-            self.hub.join(client)
+            client.claim = claim
+            self.hub.join(client, last_seen_id)  # queues: history, USER_JOINED, who is there
         except (NameTaken, ShuttingDown) as refusal:
             if claim is not None:
                 self.hub.cluster.release(client.name, claim)
@@ -141,10 +157,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 context.abort(grpc.StatusCode.UNAVAILABLE, "server shutting down")
             log.info("refused %s: name already online", client.name)
             context.abort(grpc.StatusCode.ALREADY_EXISTS, f"{client.name} is already online")
-        online = self.hub.online_names()
-        self.hub.tell(client, system_event(f"online ({len(online)}): {', '.join(online)}"))
-        log.info("%s joined (%d online here)", client.name, self.hub.count())
-        return claim
+        log.info("%s joined #%s (%d online here)", client.name, client.room, self.hub.count())
 
     def _read_join(self, request_iterator, context) -> pb.UserEvent | None:
         """Step 2: the first event, checked. Aborts the call if it is wrong."""
@@ -162,6 +175,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             self._refuse(context, "the first event must be a UserEvent USER_JOINED")
         if not is_valid_name(joined.username):
             self._refuse(context, f"invalid username: use {NAME_RULE}")
+        if room_name(joined.room) is None:
+            self._refuse(context, f"invalid room: use {ROOM_RULE}")
         if not self._auth.may_join(context, joined.username):
             log.info("refused a stream: joining as another name than the signed-in one")
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "you may only join as your own name")
@@ -184,17 +199,18 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 f"joining too often from your address: retry in {round_up(wait_s):.1f} s",
             )
 
-    def _replay(self, client: Client, last_seen_id: str):
-        """Step 3b: yield history, a page at a time; return the last id sent.
+    def _replay(self, client: Client, mark: Replay):
+        """Step 3b: yield a room's history, a page at a time; return the last id sent.
 
-        What the joiner missed (after `last_seen_id`), or the last N. Only
+        What the joiner missed (after `mark.after_id`), or the last N. Only
         one page is held at a time, and none once it has been sent.
         """
+        limit, room = self._settings.history, mark.room
         try:
-            pages = self.hub.store.history(self._settings.history, last_seen_id or None)
+            pages = self.hub.store.history(limit, mark.after_id or None, room)
         except ValueError:
             self.hub.tell(client, system_event("unknown last_seen_id", pb.INVALID_EVENT))
-            pages = self.hub.store.history(self._settings.history)
+            pages = self.hub.store.history(limit, None, room)
         last_id = None
         for page in pages:
             for message in page:
@@ -202,14 +218,15 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             last_id = page[-1].id if page else last_id
         return last_id
 
-    def _drain(self, client: Client, context, replayed_up_to: str | None):
+    def _drain(self, client: Client, context):
         """Step 5: yield the client's queue until it ends.
 
-        Messages already replayed from history may also be in the queue
-        (they were posted between the join and the history read): skip
-        those, once, by id.
+        A `Replay` mark in the queue (a join, a move) is replaced by that
+        room's history. Messages of the room posted between the mark and
+        the history read are then in both: the queued copies are skipped,
+        once, by id (a direct message has no id and is never skipped).
         """
-        skip_up_to = id_key(replayed_up_to) if replayed_up_to else None
+        skip_up_to = None  # (room, id key): queued messages of that room up to it were sent
         while True:
             event = client.queue.get()
             if client.ending == member.EVICTED:
@@ -218,11 +235,20 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 context.abort(grpc.StatusCode.ALREADY_EXISTS, f"{client.name} is online elsewhere")
             if client.ending == member.GONE:
                 return
-            if event is not member.WAKE:
-                if skip_up_to is not None and event.WhichOneof("event") == "chat_message":
-                    if id_key(event.chat_message.id) <= skip_up_to:
-                        continue
-                    skip_up_to = None  # live from here on
+            if isinstance(event, Replay):
+                last_id = yield from self._replay(client, event)
+                skip_up_to = (event.room, id_key(last_id)) if last_id else None
+            elif event is not member.WAKE:
+                if skip_up_to is not None and already_sent(event, skip_up_to):
+                    continue
                 yield event
             if client.ending is not None and client.queue.empty():
                 return  # DRAIN: everything queued was delivered
+
+
+def already_sent(event, skip_up_to: tuple[str, tuple[int, int]]) -> bool:
+    """True for a queued message of the replayed room that the replay already held."""
+    message = event.chat_message if event.WhichOneof("event") == "chat_message" else None
+    if message is None or not message.id or message.room != skip_up_to[0]:
+        return False
+    return id_key(message.id) <= skip_up_to[1]

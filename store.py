@@ -52,6 +52,8 @@ class Message:
     username: str
     text: str
     timestamp: int  # Unix seconds
+    room: str = "lobby"
+    action: bool = False  # "/me waves"
 
 
 def id_key(message_id: str) -> tuple[int, int]:
@@ -97,27 +99,32 @@ def pages(messages: list[Message], size: int = HISTORY_PAGE):
 
 
 class MemoryStore:
-    """The last `max_messages` messages in a deque; nothing survives a restart."""
+    """The last `max_messages` messages of each room; nothing survives a restart."""
 
     description = "in memory (history is not persisted)"
 
     def __init__(self, max_messages: int = 10_000):
-        self._ids = IdClock()
-        self._lock = threading.Lock()  # guards _messages (append vs. history)
-        self._messages: deque[Message] = deque(maxlen=max_messages)
+        self._ids = IdClock()  # one clock for all rooms: ids increase across rooms too
+        self._max_messages = max_messages
+        self._lock = threading.Lock()  # guards _rooms (append vs. history)
+        self._rooms: dict[str, deque[Message]] = {}  # room -> its last messages
 
     def start(self, deliver) -> None:
         pass  # the hub delivers what append() returns; nothing arrives from elsewhere
 
-    def append(self, username: str, text: str, timestamp: int) -> list[Message]:
+    def append(
+        self, username: str, text: str, timestamp: int, room: str = "lobby", action=False
+    ) -> list[Message]:
         """Store a message; return it for the hub to deliver now (always, here)."""
         with self._lock:
-            message = Message(self._ids.next(), username, text, timestamp)
-            self._messages.append(message)
+            message = Message(self._ids.next(), username, text, timestamp, room, action)
+            self._room_locked(room).append(message)
         return [message]
 
-    def history(self, limit: int, after_id: str | None = None) -> Iterator[list[Message]]:
-        """Pages (lists, oldest first) of the last `limit`, or of all after `after_id`.
+    def history(
+        self, limit: int, after_id: str | None = None, room: str = "lobby"
+    ) -> Iterator[list[Message]]:
+        """Pages (lists, oldest first) of `room`'s last `limit`, or of all after `after_id`.
 
         Raises ValueError at once for a malformed `after_id`. Each page is
         copied under the lock when it is asked for, so a slow joiner holds
@@ -125,15 +132,22 @@ class MemoryStore:
         """
         if after_id is None:  # the common join: copy only the last `limit`
             with self._lock:
-                wanted = list(itertools.islice(reversed(self._messages), limit))[::-1]
+                kept = self._room_locked(room)
+                wanted = list(itertools.islice(reversed(kept), limit))[::-1]
             return pages(wanted)
-        return self._pages_after(id_key(after_id))
+        return self._pages_after(id_key(after_id), room)
 
-    def _pages_after(self, cut: tuple[int, int]) -> Iterator[list[Message]]:
+    def _room_locked(self, room: str) -> deque[Message]:
+        if room not in self._rooms:
+            self._rooms[room] = deque(maxlen=self._max_messages)
+        return self._rooms[room]
+
+    def _pages_after(self, cut: tuple[int, int], room: str) -> Iterator[list[Message]]:
         while True:
             with self._lock:  # ids increase along the deque: find where `cut` falls
-                start = bisect.bisect_right(self._messages, cut, key=lambda m: id_key(m.id))
-                page = list(itertools.islice(self._messages, start, start + HISTORY_PAGE))
+                kept = self._room_locked(room)
+                start = bisect.bisect_right(kept, cut, key=lambda m: id_key(m.id))
+                page = list(itertools.islice(kept, start, start + HISTORY_PAGE))
             if page:
                 yield page
             if len(page) < HISTORY_PAGE:

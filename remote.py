@@ -1,0 +1,127 @@
+"""The other servers, as the hub sees them: none (`Alone`), or their users.
+
+With Redis, cluster.py follows what the other servers' users do and calls
+the hub with it from its own thread: `remote_event` (joined, moved, left,
+typed), `resync_remote` (after a gap: everyone, at once), `remote_direct`
+(a direct message for one of ours) and `kick` (our user's name is held
+elsewhere). These methods are part of the Hub (hub.py), kept in this file
+so each reads in one sitting: they take the hub's `_lock` and use its
+directory (rooms.py) and fan-out like the rest of the hub.
+
+Without Redis the hub's cluster is `Alone`, a null object: no one to tell,
+no one to hear from, and the single-server path has no `if redis:` in it.
+"""
+
+import chat_pb2 as pb
+from events import direct_event, system_event, typing_event, user_event
+from member import KICKED
+from rooms import Remote
+
+
+class Alone:
+    """The single-server case: no one to share with, nothing to do.
+
+    The same methods as `cluster.Cluster`, which shares names and live
+    events with the other servers on one Redis.
+    """
+
+    def claim(self, name: str, room: str) -> str | None:
+        return ""  # always granted; the hub checks names online here
+
+    def move(self, name: str, claim: str, room: str) -> None:
+        pass
+
+    def release(self, name: str, claim: str) -> None:
+        pass
+
+    def publish_typing(self, name: str, kind) -> None:
+        pass
+
+    def direct(self, sender: str, to: str, text: str, timestamp: int, action: bool) -> None:
+        pass  # never called: with no other servers, no recipient is remote
+
+    def start(self, hub) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RemoteUsers:
+    """The hub's methods for other servers' users; see the module docstring."""
+
+    def remote_event(self, kind: str, name: str, typing=0, room: str = "lobby") -> None:
+        """Cluster thread: another server's user joined, moved, left, or typed.
+
+        Only changes are announced, so an event that arrives twice (or after
+        a resync already told it) is shown once.
+        """
+        with self._lock:
+            if name in self._dir.clients:
+                return  # about a name online here: ours is the one that counts
+            if kind in ("joined", "moved"):
+                self._remote_at_locked(name, room)
+            elif kind == "left":
+                self._remote_leave_locked(name)
+            elif kind == "typing" and name in self._dir.remote:
+                self._remote_typing_locked(name, typing == pb.TYPING_START)
+
+    def resync_remote(self, users: dict[str, str]) -> None:
+        """Cluster thread: after a gap in the events, `users` (name -> room) are the others'.
+
+        Announce who left, moved and joined meanwhile. Typing changes in the
+        gap are unknown: every remote typer stops (a typer's client repeats START).
+        """
+        with self._lock:
+            for name in [n for n, user in self._dir.remote.items() if user.typing]:
+                self._remote_typing_locked(name, False)
+            for name in sorted(self._dir.remote.keys() - users.keys()):
+                self._remote_leave_locked(name)
+            for name, room in sorted(users.items()):
+                if name not in self._dir.clients:
+                    self._remote_at_locked(name, room)
+
+    def kick(self, name: str, text: str) -> None:
+        """Cluster thread: our `name` is held on another server; that one wins."""
+        with self._lock:
+            client = self._dir.clients.get(name)
+            if client is None:
+                return
+            self._put(client, system_event(text))
+            client.ending = KICKED
+            self._remove_locked(client)
+            self._remote_at_locked(name, client.room)  # the other one is online
+        client.wake()
+
+    def _remote_at_locked(self, name: str, room: str) -> None:
+        """A remote user is in `room`: a join if new, a move if elsewhere before."""
+        user = self._dir.remote.get(name)
+        if user is not None and user.room == room:
+            return
+        if user is not None:
+            self._remote_typing_locked(name, False)
+            self._broadcast_locked(user_event(pb.USER_LEFT, name, user.room), user.room)
+        self._dir.remote[name] = Remote(room)
+        self._broadcast_locked(user_event(pb.USER_JOINED, name, room), room)
+
+    def _remote_leave_locked(self, name: str) -> None:
+        user = self._dir.remote.get(name)
+        if user is not None:
+            self._remote_typing_locked(name, False)
+            del self._dir.remote[name]
+            self._broadcast_locked(user_event(pb.USER_LEFT, name, user.room), user.room)
+
+    def _remote_typing_locked(self, name: str, typing: bool) -> None:
+        user = self._dir.remote[name]
+        if user.typing != typing:
+            user.typing = typing
+            kind = pb.TYPING_START if typing else pb.TYPING_STOP
+            self._broadcast_locked(typing_event(name, kind, user.room), user.room)
+
+    def remote_direct(self, sender: str, to: str, text: str, timestamp: int, action: bool):
+        """Cluster thread: a direct message from another server, for `to` if they are ours."""
+        with self._lock:
+            recipient = self._dir.clients.get(to)
+            if recipient is not None:
+                event = direct_event(sender, to, text, timestamp, action)
+                self._put_or_evict_locked(recipient, event)
