@@ -48,9 +48,9 @@ def wait_until(predicate, timeout=EVENT_TIMEOUT_S, interval=0.02) -> bool:
     return predicate()
 
 
-def stored(store, limit: int = 50, after_id: str | None = None) -> list:
+def stored(store, limit: int = 50, after_id: str | None = None, room: str = "lobby") -> list:
     """The messages `store.history` gives, its pages joined."""
-    return [message for page in store.history(limit, after_id) for message in page]
+    return [message for page in store.history(limit, after_id, room) for message in page]
 
 
 # -- servers -------------------------------------------------------------------

@@ -3,9 +3,13 @@
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 from conftest import ROOT
+from wire import join, move_event
+
+import chat_pb2 as pb
 
 # Runs in a subprocess with only the original stubs on its path: two copies
 # of package `chat` cannot live in one process's descriptor pool.
@@ -41,7 +45,8 @@ OLD_CLIENT = textwrap.dedent(
 
 
 def test_original_contract_client_joins_chats_and_sees_typing(server, tmp_path: Path):
-    """When a client knows only the original chat.proto, it joins, chats and sees typing."""
+    """When a client knows only the original chat.proto, it joins, chats and sees typing,
+    and lives in the lobby: the rooms chatting around it never reach it."""
     proto = ROOT / "tests" / "original_chat.proto"
     subprocess.run(
         [
@@ -60,13 +65,23 @@ def test_original_contract_client_joins_chats_and_sees_typing(server, tmp_path: 
     grpc_stub = (tmp_path / "original_chat_pb2_grpc.py").read_text()
     (tmp_path / "chat_pb2_grpc.py").write_text(grpc_stub.replace("original_chat_pb2", "chat_pb2"))
     (tmp_path / "old_client.py").write_text(OLD_CLIENT)
-    result = subprocess.run(
-        [sys.executable, "old_client.py", server.address],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    rust = [join(server.address, name, room="rust") for name in ("ann", "ben")]
+    quiet = threading.Event()
+    chatter = threading.Thread(target=chat_in_rust, args=(rust, quiet))
+    chatter.start()
+    try:
+        result = subprocess.run(
+            [sys.executable, "old_client.py", server.address],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        quiet.set()
+        chatter.join(10)
+    for conn in rust:
+        conn.close()
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         "bob TYPING_START",
@@ -74,6 +89,15 @@ def test_original_contract_client_joins_chats_and_sees_typing(server, tmp_path: 
         "bob left",
         "SERVING",
     ]
+
+
+def chat_in_rust(conns, quiet: threading.Event) -> None:
+    """Keep #rust busy: messages, typing and a move out and back, until `quiet`."""
+    while not quiet.wait(0.02):
+        conns[0].say("rust talk")
+        conns[1].typing(pb.TYPING_START)
+        conns[1].send(move_event("go"))
+        conns[1].send(move_event("rust"))
 
 
 def test_committed_stubs_are_what_make_gen_produces(tmp_path: Path):

@@ -102,17 +102,24 @@ class Conn:
                 return out
 
 
-def join_event(name: str, last_seen_id: str = "") -> pb.ClientEvent:
+def join_event(name: str, last_seen_id: str = "", room: str = "") -> pb.ClientEvent:
     return pb.ClientEvent(
-        user_event=pb.UserEvent(type=pb.USER_JOINED, username=name, last_seen_id=last_seen_id)
+        user_event=pb.UserEvent(
+            type=pb.USER_JOINED, username=name, last_seen_id=last_seen_id, room=room
+        )
     )
 
 
-def join(address: str, name: str, last_seen_id: str = "") -> Conn:
-    """Open a stream as `name` and wait until the server has announced the join."""
-    conn = Conn(address, join_event(name, last_seen_id))
+def join(address: str, name: str, last_seen_id: str = "", room: str = "") -> Conn:
+    """Open a stream as `name` (in `room`) and wait until the server has announced the join."""
+    conn = Conn(address, join_event(name, last_seen_id, room))
     conn.next_event("user_event", where=lambda e: e.username == name and e.type == pb.USER_JOINED)
     return conn
+
+
+def move_event(room: str) -> pb.ClientEvent:
+    """A joined client's request to move to `room`."""
+    return pb.ClientEvent(user_event=pb.UserEvent(type=pb.USER_JOINED, room=room))
 
 
 def health(address: str) -> pb.HealthCheckResponse:
