@@ -218,7 +218,7 @@ class Chat:
         elif kind == "system_event":
             code = event.system_event.code
             self.shutting_down |= code == pb.SHUTTING_DOWN
-            if code in (pb.RATE_LIMITED, pb.INVALID_EVENT, pb.NOT_SENT):
+            if code in (pb.RATE_LIMITED, pb.INVALID_EVENT, pb.NOT_SENT, pb.NOT_ONLINE):
                 self.lines.refused(code, event.system_event.message)
         self.renderer.show(event)
 
