@@ -14,7 +14,7 @@ refusal is always about that line. What each answer does to it:
     echo (or the same text replayed after a rejoin) --> done, the next goes
     RATE_LIMITED  --> sent again after the wait the notice names
     NOT_SENT      --> sent again after NOT_SENT_RETRY_S (that server is cut off)
-    INVALID_EVENT --> dropped; the notice says why (empty, too long)
+    INVALID_EVENT, NOT_ONLINE --> dropped; the notice says why (too long, away)
     the call ends --> sent again once the client has rejoined
 
 NOTE: one lock, `_lock` (with its Condition `_changed`), guards every field
