@@ -223,7 +223,7 @@ class Bot:
 
     def _join(self) -> None:
         """Join a live server (resuming after our last id); retry until it works."""
-        given_up = time.monotonic() + JOIN_GIVE_UP_S
+        given_up, refusal = time.monotonic() + JOIN_GIVE_UP_S, "no server up"
         while time.monotonic() < given_up:
             addresses = self._addresses()
             if addresses:
@@ -235,11 +235,13 @@ class Bot:
                 if self._wait(lambda s=session: s.joined.is_set() or s.ended.is_set(), JOIN_WAIT_S):
                     if session.joined.is_set():
                         return
+                    refusal = session.error.details() if session.error else "ended"
                 else:
-                    self.problems.append(f"{self.clock():.1f} s: no join within {JOIN_WAIT_S} s")
+                    refusal = f"no join within {JOIN_WAIT_S} s"
+                    self.problems.append(f"{self.clock():.1f} s: {refusal}")
                     session.close(half_close=False)
             time.sleep(self.rng.uniform(0.2, 1.0))
-        raise AssertionError(f"{self.name} could not join for {JOIN_GIVE_UP_S} s")
+        raise AssertionError(f"{self.name} could not join for {JOIN_GIVE_UP_S} s: {refusal}")
 
     def _say(self) -> None:
         """Send one line and keep it until its echo, as the real client does."""
