@@ -214,6 +214,15 @@ class RedisStore:
         by_id.update((m.id, m) for m in unwritten.values())  # stranded ones are in both
         return messages_after(sorted(by_id.values(), key=lambda m: id_key(m.id)), after_id, limit)
 
+    def reachable(self) -> bool:
+        """False while the writer finds Redis lost (for metrics)."""
+        return self._online  # a plain read: one bool, set by the writer
+
+    def pending_writes(self) -> int:
+        """Accepted messages not yet written (for metrics)."""
+        with self._lock:
+            return len(self._pending)
+
     def close(self, timeout: float = 5.0) -> None:
         """Flush what is pending (for up to `timeout` seconds) and stop both threads."""
         with self._lock:
