@@ -1,14 +1,22 @@
-"""More than one server (SPEC §7): several server.py processes on one Redis act as one."""
+"""More than one server: several server.py processes on one Redis act as one, through faults."""
 
 import signal
+import time
 
 import grpc
 import pytest
+import redis
 from conftest import wait_until
 from proxy import Proxy
 from wire import Conn, join, join_event
 
 import chat_pb2 as pb
+from cluster import Cluster
+from redis_keys import NAMES_KEY, SERVERS_KEY, alive_key
+from redis_store import RedisStore
+from server import create_server
+from session import Settings
+from store import id_key
 
 REAP_TIMEOUT_S = 15.0  # SPEC §7: a dead server's users are gone within about 15 s
 
@@ -144,25 +152,124 @@ def test_client_resumes_on_another_server_with_exactly_what_it_missed(cluster):
     bob.close()
 
 
-def test_redis_outage_on_one_server_keeps_everyone_chatting(cluster, redis_proc):
-    """When one server loses Redis, its clients chat live, the others too, and nothing is lost."""
+@pytest.fixture
+def cut_off_server(server_process, redis_proc):
+    """An in-process server reaching the shared Redis through a relay the test can break.
+
+    In-process, so the test can wait on what the server knows of Redis
+    (`link.reachable`, `link.shared`) instead of sleeping.
+    """
     proxy = Proxy(redis_proc.port)
-    cut_off = cluster(f"redis://127.0.0.1:{proxy.port}/0")
+    built = []
+
+    def start():
+        store = RedisStore(f"redis://127.0.0.1:{proxy.port}/0")
+        server = create_server(
+            Settings(rate=None), store, "127.0.0.1:0", cluster=Cluster(store.redis, store.server_id)
+        )
+        server.start()
+        server.address, server.link = f"127.0.0.1:{server.port}", store.redis
+        built.append(server)
+        return server
+
+    yield start, proxy
+    for server in built:
+        server.stop(grace_s=0.5)
+    proxy.close()
+
+
+def test_server_cut_off_from_a_shared_redis_refuses_with_not_sent(cluster, cut_off_server):
+    """When one server loses the Redis others share, its senders get NOT_SENT; nothing is lost."""
+    start, proxy = cut_off_server
     healthy = cluster()
+    cut_off = start()
+    assert wait_until(lambda: cut_off.link.shared, timeout=10)
     alice, bob = join(cut_off.address, "alice"), join(healthy.address, "bob")
     alice.next_event("user_event", where=lambda e: e.username == "bob")
     proxy.black_hole()
-    alice.say("during the outage")
-    assert alice.messages(1, timeout=10)[0].message == "during the outage"
-    bob.say("bob goes on")
-    assert bob.messages(1)[0].message == "bob goes on"
+    assert wait_until(lambda: not cut_off.link.reachable, timeout=10)
+    bob.say("b1")
+    assert [m.message for m in bob.messages(1)] == ["b1"]
+    alice.say("a1")
+    refused = alice.next_event("system_event", where=lambda e: e.code == pb.NOT_SENT)
+    assert "send it again" in refused.system_event.message
     proxy.restore()
-    got = bob.next_event("chat_message", timeout=15).chat_message
-    assert (got.username, got.message) == ("alice", "during the outage")
-    assert alice.next_event("chat_message", timeout=15).chat_message.message == "bob goes on"
-    late = Conn(healthy.address, join_event("carol"))
-    history = [late.next_event().chat_message.message for _ in range(2)]
-    assert sorted(history) == ["bob goes on", "during the outage"]
-    for conn in (alice, bob, late):
+    assert wait_until(lambda: cut_off.link.reachable, timeout=10)
+    alice.say("a1")  # the client's resend
+    got = alice.messages(2, timeout=10)
+    assert [m.message for m in got] == ["b1", "a1"]  # the stream's order, ids increasing
+    assert id_key(got[0].id) < id_key(got[1].id)
+    assert [m.message for m in bob.messages(1)] == ["a1"]
+    history = replayed_messages(healthy.address, "carol")
+    assert [m.message for m in history] == ["b1", "a1"]
+    ids = [m.id for m in history]
+    assert ids == sorted(ids, key=id_key) and len(set(ids)) == 2
+    for conn in (alice, bob):
         conn.close()
-    proxy.close()
+
+
+def test_joins_stay_fast_under_a_partition_and_are_announced_after(cluster, cut_off_server):
+    """When Redis stops answering, joins take about a second; once back, others see them."""
+    start, proxy = cut_off_server
+    healthy = cluster()
+    cut_off = start()
+    bob = join(healthy.address, "bob")
+    proxy.black_hole()
+    for name in ("carol", "dave"):
+        began = time.monotonic()
+        conn = join(cut_off.address, name)
+        assert time.monotonic() - began < 2.5, f"{name} took {time.monotonic() - began:.1f} s"
+        conn.next_event("system_event")  # who is online, as far as this server knows
+    proxy.restore()
+    announced = set()
+    while announced != {"carol", "dave"}:
+        event = bob.next_event("user_event", timeout=15, where=lambda e: e.type == pb.USER_JOINED)
+        announced.add(event.user_event.username)
+    bob.close()
+
+
+def test_sigterm_leaves_nothing_of_the_server_in_redis(cluster, redis_proc):
+    """When a server stops, its names, its alive key and its membership are gone from Redis."""
+    a, b = cluster(), cluster()
+    users = [join(a.address, name) for name in ("ann", "art")]
+    watcher = join(b.address, "bea")
+    a.signal(signal.SIGTERM)
+    assert a.wait(15) == 0
+    with redis.Redis.from_url(redis_proc.url, decode_responses=True) as client:
+        assert set(client.hkeys(NAMES_KEY)) == {"bea"}
+        assert len(client.smembers(SERVERS_KEY)) == 1
+        assert len(client.keys(alive_key("*"))) == 1
+    left = set()
+    while left != {"ann", "art"}:
+        event = watcher.next_event("user_event", where=lambda e: e.type == pb.USER_LEFT)
+        left.add(event.user_event.username)
+    for conn in (*users, watcher):
+        conn.close()
+
+
+def test_presence_heals_after_redis_restarts(cluster, redis_proc):
+    """When Redis is killed and restarted, joins and leaves made around it reach every server."""
+    a, b = cluster(), cluster()
+    watcher = join(a.address, "watcher")
+    leaver = join(b.address, "leaver")
+    watcher.next_event("user_event", where=lambda e: e.username == "leaver")
+    redis_proc.kill()
+    leaver.close()  # its release cannot reach Redis: retried when Redis is back
+    redis_proc.start()
+    late = join(b.address, "late")
+    for name, kind in (("leaver", pb.USER_LEFT), ("late", pb.USER_JOINED)):
+        watcher.next_event(
+            "user_event", timeout=15, where=lambda e, n=name, k=kind: (e.username, e.type) == (n, k)
+        )
+    for conn in (watcher, late):
+        conn.close()
+
+
+def replayed_messages(address: str, name: str) -> list:
+    """Join as `name`, return the history replayed, leave."""
+    conn = Conn(address, join_event(name))
+    history = []
+    while (event := conn.next_event()).WhichOneof("event") == "chat_message":
+        history.append(event.chat_message)
+    conn.close()
+    return history
