@@ -138,6 +138,7 @@ class Faults:
         self.clock = clock  # seconds since the hunt began
         self.kinds = kinds
         self.timeline: list[str] = []
+        self.last_kill_t = -1e9  # when a server was last SIGKILLed (its users linger until reaped)
         self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="faults", daemon=True)
@@ -195,6 +196,7 @@ class Faults:
         slot = self.rng.choice(self.stage.slots)
         self.note(f"server {slot.index} SIGKILLed")
         self.stage.kill_server(slot)
+        self.last_kill_t = self.clock()
         self._hold(min(seconds, 3.0))
         started = time.monotonic()
         self.stage.start_server(slot)
