@@ -1,8 +1,10 @@
-"""How the client reaches the server: a channel, with TLS and credentials when asked.
+"""How the client reaches the server: which one, and a channel with TLS and credentials.
 
 client.py calls a `Dialer` for every attempt to join (the first and each
-rejoin), and link.py opens its Chat call on the channel it returns. This
-is the client's half of auth.py:
+rejoin), and link.py opens its Chat call on the channel it returns.
+`Servers` picks the address: with several (`--address a,b`), the first
+that lets us in, and after a drop the next one first, with backoff.
+The Dialer is the client's half of auth.py:
 
 - TLS (`--tls`, or `--ca-cert PATH`, which implies it): the channel checks
   the server's certificate against the system's roots, or against the
@@ -16,11 +18,16 @@ NOTE: a token or password sent without TLS crosses the network in clear.
 """
 
 import base64
+import time
 from pathlib import Path
 
 import grpc
 
-from link import CHANNEL_OPTIONS
+from link import CHANNEL_OPTIONS, ChatError, Unreachable
+
+RECONNECT_FIRST_WAIT_S = 0.25  # backoff before the first attempt, doubling each time
+RECONNECT_MAX_WAIT_S = 5.0  # ... up to this
+RECONNECT_GIVE_UP_S = 60.0  # then give up, one error line, exit 1
 
 
 def bearer(token: str) -> str:
@@ -76,3 +83,54 @@ class Dialer:
                 " (is it up, serving TLS with a certificate --ca-cert or the system trusts?)"
             )
         return f"cannot reach the chat server at {address} (serving TLS? add --ca-cert or --tls)"
+
+
+class Servers:
+    """The addresses given, in order, and the one in use (main thread only).
+
+    `join(address)` is client.Chat.connect: it joins, or raises ChatError.
+    """
+
+    def __init__(self, addresses: list[str], dial: Dialer):
+        self.addresses, self._dial = list(addresses), dial
+        self._at = 0  # index in `addresses` of the server we use
+
+    def first(self, join) -> None:
+        """Join the first server that lets us in, in the order given; else raise ChatError.
+
+        A server that answers and refuses (name taken, say) decides: the
+        servers share names. Only when none could be reached does the error
+        name them all.
+        """
+        last = None
+        for _ in self.addresses:
+            try:
+                return join(self.addresses[self._at])
+            except ChatError as error:
+                if error.stay or not error.retryable or len(self.addresses) == 1:
+                    raise
+                if last is None or not isinstance(error, Unreachable):
+                    last = error  # a more telling error than "cannot reach" wins
+                self._next()
+        if isinstance(last, Unreachable):
+            raise Unreachable(self._dial.unreachable(", ".join(self.addresses)))
+        raise last
+
+    def again(self, join) -> None:
+        """Rejoin, on the next address first (this one just failed), with backoff."""
+        give_up_at = time.monotonic() + RECONNECT_GIVE_UP_S
+        wait_s = RECONNECT_FIRST_WAIT_S
+        self._next()
+        while True:
+            time.sleep(wait_s)  # backoff, so a restarting server is not hammered
+            try:
+                return join(self.addresses[self._at])
+            except ChatError as error:
+                if not error.retryable or time.monotonic() + wait_s > give_up_at:
+                    raise ChatError(f"gave up reconnecting: {error.message}") from None
+                if not error.stay:
+                    self._next()
+            wait_s = min(2 * wait_s, RECONNECT_MAX_WAIT_S)
+
+    def _next(self) -> None:
+        self._at = (self._at + 1) % len(self.addresses)

@@ -2,23 +2,30 @@
 
 No line is lost (README, "Using the client"): each line the user pressed
 Enter on stays in `Lines` until its echo, our own message coming back from
-the server, arrives. client.py adds lines (`add`) and says when a call is
-joined or has ended (`up`, `down`); the receive thread reports the server's
-answers (`echo`, `refused`); the send thread, started here, puts the oldest
-line on the current call when it may go.
+the server, arrives. A line is a message to the room, a `/me` action or a
+`/msg` to one user (its echo carries `to`), or a move to another room
+(`/join`, `/part`: its echo is our own USER_JOINED with that room). Moves
+queue with the messages, so `/join #ops` then `deployed` posts to #ops.
+commands.py adds lines (`add`); client.py says when a call is joined or
+has ended (`up`, `down`); the receive thread reports the server's answers
+(`confirm`, `refused`); the send thread, started here, puts the oldest line
+on the current call when it may go.
 
-One line is in flight at a time. The server answers each message of a
-stream in order, with its echo or a refusal, so with one in flight a
-refusal is always about that line. What each answer does to it:
+One line is in flight at a time, moves included. The server answers each
+event of a stream in order, with its echo or a refusal (a move can be rate
+limited too), so with one in flight a refusal is always about that line.
+What each answer does to it:
 
     echo (or the same text replayed after a rejoin) --> done, the next goes
+    our USER_JOINED in the room a move asked for    --> done, the next goes
     RATE_LIMITED  --> sent again after the wait the notice names
     NOT_SENT      --> sent again after NOT_SENT_RETRY_S (that server is cut off)
     INVALID_EVENT, NOT_ONLINE --> dropped; the notice says why (too long, away)
-    the call ends --> sent again once the client has rejoined
+    the call ends --> sent again once the client has rejoined (in the last
+                      room the server confirmed: a move not confirmed goes again)
 
 NOTE: one lock, `_lock` (with its Condition `_changed`), guards every field
-of `Lines`; nothing blocks while holding it (`Link.say` only puts on an
+of `Lines`; nothing blocks while holding it (`Link.send` only puts on an
 unbounded queue, and is called outside it anyway).
 """
 
@@ -42,17 +49,34 @@ ECHO_TIMEOUT_S = 30.0
 _RETRY_IN = re.compile(r"retry in (\d+(?:\.\d+)?) s")
 
 
-def wire_bytes(text: str) -> int:
-    """The size of `text` sent as one ClientEvent, as the server's limit counts it."""
-    return pb.ClientEvent(chat_message=pb.ChatMessageEvent(message=text)).ByteSize()
+def message_line(text: str, to: str = "", action: bool = False) -> "Line":
+    """A line of text for the room, or for `to` alone; `action` for /me."""
+    message = pb.ChatMessageEvent(message=text, to=to, action=action)
+    return Line(pb.ClientEvent(chat_message=message), echo_key(message), text)
 
 
-def refusal(text: str, max_chars: int) -> str | None:
-    """Why `text` cannot be sent (too long for the server), or None if it can."""
-    chars = len(clean_text(text))
+def move_line(room: str, label: str) -> "Line":
+    """A move to `room` (a valid room name), as the user typed it in `label`."""
+    move = pb.UserEvent(type=pb.USER_JOINED, room=room)
+    return Line(pb.ClientEvent(user_event=move), moved_key(room), label)
+
+
+def echo_key(message: pb.ChatMessageEvent) -> tuple:
+    """What identifies a message's echo: its recipient, whether an action, its text."""
+    return ("say", message.to, message.action, clean_text(message.message))
+
+
+def moved_key(room: str) -> tuple:
+    """What identifies the confirmation of a move: our own USER_JOINED in `room`."""
+    return ("move", room)
+
+
+def refusal(line: "Line", max_chars: int) -> str | None:
+    """Why `line` cannot be sent (too long for the server), or None if it can."""
+    chars = len(clean_text(line.event.chat_message.message))
     if chars > max_chars:
         return f"not sent: {chars} characters, max {max_chars}"
-    if (size := wire_bytes(text)) > MAX_WIRE_BYTES:
+    if (size := line.event.ByteSize()) > MAX_WIRE_BYTES:
         return f"not sent: {size} bytes, max {MAX_WIRE_BYTES}"
     return None
 
@@ -65,8 +89,9 @@ def retry_wait_s(notice: str) -> float:
 
 @dataclass
 class Line:
-    text: str  # as typed, what is sent
-    want: str  # clean_text(text): what its echo carries
+    event: pb.ClientEvent  # what is sent
+    want: tuple  # what confirms it: echo_key() of its echo, or moved_key()
+    label: str  # as the user typed it, for notices
 
 
 class Lines:
@@ -88,9 +113,9 @@ class Lines:
 
     # -- from the main thread ------------------------------------------------
 
-    def add(self, text: str) -> None:
+    def add(self, line: Line) -> None:
         with self._lock:
-            self._pending.append(Line(text, clean_text(text)))
+            self._pending.append(line)
             self._changed.notify()
 
     def up(self, link) -> None:
@@ -108,6 +133,12 @@ class Lines:
         with self._lock:
             return len(self._pending)
 
+    def heading(self) -> str | None:
+        """The room the last pending move goes to; None if no move is pending."""
+        with self._lock:
+            moves = [line.want[1] for line in self._pending if line.want[0] == "move"]
+        return moves[-1] if moves else None
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
@@ -122,10 +153,10 @@ class Lines:
             if self._link is link:
                 self._link, self._in_flight = None, False
 
-    def echo(self, text: str) -> None:
-        """Our own message came back (live, or replayed after a rejoin)."""
+    def confirm(self, key: tuple) -> None:
+        """Our own message came back (live, or replayed after a rejoin), or a move happened."""
         with self._lock:
-            if not self._pending or self._pending[0].want != text:
+            if not self._pending or self._pending[0].want != key:
                 return  # an older line, shown before
             self._pending.popleft()
             self._in_flight, self._not_before = False, 0.0
@@ -155,11 +186,11 @@ class Lines:
         """The call ended with RESOURCE_EXHAUSTED: drop the line in flight if it was too big."""
         with self._lock:
             head = self._pending[0] if self._pending else None
-            if head is None or wire_bytes(head.text) <= MAX_WIRE_BYTES:
+            if head is None or head.event.ByteSize() <= MAX_WIRE_BYTES:
                 return False
             self._pending.popleft()
             self._in_flight = False
-        self._on_lost(f"not sent, too big for the server: {head.want[:40]}...")
+        self._on_lost(f"not sent, too big for the server: {clean_text(head.label)[:40]}...")
         return True
 
     # -- the send thread -------------------------------------------------------
@@ -167,26 +198,27 @@ class Lines:
     def _send_loop(self) -> None:
         """Put the oldest line on the call when nothing is in flight and it may go."""
         while (sending := self._next()) is not None:
-            link, text = sending
+            link, line = sending
             if link is not None:
-                link.say(text)
+                link.send(line.event)
                 continue
-            self._on_lost(f"no answer within {ECHO_TIMEOUT_S:.0f} s, given up: {text}")
+            label = clean_text(line.label)
+            self._on_lost(f"no answer within {ECHO_TIMEOUT_S:.0f} s, given up: {label}")
             if self.count() == 0:
                 self._on_settled()
 
     def _next(self):
-        """Wait for the next thing to do: (link, text) to send, (None, text) given up."""
+        """Wait for the next thing to do: (link, line) to send, (None, line) given up."""
         with self._lock:
             while not self._closed:
                 now = time.monotonic()
                 if self._in_flight and now - self._sent_at >= ECHO_TIMEOUT_S:
                     self._in_flight = False
-                    return None, self._pending.popleft().want
+                    return None, self._pending.popleft()
                 if self._link is not None and self._pending and not self._in_flight:
                     if now >= self._not_before:
                         self._in_flight, self._sent_at = True, now
-                        return self._link, self._pending[0].text
+                        return self._link, self._pending[0]
                 self._changed.wait(self._wait_s(now))
         return None
 

@@ -6,6 +6,8 @@ events: what to send goes into `outbox`, which gRPC's own request thread
 drains; what comes back is handed, one event at a time, to `on_event` on the
 receive thread, which only drains and reports. When the call ends, the
 receive thread stores why in `error`, sets `ended`, and calls `on_end`.
+The join names the room to start in (`--room`, or the room we were in
+before a drop) and the last message seen there, so a rejoin resumes it.
 
     main / send thread --> Link.outbox --> gRPC request thread --> server
     server --> receive thread (Link._receive) --> on_event --> renderer
@@ -77,21 +79,23 @@ class Link:
     read it only once `ended` is set.
     """
 
-    def __init__(self, channel, name: str, last_seen_id: str, on_event, on_end):
+    def __init__(self, channel, name: str, room: str, last_seen_id: str, on_event, on_end):
         self.channel = channel
         self.outbox: queue.Queue = queue.Queue()  # ClientEvents to send, then END
         self.answered = threading.Event()  # our own USER_JOINED came back, or the call ended
         self.ended = threading.Event()
         self.error: Exception | None = None  # why the call ended; None for status OK
         self._name, self._on_event, self._on_end = name, on_event, on_end
-        join = pb.UserEvent(type=pb.USER_JOINED, username=name, last_seen_id=last_seen_id)
+        join = pb.UserEvent(
+            type=pb.USER_JOINED, username=name, room=room, last_seen_id=last_seen_id
+        )
         self.outbox.put(pb.ClientEvent(user_event=join))
         self.call = chat_pb2_grpc.ChatServiceStub(channel).Chat(self._requests())
         self.thread = threading.Thread(target=self._receive, name="receive", daemon=True)
         self.thread.start()
 
-    def say(self, text: str) -> None:
-        self.outbox.put(pb.ClientEvent(chat_message=pb.ChatMessageEvent(message=text)))
+    def send(self, event: pb.ClientEvent) -> None:
+        self.outbox.put(event)
 
     def typing(self, kind) -> None:
         self.outbox.put(pb.ClientEvent(typing_event=pb.TypingEvent(type=kind)))

@@ -2,23 +2,26 @@
 
 client.py runs this when stdin or stdout is not a terminal (a script, a
 test, `echo hi | python client.py --name ci`). Each line is data: it is
-sent as text unless it is exactly a known command (`/quit`, `/help`), and
-`//x` sends `/x`, so `/var/lib/db is 91% full` goes out as written.
-`Chat.enter` keeps every line until its echo (lines.py resends after a
-rate limit, a NOT_SENT or a rejoin); at the end of input the client waits
-for the last echoes, leaves and exits 0.
+sent as text unless it is a known command (`/join #ops`, `/msg bob hi`,
+`/quit`: commands.py), and `//x` sends `/x`, so `/var/lib/db is 91% full`
+goes out as written. Every line is kept until its echo (lines.py resends
+after a rate limit, a NOT_SENT or a rejoin), and moves queue with them, so
+`/join #ops` then `deployed` posts to #ops; at the end of input the client
+waits for the last echoes, leaves and exits 0.
 
 One queue feeds this module's main thread: lines and EOF from the stdin
-thread (`render.read_lines`); DOWN when a call ends and SETTLED when every
+thread (`read_lines`); DOWN when a call ends and SETTLED when every
 line is confirmed, both from the receive thread.
 """
 
+import os
 import queue
 import sys
 import threading
 
-from render import EOF, read_lines
+from commands import Commands
 
+EOF = object()  # from read_lines: the input has ended
 DOWN = object()  # a call ended: look at it, rejoin
 SETTLED = object()  # every line sent so far is confirmed (or given up)
 # At the end of input, no news for this long while lines wait: look again.
@@ -32,6 +35,7 @@ def run_pipe(chat) -> None:
     chat.on_down = lambda: inputs.put(DOWN)
     chat.on_settled = lambda: inputs.put(SETTLED)
     chat.start()
+    commands = Commands(chat)
     reader = threading.Thread(
         target=read_lines, args=(sys.stdin.fileno(), inputs), name="stdin", daemon=True
     )
@@ -39,7 +43,7 @@ def run_pipe(chat) -> None:
     while (item := inputs.get()) is not EOF:
         if item is DOWN:
             chat.recover()
-        elif item is not SETTLED and not chat.enter(item, interactive=False):
+        elif item is not SETTLED and not commands.enter(item, interactive=False):
             break  # /quit
     wait_for_echoes(chat, inputs)
 
@@ -53,3 +57,20 @@ def wait_for_echoes(chat, inputs: queue.Queue) -> None:
             continue
         if item is DOWN:
             chat.recover()
+
+
+def read_lines(fd: int, lines: queue.Queue) -> None:
+    """The stdin thread: each line into `lines`, then EOF.
+
+    Reads the file descriptor with os.read, not sys.stdin: a daemon thread
+    still blocked inside sys.stdin's buffer when the program exits would
+    make the interpreter abort on its lock.
+    """
+    pending = b""
+    while chunk := os.read(fd, 65536):
+        *complete, pending = (pending + chunk).split(b"\n")
+        for raw in complete:
+            lines.put(raw.decode(errors="replace"))
+    if pending:
+        lines.put(pending.decode(errors="replace"))
+    lines.put(EOF)

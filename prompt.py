@@ -2,8 +2,11 @@
 
 client.py runs `Prompt` when stdin and stdout are a terminal (piped.py
 otherwise). It reads lines with prompt_toolkit and hands each to
-`Chat.enter`; render.py prints what arrives, above the input line, and the
-typing line just over it. While the user types, this file tells the server:
+`Commands.enter` (commands.py); render.py prints what arrives, above the
+input line, and the typing line just over it. The prompt names the room
+(`#lobby> `), redrawn when the server confirms a move. Tab completes a
+command after "/", and a name online in the room (roster.py) at the start
+of a word: `/msg b<Tab>`, `@al<Tab>`. While the user types, this file tells the server:
 TYPING_START on the first keystroke, again every TYPING_REPEAT_S while the
 keys keep coming (the server takes 5 s of silence as a stop), and
 TYPING_STOP after TYPING_IDLE_S without a key, on a sent line or a cleared
@@ -16,9 +19,12 @@ import signal
 import time
 
 from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.patch_stdout import patch_stdout
 
-PROMPT = "> "
+from commands import COMMANDS, Commands
+
+PROMPT = "> "  # after the room: "#lobby> "
 TYPING_IDLE_S = 2.0  # no keystroke for this long: we stopped typing
 # While typing goes on, repeat TYPING_START this often: with keys at most
 # TYPING_IDLE_S apart, the server hears from us within 4.5 s, under its 5 s.
@@ -30,13 +36,37 @@ class Interrupted(Exception):
     """A read was ended from another thread (the chat call ended)."""
 
 
+class Names(Completer):
+    """Tab: a command for the first word after "/", else a name in the room.
+
+    prompt_toolkit asks on the main thread; the roster has its own lock.
+    """
+
+    def __init__(self, roster):
+        self._roster = roster
+
+    def get_completions(self, document, complete_event):
+        before = document.text_before_cursor
+        word = before.rpartition(" ")[2]
+        if word == before and word.startswith("/"):
+            options = [command for command in COMMANDS if command.startswith(word)]
+        elif word or before.strip() == "/msg":
+            typed = word.removeprefix("@").lower()
+            options = [n for n in self._roster.names() if n.lower().startswith(typed)]
+            word = word.removeprefix("@")
+        else:
+            options = []  # Tab on nothing: no list of everyone
+        for option in options:
+            yield Completion(option, start_position=-len(word))
+
+
 class Prompt:
     """The input line on a terminal, with the typing line above it.
 
     Lines printed while a line is being typed appear above the input line,
     which is redrawn with whatever was half-typed. A line the user pressed
-    Enter on goes to `Chat.enter`, which keeps it until its echo comes back,
-    across a rejoin too.
+    Enter on goes to `Commands.enter`; what it sends is kept until its echo
+    comes back, across a rejoin too.
 
     Ctrl-C during a read is a key, and the read raises KeyboardInterrupt.
     NOTE: a SIGINT (Ctrl-C between reads, when the terminal is not in raw
@@ -50,6 +80,7 @@ class Prompt:
 
     def __init__(self, chat):
         self._chat = chat  # a client.Chat: what to send, and how to rejoin
+        self._commands = Commands(chat)
         self._typing = False  # what the server was last told
         self._told_at = 0.0  # monotonic, when it was last told we are typing
         self._idle = None  # asyncio TimerHandle: TYPING_STOP after TYPING_IDLE_S
@@ -60,7 +91,10 @@ class Prompt:
         # NOTE: not prompt_toolkit's bottom_toolbar, which is only drawn once
         # the terminal has answered a cursor-position query; some never do.
         self._session = PromptSession(
-            lambda: f"{renderer.typing_line()}\n{PROMPT}", erase_when_done=True
+            lambda: f"{renderer.typing_line()}\n#{chat.room}{PROMPT}",
+            erase_when_done=True,
+            completer=Names(chat.roster),
+            complete_while_typing=False,  # Tab only: no menu popping up over the chat
         )
         self._session.default_buffer.on_text_changed += self._text_changed
         renderer.on_typing_change = self._session.app.invalidate  # thread-safe repaint
@@ -85,7 +119,7 @@ class Prompt:
                 except EOFError:  # Ctrl-D
                     return chat.flush(LEAVE_FLUSH_S)
                 keep = ""
-                if line is not None and not chat.enter(line, interactive=True):
+                if line is not None and not self._commands.enter(line, interactive=True):
                     return chat.flush(LEAVE_FLUSH_S)  # /quit
                 if chat.link.ended.is_set():  # dropped: keep the half-typed line
                     keep = self._session.default_buffer.text if line is None else ""

@@ -1,22 +1,26 @@
-"""The client's user side: how server events look, and what the user's lines mean.
+"""How server events look: one line of text for each `ServerEvent`.
 
 client.py is the protocol side (the Chat call, rejoining, pending lines);
-this file is what the user sees. `Renderer` turns each `ServerEvent` into
-one line of text; `parse` tells a command from text to send; `read_lines`
-reads piped input. prompt.py is the input line on a terminal.
+this file is what the user sees. `Renderer.show` turns each event into one
+line: `[alice] hi`, `[you -> bob] psst`, `* alice waves`, `* bob joined
+#rust`; a message that mentions our name is highlighted, with the
+terminal's bell on a terminal. commands.py runs what the user types;
+prompt.py is the input line on a terminal, piped.py reads piped input.
 
 The receive thread calls `Renderer.show` for every event while the main
 thread reads input, so the renderer's lock serialises output and guards the
-set of people typing. NOTE: everything received is passed through
-`sanitize.clean_text` before it is printed. The server cleans text too, but
-a client must not trust whatever it connects to: the only escape codes that
-ever reach the terminal are this file's own colours. A closed stdout
+set of people typing. `room`, the room whose typing is shown, is written
+and read by the receive thread only (`enter_room`). NOTE: everything
+received is passed through `sanitize.clean_text` before it is printed.
+The server cleans text too, but a client must not trust whatever it
+connects to: the only escape codes that ever reach the terminal are this
+file's own colours and, on a terminal, the bell of a mention. A closed stdout
 (`client.py | head -1`) raises `OutputClosed` from every later print, so
 whichever thread meets it first, the client ends quietly.
 """
 
 import os
-import queue
+import re
 import sys
 import threading
 import time
@@ -25,39 +29,30 @@ import zlib
 import click
 
 import chat_pb2 as pb
-from sanitize import NAME_RULE, clean_text, is_valid_name
+from sanitize import LOBBY, NAME_RULE, clean_text, is_valid_name
 
 # SGR colour codes (ESC [ code m). Names get one of PALETTE, picked by a
 # hash of the name, so "alice" has the same colour in every client and run.
 PALETTE = ("31", "32", "33", "34", "35", "36", "91", "92", "93", "94", "95", "96")
 DIM = "2"
 WARN = "1;33"  # bold yellow: notices that something went wrong
+MENTION = "1;7"  # bold, reversed: a message that names us
+BELL = "\a"  # rings the terminal's bell (on a terminal only)
 HISTORY_MARK = "[history] "  # before replayed messages; "[alice] hi" stays greppable
 NO_CLOCK = "--:--"  # --timestamps, for a timestamp no clock can show (10**17, say)
-EOF = object()  # from read_lines: the input has ended
-COMMANDS = {"/help": "list these commands", "/quit": "leave the chat (Ctrl-D does too)"}
-ESCAPE = "//"  # a line starting with it is text starting with "/"
+# A mention is the name with no name character touching it: "alice", "@alice,"
+# and "alice." mention alice; "malice", "alice_2" and "alice.b" do not.
+MENTION_PATTERN = r"(?<![\w.\-]){}(?![\w\-]|\.\w)"
 
 
 class OutputClosed(Exception):
     """stdout is gone (a closed pipe): the client ends, quietly."""
 
 
-def parse(line: str) -> tuple[str, str]:
-    """What a line is: ("command", "/help"), ("unknown", "/x") or ("text", what to send).
-
-    Only a known command, exactly, is a command; "//x" sends "/x". Piped
-    input sends an "unknown" line as text ("/var/lib/db is 91% full"); a
-    terminal asks first.
-    """
-    word = line.strip()
-    if word in COMMANDS:
-        return "command", word
-    if word.startswith(ESCAPE):
-        return "text", word[1:]
-    if word.startswith("/") and " " not in word:
-        return "unknown", line
-    return "text", line
+def mentions(name: str, text: str) -> bool:
+    """Does `text` name `name` as a word ("alice", "@alice", "Alice:"), any case?"""
+    pattern = MENTION_PATTERN.format(re.escape(name))
+    return re.search(pattern, text, re.IGNORECASE) is not None
 
 
 def use_colour(stream) -> bool:
@@ -84,11 +79,13 @@ def name_colour(name: str) -> str:
 class Renderer:
     """Prints server events as lines; keeps who is typing for the typing line."""
 
-    def __init__(self, me: str, colour=False, timestamps=False, show_typing=True):
+    def __init__(self, me: str, colour=False, timestamps=False, show_typing=True, bell=False):
         self.me = me
         self.colour = colour
         self.timestamps = timestamps
         self.show_typing = show_typing  # off when piped: a plain stream cannot unprint
+        self.bell = bell  # ring on a mention: on a terminal only
+        self.room = LOBBY  # whose typing is shown; receive thread only
         self.on_typing_change = lambda: None  # the Prompt sets this to repaint
         self._lock = threading.Lock()  # serialises printing; guards _typing and _closed
         self._typing: dict[str, None] = {}  # names typing now, first starter first
@@ -115,16 +112,16 @@ class Renderer:
         with self._lock:
             print(self.paint(f"! {text}", WARN), file=sys.stderr, flush=True)
 
-    def help(self) -> None:
-        for name, what in COMMANDS.items():
-            self.notice(f"{name}  {what}")
-        self.notice(f"{ESCAPE}text  send a line that starts with /")
-
     def typing_line(self) -> str:
         """ "* alice, bob typing..." or "" when nobody is."""
         with self._lock:
             names = list(self._typing)
         return f"* {', '.join(names)} typing..." if names else ""
+
+    def enter_room(self, room: str) -> None:
+        """We are in `room` now (receive thread): its typing only, and a new prompt."""
+        self.room = room
+        self.clear_typing()
 
     def clear_typing(self) -> None:
         """Forget who was typing (the call dropped: no TYPING_STOP will come)."""
@@ -135,23 +132,43 @@ class Renderer:
     # -- one method per kind of event (the oneof's field names) -------------
 
     def _show_chat_message(self, m: pb.ChatMessageEvent) -> None:
-        name = clean_text(m.username)
-        who = self.paint("you" if name == self.me else name, name_colour(name))
+        name, text = clean_text(m.username), clean_text(m.message)
+        named_us = name != self.me and mentions(self.me, text)
+        if named_us:
+            text = self.paint(text, MENTION)
         mark = self.paint(HISTORY_MARK, DIM) if m.replay else ""
-        self._print(f"{mark}[{who}] {clean_text(m.message)}", m.timestamp)
+        if m.to:  # a direct message: "[alice -> you] psst", "[you -> bob] psst"
+            to = clean_text(m.to)
+            route = f"{self.who(name)} -> {self.who(to)}"
+            line = f"[{route}] * {self.named(name)} {text}" if m.action else f"[{route}] {text}"
+        elif m.action:  # /me: "* alice waves", ours too
+            line = f"* {self.named(name)} {text}"
+        else:
+            line = f"[{self.who(name)}] {text}"
+        ring = named_us and self.bell and not m.replay  # history rings no bell
+        self._print(f"{mark}{line}", m.timestamp, ring)
+
+    def who(self, name: str) -> str:
+        """A name in brackets, in its colour: ours is "you"."""
+        return self.paint("you" if name == self.me else name, name_colour(name))
+
+    def named(self, name: str) -> str:
+        return self.paint(name, name_colour(name))
 
     def _show_user_event(self, e: pb.UserEvent) -> None:
         verb = {pb.USER_JOINED: "joined", pb.USER_LEFT: "left"}.get(e.type)
         if verb is None:
             return
-        name = clean_text(e.username)
+        name, room = clean_text(e.username), clean_text(e.room) or LOBBY
         if e.type == pb.USER_LEFT:
             self._set_typing(name, False)
-        who = self.paint(name, name_colour(name))
-        star, what = self.paint("*", DIM), self.paint(f"{verb} the chat", DIM)
-        self._print(f"{star} {who} {what}", e.timestamp)
+        where = "the chat" if room == LOBBY else f"#{room}"  # the lobby reads as before rooms
+        star, what = self.paint("*", DIM), self.paint(f"{verb} {where}", DIM)
+        self._print(f"{star} {self.named(name)} {what}", e.timestamp)
 
     def _show_typing_event(self, e: pb.TypingEvent) -> None:
+        if e.room and e.room != self.room:
+            return  # another room's (in flight while we moved)
         self._set_typing(clean_text(e.username), e.type == pb.TYPING_START)
 
     def _show_system_event(self, e: pb.SystemEvent) -> None:
@@ -175,9 +192,11 @@ class Renderer:
                 del self._typing[name]
         self.on_typing_change()
 
-    def _print(self, line: str, timestamp: int = 0) -> None:
+    def _print(self, line: str, timestamp: int = 0, ring: bool = False) -> None:
         if self.timestamps:
             line = f"{self.paint(clock(timestamp), DIM)} {line}"
+        if ring:
+            line += BELL
         with self._lock:  # print looks up sys.stdout now: prompt_toolkit may have patched it
             if self._closed:
                 raise OutputClosed
@@ -202,20 +221,3 @@ def silence_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
-
-
-def read_lines(fd: int, lines: queue.Queue) -> None:
-    """The stdin thread (piped input): each line into `lines`, then EOF.
-
-    Reads the file descriptor with os.read, not sys.stdin: a daemon thread
-    still blocked inside sys.stdin's buffer when the program exits would
-    make the interpreter abort on its lock.
-    """
-    pending = b""
-    while chunk := os.read(fd, 65536):
-        *complete, pending = (pending + chunk).split(b"\n")
-        for raw in complete:
-            lines.put(raw.decode(errors="replace"))
-    if pending:
-        lines.put(pending.decode(errors="replace"))
-    lines.put(EOF)

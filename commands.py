@@ -1,0 +1,175 @@
+"""The client's commands: what a line the user entered does, in IRC's words.
+
+prompt.py (a terminal) and piped.py (piped input) hand every line to
+`Commands.enter` on the main thread. A line whose first word is a known
+command runs it; any other line is text for the room. Commands that say
+something (`/msg`, `/me`) and moves (`/join`, `/part`) become lines of
+lines.py, kept until the server confirms them and sent in the order typed;
+the queries (`/rooms`, `/who`) are unary calls, answered here.
+
+    /join #rust   JOIN     a UserEvent USER_JOINED with the room
+    /part         PART     the same, to #lobby
+    /rooms        LIST     ListRooms
+    /who          NAMES    ListUsers of our room
+    /msg bob hi   PRIVMSG  a ChatMessageEvent with `to`
+    /me waves     ACTION   a ChatMessageEvent with `action`
+
+A query waits first (QUERY_TIMEOUT_S at most) for the lines typed before it
+to be confirmed, so `/join #ops` then `/who` lists #ops. It uses the open
+Chat call's channel: same server, same TLS and credentials (dial.py), and a
+deadline, so it never blocks for good.
+"""
+
+import grpc
+
+import chat_pb2 as pb
+import chat_pb2_grpc
+from lines import message_line, move_line, refusal
+from link import describe
+from sanitize import LOBBY, NAME_RULE, ROOM_RULE, clean_text, is_valid_name, room_name
+
+QUERY_TIMEOUT_S = 5.0  # deadline of /rooms and /who, and their wait for earlier lines
+ESCAPE = "//"  # a line starting with it is text starting with "/"
+QUIT = object()  # a command's answer: leave
+# name: (arguments, what it does), in the order /help lists them.
+COMMANDS = {
+    "/join": ("#room", "go to a room (anyone may open one)"),
+    "/part": ("", "leave the room, back to #lobby"),
+    "/rooms": ("", "list the rooms and how many are in each"),
+    "/who": ("", "list who is in this room"),
+    "/msg": ("name text", "send text to one person, wherever they are"),
+    "/me": ("text", "an action: /me waves shows * you waves"),
+    "/help": ("", "list these commands"),
+    "/quit": ("", "leave the chat (Ctrl-D does too)"),
+}
+
+
+def parse(line: str) -> tuple[str, str, str]:
+    """What a line is: ("command", "/join", "#rust"), ("unknown", "/x", line) or
+    ("text", "", what to send).
+
+    A known command with arguments it does not take ("/who is there?") is
+    not that command; "//x" sends "/x". Piped input sends an "unknown"
+    line as text ("/var/lib/db is 91% full"); a terminal asks first.
+    """
+    stripped = line.strip()
+    word, _, rest = stripped.partition(" ")
+    rest = rest.strip()
+    if word in COMMANDS and (rest == "" or COMMANDS[word][0]):
+        return "command", word, rest
+    if stripped.startswith(ESCAPE):
+        return "text", "", stripped[1:]
+    if word.startswith("/"):
+        return "unknown", word, line
+    return "text", "", line
+
+
+class Commands:
+    """Runs the user's lines against a client.Chat, on the main thread."""
+
+    def __init__(self, chat):
+        self.chat = chat
+        self.renderer = chat.renderer
+
+    def enter(self, line: str, interactive: bool) -> bool:
+        """A line the user pressed Enter on: run it or send it. False for /quit."""
+        kind, word, rest = parse(line)
+        if kind == "command":
+            return getattr(self, f"do_{word[1:]}")(rest) is not QUIT
+        if kind == "unknown" and interactive:
+            usage = f"{word} takes no arguments" if word in COMMANDS else "try /help"
+            self.renderer.problem(f"unknown command {word}: {usage} ({ESCAPE}x sends /x)")
+        else:
+            self._say(message_line(rest))
+        return True
+
+    # -- one method per command (dispatch by name, as http.server's do_GET) ------
+
+    def do_join(self, rest: str):
+        room = room_name(rest)
+        if not rest or " " in rest or room is None:
+            return self._usage("/join", f"a room is {ROOM_RULE}" if rest else "")
+        self._move(room, f"/join {rest}")
+
+    def do_part(self, rest: str):
+        self._move(LOBBY, "/part")
+
+    def do_rooms(self, rest: str):
+        if (link := self._settled("/rooms")) is None:
+            return
+        if (answer := self._call(link, "/rooms", "ListRooms", pb.ListRoomsRequest())) is None:
+            return
+        rooms = [f"#{clean_text(r.name)} ({r.members})" for r in answer.rooms]
+        self.renderer.notice(f"rooms ({len(rooms)}): {', '.join(rooms)}")
+
+    def do_who(self, rest: str):
+        if (link := self._settled("/who")) is None:
+            return
+        room = self.chat.room  # after the wait: where the lines before led
+        request = pb.ListUsersRequest(room=room)
+        if (answer := self._call(link, "/who", "ListUsers", request)) is None:
+            return
+        names = sorted((clean_text(u.username) for u in answer.users), key=str.lower)
+        self.chat.roster.reset(room, names)
+        self.renderer.notice(f"in #{room} ({len(names)}): {', '.join(names)}")
+
+    def do_msg(self, rest: str):
+        to, _, text = rest.partition(" ")
+        if not to or not clean_text(text):
+            return self._usage("/msg")
+        if not is_valid_name(to):
+            return self.renderer.problem(f"no one can be called {to!r}: a name is {NAME_RULE}")
+        self._say(message_line(text, to=to))
+
+    def do_me(self, rest: str):
+        if not clean_text(rest):
+            return self._usage("/me")
+        self._say(message_line(rest, action=True))
+
+    def do_help(self, rest: str):
+        for name, (arguments, what) in COMMANDS.items():
+            self.renderer.notice(f"{f'{name} {arguments}':<16} {what}")
+        self.renderer.notice(f"{f'{ESCAPE}text':<16} send a line that starts with /")
+
+    def do_quit(self, rest: str):
+        return QUIT
+
+    # -- what they share -----------------------------------------------------------
+
+    def _say(self, line) -> None:
+        """Send a line, kept until it comes back; refuse it here if the server would."""
+        if not clean_text(line.event.chat_message.message):
+            return  # nothing to send
+        if reason := refusal(line, self.chat.max_chars):
+            return self.renderer.refuse(reason)
+        self.chat.lines.add(line)
+
+    def _move(self, room: str, label: str) -> None:
+        """Queue a move, unless the lines before it already lead to `room`."""
+        if room == self.chat.heading():
+            return self.renderer.notice(f"already in #{room}")
+        self.chat.lines.add(move_line(room, label))
+
+    def _usage(self, name: str, why: str = "") -> None:
+        arguments = COMMANDS[name][0]
+        self.renderer.problem(f"usage: {name} {arguments}" + (f" ({why})" if why else ""))
+
+    def _settled(self, what: str):
+        """Wait for the lines before a query to be confirmed; the call to ask on, or None."""
+        chat = self.chat
+        if chat.link is not None and not chat.link.ended.is_set():
+            chat.lines.wait_settled(QUERY_TIMEOUT_S)
+        link = chat.link
+        if link is None or link.ended.is_set():
+            return self.renderer.problem(f"{what}: not connected, try again in a moment")
+        return link
+
+    def _call(self, link, what: str, method: str, request):
+        """One unary call on the Chat call's channel, with a deadline; None after an error."""
+        stub = chat_pb2_grpc.ChatServiceStub(link.channel)
+        try:
+            return getattr(stub, method)(request, timeout=QUERY_TIMEOUT_S)
+        except grpc.RpcError as error:
+            return self.renderer.problem(f"{what} failed: {describe(error)}")
+        except ValueError:  # the channel closed under us: the call just dropped
+            return self.renderer.problem(f"{what}: not connected, try again in a moment")
