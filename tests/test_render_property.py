@@ -15,28 +15,29 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chat_pb2 as pb
-from render import DIM, PALETTE, WARN, Renderer
+from render import DIM, MENTION, PALETTE, WARN, Renderer
 
 # The renderer's own styling, and nothing else, is allowed to be an escape.
 OWN_STYLE = re.compile(
-    "\x1b\\[(?:0|{})m".format("|".join(re.escape(code) for code in (*PALETTE, DIM, WARN)))
+    "\x1b\\[(?:0|{})m".format("|".join(re.escape(code) for code in (*PALETTE, DIM, WARN, MENTION)))
 )
 INT64 = st.integers(-(2**63), 2**63 - 1)
 CODES = st.integers(0, 7)  # every SystemCode, and some no client knows yet
 
 chat_messages = st.builds(
-    lambda text, name, ts, id_, replay: pb.ServerEvent(
+    lambda text, name, ts, id_, replay, room, to, action: pb.ServerEvent(
         chat_message=pb.ChatMessageEvent(
-            message=text, username=name, timestamp=ts, id=id_, replay=replay
+            message=text, username=name, timestamp=ts, id=id_, replay=replay,
+            room=room, to=to, action=action,
         )
     ),
-    st.text(), st.text(), INT64, st.text(), st.booleans(),
+    st.text(), st.text(), INT64, st.text(), st.booleans(), st.text(), st.text(), st.booleans(),
 )  # fmt: skip
 user_events = st.builds(
-    lambda kind, name, ts: pb.ServerEvent(
-        user_event=pb.UserEvent(type=kind, username=name, timestamp=ts)
+    lambda kind, name, ts, room: pb.ServerEvent(
+        user_event=pb.UserEvent(type=kind, username=name, timestamp=ts, room=room)
     ),
-    CODES, st.text(), INT64,
+    CODES, st.text(), INT64, st.text(),
 )  # fmt: skip
 typing_events = st.builds(
     lambda kind, name, ts: pb.ServerEvent(

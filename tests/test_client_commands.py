@@ -1,0 +1,173 @@
+"""The client's parts for rooms, alone: commands, lines with moves, the roster, renderings."""
+
+import threading
+
+import pytest
+
+import chat_pb2 as pb
+from commands import parse
+from lines import Lines, echo_key, message_line, move_line, moved_key
+from render import BELL, MENTION, Renderer, mentions
+from roster import Roster
+
+# -- what a line is ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line, parsed",
+    [
+        ("/join #rust", ("command", "/join", "#rust")),
+        ("  /msg bob  hi there ", ("command", "/msg", "bob  hi there")),
+        ("/who", ("command", "/who", "")),
+        ("/who is there?", ("unknown", "/who", "/who is there?")),
+        ("/var/lib/db is 91% full", ("unknown", "/var/lib/db", "/var/lib/db is 91% full")),
+        ("//help", ("text", "", "/help")),
+        ("hello /join", ("text", "", "hello /join")),
+    ],
+)
+def test_a_line_is_a_command_only_when_its_first_word_is_one(line, parsed):
+    """When a line starts with a known command (taking what follows), it is that command."""
+    assert parse(line) == parsed
+
+
+# -- lines and moves ------------------------------------------------------------------------
+
+
+class Recorder:
+    """A stand-in for link.Link: what the send thread put on the call."""
+
+    def __init__(self):
+        self.sent: list[pb.ClientEvent] = []
+        self.changed = threading.Condition()
+
+    def send(self, event):
+        with self.changed:
+            self.sent.append(event)
+            self.changed.notify_all()
+
+    def wait_for(self, count: int) -> list[pb.ClientEvent]:
+        with self.changed:
+            assert self.changed.wait_for(lambda: len(self.sent) >= count, timeout=5)
+            return list(self.sent)
+
+
+def test_a_move_waits_for_the_line_before_and_the_next_waits_for_the_move():
+    """When text, a move and text are entered, each goes only once the one before is confirmed,
+    and a refusal while the move is in flight is the move's."""
+    lines, link = Lines(lambda notice: None), Recorder()
+    for line in (message_line("one"), move_line("ops", "/join ops"), message_line("two")):
+        lines.add(line)
+    lines.up(link)
+    assert len(link.wait_for(1)) == 1
+    lines.confirm(echo_key(pb.ChatMessageEvent(message="one")))
+    move = link.wait_for(2)[1]
+    assert move.user_event.room == "ops" and lines.heading() == "ops"
+    lines.refused(pb.RATE_LIMITED, "rate limited: retry in 0.1 s")
+    assert link.wait_for(3)[2] == move  # the move again, not "two"
+    lines.confirm(moved_key("ops"))
+    assert link.wait_for(4)[3].chat_message.message == "two"
+    assert lines.heading() is None
+    lines.close()
+
+
+def test_a_direct_message_is_confirmed_by_its_echo_to_that_user_only():
+    """When /msg bob hi is pending, a room message "hi" is not its echo; the echo to bob is."""
+    lines, link = Lines(lambda notice: None), Recorder()
+    lines.add(message_line("hi", to="bob"))
+    lines.up(link)
+    link.wait_for(1)
+    lines.confirm(echo_key(pb.ChatMessageEvent(message="hi")))
+    assert lines.count() == 1
+    lines.confirm(echo_key(pb.ChatMessageEvent(message="hi", to="bob", username="me")))
+    assert lines.count() == 0
+    lines.close()
+
+
+# -- the roster ----------------------------------------------------------------------------
+
+
+def user(kind, name, room="lobby"):
+    return pb.ServerEvent(user_event=pb.UserEvent(type=kind, username=name, room=room))
+
+
+def info(text):
+    return pb.ServerEvent(system_event=pb.SystemEvent(message=text))
+
+
+def test_roster_follows_the_room_from_notices_joins_and_leaves():
+    """When events pass by, the roster holds the others in our room, and only those."""
+    roster = Roster("me")
+    roster.see(info("in #lobby (3): me, bob, Carol"))
+    roster.see(user(pb.USER_JOINED, "dave", "rust"))  # another room
+    roster.see(user(pb.USER_LEFT, "bob"))
+    assert roster.names() == ["Carol"]
+    roster.see(user(pb.USER_JOINED, "me", "rust"))  # we moved
+    assert roster.names() == []
+    roster.see(info("in #rust (2): dave, me"))
+    roster.see(user(pb.USER_JOINED, "erin", "rust"))
+    assert roster.names() == ["dave", "erin"]
+
+
+# -- renderings ------------------------------------------------------------------------------
+
+
+def message(name, text, **fields):
+    return pb.ServerEvent(chat_message=pb.ChatMessageEvent(username=name, message=text, **fields))
+
+
+def test_renderer_shows_direct_messages_actions_and_rooms(capsys):
+    """When DMs, actions and room joins arrive, each reads as the README shows."""
+    renderer = Renderer("me")
+    for event in (
+        message("alice", "psst", to="me"),
+        message("me", "psst", to="bob"),
+        message("alice", "waves", action=True),
+        message("me", "waves", action=True),
+        user(pb.USER_JOINED, "bob", "rust"),
+        user(pb.USER_LEFT, "bob", "rust"),
+        user(pb.USER_JOINED, "bob", "lobby"),
+        user(pb.USER_LEFT, "bob", ""),
+    ):
+        renderer.show(event)
+    assert capsys.readouterr().out.splitlines() == [
+        "[alice -> you] psst",
+        "[you -> bob] psst",
+        "* alice waves",
+        "* me waves",
+        "* bob joined #rust",
+        "* bob left #rust",
+        "* bob joined the chat",
+        "* bob left the chat",
+    ]
+
+
+@pytest.mark.parametrize(
+    "text, named",
+    [("alice", True), ("@alice: hi", True), ("hi ALICE.", True), ("malice", False),
+     ("alice_2", False), ("alice.b", False), ("bob", False)],
+)  # fmt: skip
+def test_a_mention_is_the_name_as_a_word_in_any_case(text, named):
+    """When a message holds the name as a word (any case, @ or not), it mentions the user."""
+    assert mentions("alice", text) is named
+
+
+def test_a_mention_is_highlighted_and_rings_only_live_and_only_with_the_bell_on(capsys):
+    """When someone else names us, the text is highlighted (with colour) and rings (with the
+    bell on), except in history; our own mention of ourselves rings nothing."""
+    Renderer("alice", colour=True, bell=True).show(message("bob", "hi alice"))
+    out = capsys.readouterr().out
+    assert f"\x1b[{MENTION}mhi alice\x1b[0m" in out and out.endswith(f"{BELL}\n")
+    Renderer("alice", bell=True).show(message("bob", "hi alice", replay=True))
+    Renderer("alice", bell=True).show(message("alice", "i am alice"))
+    Renderer("alice").show(message("bob", "hi alice"))
+    assert BELL not in capsys.readouterr().out
+
+
+def test_typing_of_another_room_is_not_shown():
+    """When a typing event of a room we left arrives, the typing line ignores it."""
+    renderer = Renderer("me")
+    renderer.enter_room("rust")
+    renderer.show(pb.ServerEvent(typing_event=pb.TypingEvent(username="a", type=1, room="lobby")))
+    assert renderer.typing_line() == ""
+    renderer.show(pb.ServerEvent(typing_event=pb.TypingEvent(username="b", type=1, room="rust")))
+    assert renderer.typing_line() == "* b typing..."
