@@ -92,7 +92,8 @@ class Stage:
             try:
                 for line in process.proc.stderr:
                     out.write(line)
-                    slot.tail.append(f"[{slot.index}.{slot.generation}] {line.rstrip()}")
+                    if "refused an event" not in line:  # one per NOT_SENT: the file has them
+                        slot.tail.append(f"[{slot.index}.{slot.generation}] {line.rstrip()}")
             except (OSError, ValueError):
                 pass  # the pipe was closed by ServerProcess.stop()
 
