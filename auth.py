@@ -44,6 +44,7 @@ from pathlib import Path
 
 import grpc
 
+import metrics
 from perhost import peer_address
 from ratelimit import Buckets
 from users import NOBODY_HASH, UsersFileError, read_users, verify_password
@@ -183,6 +184,7 @@ class Guard(grpc.ServerInterceptor):
         wait_s = self._failures.try_take(address)
         if wait_s:
             log.debug("refused a call from %s: too many failed sign-ins", address)
+            metrics.refused("auth")
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"too many failed sign-ins from your address: retry in {math.ceil(wait_s)} s",
@@ -191,6 +193,7 @@ class Guard(grpc.ServerInterceptor):
             self._failures.give_back(address)  # only failures count
             return
         log.info("refused a call from %s: bad credentials", address)
+        metrics.refused("auth")
         context.abort(grpc.StatusCode.UNAUTHENTICATED, self._check.refusal)
 
 

@@ -35,6 +35,7 @@ import queue
 import threading
 
 import chat_pb2 as pb
+import metrics
 from events import direct_event, message_event, now_s, system_event, typing_event, user_event
 from member import DRAIN, EVICTED, Client, Replay
 from ratelimit import Buckets
@@ -108,6 +109,11 @@ class Hub(RemoteUsers):
         """(name, room) of everyone online, or of everyone in `room`."""
         with self._lock:
             return self._dir.users(room)
+
+    def queue_depths(self) -> list[int]:
+        """Events waiting in each of our clients' queues (for metrics)."""
+        with self._lock:
+            return [client.queue.qsize() for client in self._dir.clients.values()]
 
     # -- joining and leaving ----------------------------------------------
 
@@ -191,6 +197,7 @@ class Hub(RemoteUsers):
             # delivers it in order; during an outage, what the store holds.
             for message in self.store.append(client.name, text, now_s(), client.room, action):
                 self._broadcast_locked(message_event(message), message.room)
+        metrics.ACCEPTED.inc()
         return True
 
     def deliver(self, messages: list[Message]) -> None:
@@ -215,6 +222,7 @@ class Hub(RemoteUsers):
         if recipient is None:  # on another server: through Redis (may raise NotSent)
             self.cluster.direct(client.name, to, text, timestamp, action)
         self.tell(client, event)
+        metrics.DIRECT.inc()
 
     # -- typing here ------------------------------------------------------------
 
@@ -285,6 +293,7 @@ class Hub(RemoteUsers):
         """Put one event object into every queue in `room` but `skip`'s; evict the full ones."""
         members = self._dir.members(room)
         evicted = [c for c in members if c is not skip and not self._put(c, event)]
+        metrics.DELIVERIES.inc(len(members) - (skip is not None) - len(evicted))
         for client in evicted:  # each removal broadcasts USER_LEFT, which may evict more
             if self._dir.clients.get(client.name) is client:
                 self._evict_locked(client)
@@ -295,6 +304,7 @@ class Hub(RemoteUsers):
 
     def _evict_locked(self, client: Client) -> None:
         log.warning("evicting %s: %d events behind", client.name, client.queue.qsize())
+        metrics.EVICTIONS.inc()
         client.ending = EVICTED
         self._remove_locked(client)
         self._timers.schedule(self._evict_grace_s, client.cancel)

@@ -20,6 +20,8 @@ from collections import Counter
 
 import grpc
 
+import metrics
+
 log = logging.getLogger("server")
 
 MAX_STREAMS_PER_ADDRESS = 32  # open Chat streams from one client address, joined or not
@@ -61,6 +63,7 @@ class StreamsPerAddress(grpc.ServerInterceptor):
             address = peer_address(context)
             if not self._take(address):
                 log.info("refused a stream from %s: %d already open", address, self._limit)
+                metrics.refused("per_address")
                 context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"too many open chats from your address (at most {self._limit})",

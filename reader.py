@@ -20,6 +20,7 @@ import grpc
 
 import chat_pb2 as pb
 import member
+import metrics
 from events import system_event
 from hub import NotOnline
 from member import Client
@@ -125,6 +126,7 @@ class Reader:
         return None
 
     def _reject(self, client: Client, code, reason: str) -> str:
+        metrics.refused(metrics.REASON_OF_CODE.get(code, "invalid"))
         self.hub.tell(client, system_event(reason, code))
         return reason
 

@@ -32,10 +32,6 @@ hub.post (id, store, fan-out to every queue) -> each generator -> clients.
 
 import logging
 import os
-import re
-import signal
-import threading
-import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +48,11 @@ from grpc_reflection.v1alpha import reflection
 import auth
 import chat_pb2 as pb
 import chat_pb2_grpc
+import launch
 import session
 from hub import Hub
 from longcalls import LongCallLimit
 from perhost import StreamsPerAddress
-from store import StoreUnavailable, open_store
 from timers import Timers
 from users import UsersFileError, add_user_command
 
@@ -179,11 +175,6 @@ def tls_credentials(cert_path: Path, key_path: Path) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(key_path.read_bytes(), cert_path.read_bytes())])
 
 
-def without_password(text: str) -> str:
-    """Mask a password inside a URL: redis://:secret@host:6379/0 -> redis://:***@host:6379/0."""
-    return re.sub(r"(://[^/@:\s]*:)[^@\s]*@", r"\1***@", text)
-
-
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--host", default="[::]", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8080, show_default=True, help="TCP port to listen on.")
@@ -226,6 +217,14 @@ def without_password(text: str) -> str:
     help="Accounts: only names in this file may join, each with its password (see add-user).",
 )  # fmt: skip
 @click.option(
+    "--processes", default=1, show_default=True,
+    help="Server processes sharing the port, one chat through --redis-url (past one core).",
+)  # fmt: skip
+@click.option(
+    "--metrics-port", type=int,
+    help="Serve Prometheus metrics on this port (with --processes N: this port + 0..N-1).",
+)  # fmt: skip
+@click.option(
     "--log-level",
     default="INFO",
     show_default=True,
@@ -234,17 +233,26 @@ def without_password(text: str) -> str:
 @click.pass_context
 def main(ctx, host, port, redis_url, history, history_max, rate, burst, join_rate, join_burst,
          no_rate_limit, max_message_chars, max_clients, max_streams_per_address, tls_cert,
-         tls_key, token, users, log_level):  # fmt: skip
+         tls_key, token, users, processes, metrics_port, log_level):  # fmt: skip
     """Run the chat server until SIGINT or SIGTERM (or run a COMMAND instead)."""
     if ctx.invoked_subcommand is not None:
         return  # add-user: the server's options are not for it
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    pid = " [%(process)d]" if processes > 1 else ""  # which process said it
+    logging.basicConfig(
+        level=log_level.upper(), format=f"%(asctime)s{pid} %(levelname)s %(message)s"
+    )
     if min(rate, join_rate) <= 0 or min(burst, join_burst, max_clients, history_max) < 1:
         raise click.BadParameter("rates, bursts, --max-clients and --history-max must be positive")
     if history < 0:
         raise click.BadParameter("--history cannot be negative")
     if max_streams_per_address < 1:
         raise click.BadParameter("--max-streams-per-address must be positive")
+    if processes < 1:
+        raise click.BadParameter("--processes must be positive")
+    if processes > 1 and not redis_url:
+        raise click.UsageError(
+            "--processes above 1 needs --redis-url: the processes are one chat through Redis"
+        )
     if (tls_cert is None) != (tls_key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
     try:
@@ -264,34 +272,11 @@ def main(ctx, host, port, redis_url, history, history_max, rate, burst, join_rat
         max_clients=max_clients,
         max_streams_per_address=max_streams_per_address,
     )
-    try:
-        store = open_store(redis_url, history_max)
-    except StoreUnavailable as error:
-        raise click.ClickException(without_password(str(error))) from None
-    cluster = None
-    if redis_url:  # every server on this Redis is one chat server (SPEC §7)
-        from cluster import Cluster
-
-        cluster = Cluster(store.redis, store.server_id)
-    try:
-        server = create_server(
-            settings, store, f"{host}:{port}", cluster=cluster, gate=gate, tls=tls
-        )
-    except RuntimeError as error:  # grpc cannot bind the port
-        store.close()
-        raise click.ClickException(f"cannot listen on {host}:{port}: {error}") from None
-
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    server.start()
-    history_where = without_password(store.description)
-    click.echo(f"chat server listening on {host}:{server.port}; history {history_where}")
-    stop.wait()
-    log.info("shutting down")
-    started = time.monotonic()
-    server.stop()
-    log.info("stopped in %.1f s", time.monotonic() - started)
+    plan = launch.Plan(settings, host, port, redis_url, history_max, gate, tls, metrics_port)
+    if processes > 1:
+        launch.supervise(plan, create_server, processes)
+    else:
+        launch.serve(plan, create_server)
 
 
 main.add_command(add_user_command)

@@ -27,6 +27,7 @@ import chat_pb2 as pb
 import chat_pb2_grpc
 import hub as hubs
 import member
+import metrics
 import perhost
 from auth import Anyone
 from events import message_event, system_event
@@ -100,6 +101,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     def Chat(self, request_iterator, context):
         if not self._slots.acquire(blocking=False):
             log.warning("refused a stream: server full (%d)", self._settings.max_clients)
+            metrics.refused("full")
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "server full, try again later")
         try:
             yield from self._session(request_iterator, context)
@@ -157,6 +159,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 context.abort(grpc.StatusCode.UNAVAILABLE, "server shutting down")
             log.info("refused %s: name already online", client.name)
             context.abort(grpc.StatusCode.ALREADY_EXISTS, f"{client.name} is already online")
+        metrics.JOINS.inc()
         log.info("%s joined #%s (%d online here)", client.name, client.room, self.hub.count())
 
     def _read_join(self, request_iterator, context) -> pb.UserEvent | None:
@@ -194,6 +197,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         wait_s = buckets.try_take(address) if buckets is not None else 0.0
         if wait_s:
             log.info("refused a stream from %s: joining too often", address)
+            metrics.refused("joins")
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"joining too often from your address: retry in {round_up(wait_s):.1f} s",

@@ -112,6 +112,12 @@ class MemoryStore:
     def start(self, deliver) -> None:
         pass  # the hub delivers what append() returns; nothing arrives from elsewhere
 
+    def reachable(self) -> bool:
+        return True  # nothing to lose touch with
+
+    def pending_writes(self) -> int:
+        return 0  # every message is stored as it is appended
+
     def append(
         self, username: str, text: str, timestamp: int, room: str = "lobby", action=False
     ) -> list[Message]:

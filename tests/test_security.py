@@ -14,8 +14,9 @@ import auth
 import chat_pb2 as pb
 import chat_pb2_grpc
 from dial import Authorization, basic, bearer
+from launch import without_password
 from ratelimit import Buckets
-from server import create_server, without_password
+from server import create_server
 from session import Settings
 from store import MemoryStore
 from users import add_user

@@ -1,0 +1,171 @@
+"""From flags to a running server: one process, or N processes on one port.
+
+server.py parses the flags into a `Plan`; `serve(plan)` is the life of one
+server process: open the store (Redis or memory), join the other servers,
+build the gRPC server with `server.create_server`, wait for SIGINT or
+SIGTERM, then stop cleanly.
+
+`--processes N` is how the synchronous server gets past one core. grpc's
+own recipe for Python: every process binds the same port with
+SO_REUSEPORT, and the kernel spreads new connections over them. NOTE: gRPC's
+threads do not survive a fork, so the parent (`supervise`) creates no gRPC
+object at all: it forks N children, and each builds its server after the
+fork. The children are one chat through Redis, as separate servers would
+be (see the README's "More than one server"); that is why `--processes`
+needs `--redis-url`. The parent restarts a child that dies, and on SIGTERM
+passes it on to every child, each of which stops as one server does.
+"""
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import re
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+import click
+
+import metrics
+import session
+from store import StoreUnavailable, open_store
+
+log = logging.getLogger("server")
+
+CHILD_START_TIMEOUT_S = 20.0  # a child that is not serving by then failed to start
+CHILD_STOP_TIMEOUT_S = 15.0  # each child gets this long to stop after SIGTERM
+RESTART_BACKOFF_S = 1.0  # a child that keeps dying is restarted at most this often
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the flags decide about one server process."""
+
+    settings: session.Settings
+    host: str
+    port: int
+    redis_url: str | None
+    history_max: int
+    gate: object  # auth.py: who may call
+    tls: object | None  # grpc.ServerCredentials, or None for plaintext
+    metrics_port: int | None = None
+
+
+def serve(plan: Plan, build, index: int = 0, ready=None) -> None:
+    """Run one server process until SIGINT/SIGTERM. `ready()` is called once it serves.
+
+    `build` is `server.create_server`. Raises click.ClickException for a
+    start-up failure (Redis down, port busy).
+    """
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        store = open_store(plan.redis_url, plan.history_max)
+    except StoreUnavailable as error:
+        raise click.ClickException(without_password(str(error))) from None
+    cluster = None
+    if plan.redis_url:  # every server on this Redis is one chat server
+        from cluster import Cluster
+
+        cluster = Cluster(store.redis, store.server_id)
+    address = f"{plan.host}:{plan.port}"
+    reuse = [("grpc.so_reuseport", 1)] if ready is not None else None  # one of N processes
+    try:
+        server = build(
+            plan.settings, store, address, options=reuse, cluster=cluster, gate=plan.gate,
+            tls=plan.tls,
+        )  # fmt: skip
+    except RuntimeError as error:  # grpc cannot bind the port
+        store.close()
+        raise click.ClickException(f"cannot listen on {address}: {error}") from None
+    if plan.metrics_port is not None:
+        metrics.watch(server.servicer.hub)
+        try:
+            metrics.serve(plan.metrics_port + index, plan.host.strip("[]").replace("::", ""))
+        except OSError as error:
+            store.close()
+            raise click.ClickException(f"cannot serve metrics: {error}") from None
+    server.start()
+    if ready is None:
+        history = without_password(store.description)
+        click.echo(f"chat server listening on {plan.host}:{server.port}; history {history}")
+    else:
+        ready()
+    stop.wait()
+    log.info("shutting down")
+    started = time.monotonic()
+    server.stop()
+    log.info("stopped in %.1f s", time.monotonic() - started)
+
+
+def supervise(plan: Plan, build, count: int) -> None:
+    """Run `count` server processes on one port until SIGINT/SIGTERM; restart the dead.
+
+    The parent sleeps in one `wait`: on the children's sentinels (readable
+    when a child exits) and on a pipe the signal handler writes to.
+    """
+    wake_read, wake_write = os.pipe()  # the signal handler's way to wake the wait below
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: os.write(wake_write, b"x"))
+    forks = multiprocessing.get_context("fork")
+    children = [_start(forks, plan, build, i) for i in range(count)]
+    for i, (process, started) in enumerate(children):
+        if not started.wait(CHILD_START_TIMEOUT_S):
+            _stop_all([p for p, _ in children])
+            raise click.ClickException(f"process {i} did not start (exit code {process.exitcode})")
+    click.echo(f"chat server listening on {plan.host}:{plan.port}; {count} processes on one Redis")
+    while True:
+        sentinels = {process.sentinel: i for i, (process, _) in enumerate(children)}
+        woken = multiprocessing.connection.wait([wake_read, *sentinels])
+        if wake_read in woken:
+            break
+        for i in (sentinels[s] for s in woken):
+            dead = children[i][0]
+            log.error("process %d (pid %d) died with code %s: restarting", i, dead.pid,
+                      dead.exitcode)  # fmt: skip
+            time.sleep(RESTART_BACKOFF_S)  # a child that dies at once is not restarted in a loop
+            children[i] = _start(forks, plan, build, i)
+    log.info("stopping %d processes", count)
+    failed = _stop_all([p for p, _ in children])
+    if failed:
+        raise click.ClickException(f"{failed} processes did not stop cleanly")
+
+
+def _start(forks, plan: Plan, build, index: int):
+    started = forks.Event()
+    process = forks.Process(target=_child, args=(plan, build, index, started), name=f"chat-{index}")
+    process.start()
+    log.info("process %d started (pid %d)", index, process.pid)
+    return process, started
+
+
+def _child(plan: Plan, build, index: int, started) -> None:
+    """A child's body, after the fork: one server process, like `python server.py` alone."""
+    try:
+        serve(plan, build, index, ready=started.set)
+    except click.ClickException as error:
+        log.error("process %d (pid %d): %s", index, os.getpid(), error.message)
+        raise SystemExit(1) from None
+
+
+def _stop_all(processes) -> int:
+    """SIGTERM to every child, then wait for each; the number that did not exit 0."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    failed = 0
+    for process in processes:
+        process.join(CHILD_STOP_TIMEOUT_S)
+        if process.is_alive():
+            process.kill()
+            process.join(5)
+        failed += process.exitcode != 0
+    return failed
+
+
+def without_password(text: str) -> str:
+    """Mask a password inside a URL: redis://:secret@host:6379/0 -> redis://:***@host:6379/0."""
+    return re.sub(r"(://[^/@:\s]*:)[^@\s]*@", r"\1***@", text)
