@@ -62,10 +62,10 @@ log = logging.getLogger("server")
 # streams (longcalls.py), and the rest for health checks and refusals.
 UNARY_HEADROOM_THREADS = 16
 SHUTDOWN_GRACE_S = 2.0  # after SIGTERM, streams get this long to drain before cancel
-MAX_INBOUND_BYTES = 64 * 1024  # bigger requests are refused by gRPC itself (SPEC §3.8)
+MAX_INBOUND_BYTES = 64 * 1024  # bigger requests are refused by gRPC itself (docs/PROTOCOL.md: Messages)
 
 # Transport options, all in one place. Keepalive finds peers that vanished
-# without closing their connection (SPEC §3.5): the server pings an idle
+# without closing their connection (docs/PROTOCOL.md: Leave): the server pings an idle
 # connection every KEEPALIVE_TIME_MS and drops it if no ack comes back
 # within KEEPALIVE_TIMEOUT_MS, so a dead peer is gone within ~20 s.
 # NOTE: grpc core (1.5x+) waits for a keepalive ack for `ping_timeout_ms`,

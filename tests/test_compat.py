@@ -1,4 +1,4 @@
-"""Wire compatibility (SPEC §2): a client built from the original contract alone still works."""
+"""Wire compatibility (docs/PROTOCOL.md: Wire contract): a client built from the original contract alone still works."""
 
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""Faults around the server (SPEC §3.9, §5): SIGTERM, and Redis down or lost.
+"""Faults around the server (docs/PROTOCOL.md: Shutdown, History store): SIGTERM, and Redis down or lost.
 
 Shutdown tests run the real `python server.py`; Redis tests use a private
 redis-server that they kill and start again on the same port and data dir.
@@ -22,7 +22,7 @@ from wire import Conn, join, join_event
 import chat_pb2 as pb
 from redis_store import RETRY_S, STREAM_KEY, RedisStore
 
-SHUTDOWN_S = 5.0  # "within a few seconds" (SPEC §3.9)
+SHUTDOWN_S = 5.0  # "within a few seconds" (docs/PROTOCOL.md: Shutdown)
 
 
 def shutting_down(event) -> bool:

@@ -1,4 +1,4 @@
-"""Join rules (SPEC §3.1): the first event, the name rule, names online, history."""
+"""Join rules (docs/PROTOCOL.md: Join): the first event, the name rule, names online, history."""
 
 import grpc
 import pytest

@@ -1,4 +1,4 @@
-"""Messages (SPEC §3.2, §3.3, §3.5): who said it, cleaning, order, limits, leaving."""
+"""Messages (docs/PROTOCOL.md: Messages, Rate limit, Leave): who said it, cleaning, order, limits, leaving."""
 
 import threading
 import time

@@ -1,4 +1,4 @@
-"""The token bucket (SPEC §3.3), driven by a hand-held clock."""
+"""The token bucket (docs/PROTOCOL.md: Rate limit), driven by a hand-held clock."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""Reliability of one server (SPEC §3.5-§3.8): slow readers, capacity, limits, dead peers.
+"""Reliability of one server (docs/PROTOCOL.md: Leave, Slow clients and capacity): slow readers, capacity, limits, dead peers.
 
 Each test breaks one thing on purpose and checks that the server drops only
 the client at fault, tells the others, and frees that client's threads.
@@ -224,7 +224,7 @@ def test_dead_peer_is_found_by_keepalive_and_user_left(server_factory):
 
 
 def test_default_keepalive_drops_dead_peer_within_30_s():
-    """When a peer goes silent, the default options drop it within SPEC's ~30 s."""
+    """When a peer goes silent, the default options drop it within the promised ~30 s."""
     options = dict(SERVER_OPTIONS)
     # grpc core waits for the keepalive ack for ping_timeout_ms (default 60 s).
     ack_wait_ms = max(options["grpc.keepalive_timeout_ms"], options["grpc.http2.ping_timeout_ms"])

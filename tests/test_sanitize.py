@@ -1,4 +1,4 @@
-"""Text cleaning (SPEC §3.2), shared by server and client."""
+"""Text cleaning (docs/PROTOCOL.md: Messages), shared by server and client."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""Typing indicators (SPEC §3.3, §3.4): to others only, coalesced, stopped for you."""
+"""Typing indicators (docs/PROTOCOL.md: Typing): to others only, coalesced, stopped for you."""
 
 from conftest import stored
 from wire import join
