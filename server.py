@@ -62,7 +62,7 @@ log = logging.getLogger("server")
 # streams (longcalls.py), and the rest for health checks and refusals.
 UNARY_HEADROOM_THREADS = 16
 SHUTDOWN_GRACE_S = 2.0  # after SIGTERM, streams get this long to drain before cancel
-MAX_INBOUND_BYTES = 64 * 1024  # bigger requests are refused by gRPC itself (docs/PROTOCOL.md: Messages)
+MAX_INBOUND_BYTES = 64 * 1024  # bigger requests are refused by gRPC itself
 
 # Transport options, all in one place. Keepalive finds peers that vanished
 # without closing their connection (docs/PROTOCOL.md: Leave): the server pings an idle

@@ -1,4 +1,4 @@
-"""Churn and garbage (docs/PROTOCOL.md: Leave): many short sessions, killed clients, malformed events.
+"""Churn and garbage (PROTOCOL: Leave): many short sessions, killed clients, malformed events.
 
 A server that leaks one thread or one registry entry per disconnect looks
 fine in every other test. These run hundreds of sessions that end in every

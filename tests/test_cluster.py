@@ -18,7 +18,7 @@ from server import create_server
 from session import Settings
 from store import id_key
 
-REAP_TIMEOUT_S = 15.0  # PROTOCOL "Several servers": a dead server's users are gone within about 15 s
+REAP_TIMEOUT_S = 15.0  # a dead server's users are gone within about 15 s
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Wire compatibility (docs/PROTOCOL.md: Wire contract): a client built from the original contract alone still works."""
+"""Wire compatibility (PROTOCOL: Wire contract): an original-contract client still works."""
 
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""Faults around the server (docs/PROTOCOL.md: Shutdown, History store): SIGTERM, and Redis down or lost.
+"""Faults around the server (PROTOCOL: Shutdown, History store): SIGTERM, and Redis down or lost.
 
 Shutdown tests run the real `python server.py`; Redis tests use a private
 redis-server that they kill and start again on the same port and data dir.

@@ -1,4 +1,4 @@
-"""History (docs/PROTOCOL.md: History store): replay on join, resume after an id, in memory and in Redis."""
+"""History (PROTOCOL: History store): replay on join, resume after an id, in memory and in Redis."""
 
 import pytest
 import redis

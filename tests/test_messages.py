@@ -1,4 +1,4 @@
-"""Messages (docs/PROTOCOL.md: Messages, Rate limit, Leave): who said it, cleaning, order, limits, leaving."""
+"""Messages (PROTOCOL: Messages, Rate limit, Leave): who said it, cleaning, order, limits."""
 
 import threading
 import time

@@ -1,4 +1,4 @@
-"""Reliability of one server (docs/PROTOCOL.md: Leave, Slow clients and capacity): slow readers, capacity, limits, dead peers.
+"""Reliability of one server (PROTOCOL: Leave, Slow clients): slow readers, limits, dead peers.
 
 Each test breaks one thing on purpose and checks that the server drops only
 the client at fault, tells the others, and frees that client's threads.
