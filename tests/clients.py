@@ -25,7 +25,7 @@ from wire import EVENT_TIMEOUT_S
 CLIENT = str(ROOT / "client.py")
 # Plain output to match against; no cursor-position queries a pty cannot answer.
 CLIENT_ENV = {
-    **{k: v for k, v in os.environ.items() if k not in ("CHAT_NAME", "CHAT_ADDRESS")},
+    **{k: v for k, v in os.environ.items() if k not in ("CHAT_NAME", "CHAT_ADDRESS", "CHAT_ROOM")},
     **{"NO_COLOR": "1", "PROMPT_TOOLKIT_NO_CPR": "1", "TERM": "xterm"},
 }
 pytestmark = pytest.mark.timeout(30)  # each test; the reconnect one gets more
