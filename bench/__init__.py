@@ -3,11 +3,15 @@
 Not part of the chat program: a tool that measures it. `make bench` (or
 `python -m bench` from the repository's top level) runs it. In reading order:
 
-- `bench.py`: the command line and the measurements (a burst of joins, a
-  load or a sweep of loads), run against each server in turn;
-- `servers.py`: the servers under test, started as child processes, and a
-  private Redis;
-- `load.py`: the clients, many per process on grpc.aio;
+- `cli.py`: the command line: which servers and scenarios, in turn, and
+  the table at the end;
+- `bench.py`: the measurements (a burst of joins, a load or a sweep of
+  loads), run against one server;
+- `servers.py`: the servers under test, started as child processes, a
+  private Redis, and a git worktree of an older commit;
+- `generator.py`: the load generator's parent side: who sends, in which
+  room, and the workers' figures merged;
+- `load.py`: the clients, many per worker process on grpc.aio;
 - `report.py`: latency histograms, the progress line and the final table;
 - `peers/`: the baselines server.py is measured against in the same run.
 """

@@ -1,6 +1,6 @@
-"""`python -m bench`: run the benchmark (see bench/bench.py)."""
+"""`python -m bench`: run the benchmark (see bench/cli.py)."""
 
-from bench.bench import main
+from bench.cli import main
 
 if __name__ == "__main__":
     main()

@@ -1,12 +1,14 @@
-"""The clients of the benchmark: many chat clients in a few processes, and what they saw.
+"""The clients of the benchmark: many chat clients in one worker process, and what they saw.
 
-A `LoadGenerator` runs worker processes, each an asyncio loop holding a
-share of the chat clients on grpc.aio, spread over a few channels (one TCP
-connection each), and obeying commands sent down a pipe: connect, join,
-load, leave, quit. A joined client reads its stream for as long as it
-is joined; the senders among the clients write chat messages on a fixed
-schedule. This is a tool, not part of the lesson: it uses asyncio and
-several processes so that it is not the bottleneck of the measurement.
+The `LoadGenerator` (generator.py) runs worker processes, each an asyncio
+loop holding a share of the chat clients on grpc.aio, spread over a few
+channels (one TCP connection each), and obeying commands sent down a pipe:
+connect, join, load, leave, quit. A joined client reads its stream for as
+long as it is joined; the senders among the clients write chat messages on
+a fixed schedule. With rooms, client i joins room `room_of(i, rooms)`, and
+a sender's messages reach its room only. This is a tool, not part of the
+lesson: it uses asyncio and several processes so that it is not the
+bottleneck of the measurement.
 
 The server overwrites a message's timestamp and assigns its id, so the text
 carries what a receiver needs to measure it:
@@ -20,30 +22,33 @@ monotonic clock is shared by every process on the machine.
 
 import asyncio
 import math
-import multiprocessing
 import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 
 import grpc
-import psutil
 
 import chat_pb2 as pb
 import chat_pb2_grpc
-from bench.report import latency_bucket, merge_reports
+from bench.report import latency_bucket
 
-CLIENTS_PER_CHANNEL = 32  # streams multiplexed on one channel (one TCP connection)
 JOIN_TIMEOUT_S = 60.0  # a client not joined by then counts as refused ("TIMEOUT")
 DRAIN_POLL_S = 0.05  # how often a worker checks whether every delivery has arrived
 # A private subchannel pool gives every channel its own TCP connection.
 CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 
 
+def room_of(index: int, rooms: int) -> str:
+    """The room client `index` joins: r0..r{N-1} in turn; one room is the server's default."""
+    return f"r{index % rooms}" if rooms > 1 else ""
+
+
 @dataclass
 class Client:
     index: int  # 0..N-1 across all workers
     name: str
+    room: str  # "" = the server's default room
     stub: chat_pb2_grpc.ChatServiceStub
     call: grpc.aio.StreamStreamCall | None = None
     reader: asyncio.Task | None = None
@@ -63,6 +68,7 @@ class Phase:
     last_ns: int = 0  # when the last delivery arrived
     ids: dict = field(default_factory=dict)  # "sender seq" -> server id
     disordered: set = field(default_factory=set)  # clients whose order differs
+    sent_by_room: Counter = field(default_factory=Counter)  # room -> messages this worker sent
 
 
 class Worker:
@@ -74,10 +80,11 @@ class Worker:
         self.clients: list[Client] = []
         self.phase: Phase | None = None
 
-    async def connect(self, target: str, names: dict[int, str]) -> int:
-        """Open channels; `target` may list several servers ("a,b,c"): clients alternate."""
+    async def connect(self, target: str, names: dict[int, str], rooms: int, per_channel: int):
+        """Open channels, `per_channel` clients on each; `target` may list several servers
+        ("a,b,c"): channels alternate. Returns how many channels."""
         targets = target.split(",")
-        count = max(len(targets), math.ceil(len(names) / CLIENTS_PER_CHANNEL))
+        count = max(len(targets), math.ceil(len(names) / per_channel))
         self.channels = [
             grpc.aio.insecure_channel(targets[k % len(targets)], CHANNEL_OPTIONS)
             for k in range(count)
@@ -85,7 +92,8 @@ class Worker:
         await asyncio.gather(*(channel.channel_ready() for channel in self.channels))
         stubs = [chat_pb2_grpc.ChatServiceStub(channel) for channel in self.channels]
         self.clients = [
-            Client(i, name, stubs[k % count]) for k, (i, name) in enumerate(names.items())
+            Client(i, name, room_of(i, rooms), stubs[k % count])
+            for k, (i, name) in enumerate(names.items())
         ]
         return count
 
@@ -100,7 +108,7 @@ class Worker:
     async def _join(self, client: Client):
         """Joined = the client saw its own USER_JOINED. Returns that time or a status name."""
         client.call = client.stub.Chat()
-        join = pb.UserEvent(type=pb.USER_JOINED, username=client.name)
+        join = pb.UserEvent(type=pb.USER_JOINED, username=client.name, room=client.room)
         try:
             async with asyncio.timeout(JOIN_TIMEOUT_S):
                 await client.call.write(pb.ClientEvent(user_event=join))
@@ -147,10 +155,18 @@ class Worker:
             phase.disordered.add(client.index)
         client.last_id = id_key
 
-    async def load(self, tag, senders, total_senders, rate, duration_s, start_ns, drain_s, chars):
-        """Senders write `rate` messages/s for `duration_s`; wait for every delivery."""
+    async def load(
+        self, tag, senders, total_senders, rate, duration_s, start_ns, drain_s, chars, rooms
+    ):
+        """Senders write `rate` messages/s for `duration_s`; wait for every delivery.
+
+        `senders` maps a client index to its sender number; each sender's
+        messages are expected by every client of its room.
+        """
         count = round(rate * duration_s)
-        self.phase = phase = Phase(tag, expected=count * total_senders * len(self.clients))
+        in_room = Counter(room_of(index, rooms) for index in senders)
+        expected = count * sum(in_room[client.room] for client in self.clients)
+        self.phase = phase = Phase(tag, expected=expected)
         for client in self.clients:
             client.last_id = ()
         self.progress[0] = self.progress[1] = 0
@@ -167,6 +183,7 @@ class Worker:
         self.phase = None
         return {
             "sent": sum(sent for sent, _ in results),
+            "sent_by_room": dict(phase.sent_by_room),
             "lag_ns": max((lag for _, lag in results), default=0),
             "delivered": phase.delivered,
             "histogram": dict(phase.histogram),
@@ -180,20 +197,21 @@ class Worker:
 
     async def _send(self, client, sender, count, interval_ns, first_ns, chars):
         """Write `count` messages, one every `interval_ns`; return (sent, worst lag ns)."""
-        tag, worst_lag_ns = self.phase.tag, 0
+        phase, worst_lag_ns = self.phase, 0
         for seq in range(count):
             due_ns = first_ns + seq * interval_ns
             wait_ns = due_ns - time.monotonic_ns()
             if wait_ns > 0:
                 await asyncio.sleep(wait_ns / 1e9)
             worst_lag_ns = max(worst_lag_ns, -wait_ns)
-            text = f"{tag} {sender} {seq} {due_ns} "
+            text = f"{phase.tag} {sender} {seq} {due_ns} "
             event = pb.ChatMessageEvent(message=text.ljust(chars, "x"))
             try:
                 await client.call.write(pb.ClientEvent(chat_message=event))
             except (grpc.RpcError, asyncio.InvalidStateError):
                 return seq, worst_lag_ns  # the stream ended under us: counted as loss
             self.progress[0] += 1
+            phase.sent_by_room[client.room] += 1
         return count, worst_lag_ns
 
     async def leave(self) -> int:
@@ -222,83 +240,3 @@ async def _serve(conn, progress) -> None:
             conn.send(("ok", await getattr(worker, command)(**kwargs)))
         except Exception:
             conn.send(("error", traceback.format_exc()))
-
-
-class LoadGenerator:
-    """The parent's handle on the worker processes; every call waits for all of them."""
-
-    def __init__(self, workers: int):
-        context = multiprocessing.get_context("spawn")  # no grpc state crosses a fork
-        self.progress = [context.Array("q", 2, lock=False) for _ in range(workers)]
-        pipes = [context.Pipe() for _ in range(workers)]
-        self.conns = [parent for parent, _ in pipes]
-        self.processes = [
-            context.Process(target=_worker_main, args=(child, progress), daemon=True)
-            for (_, child), progress in zip(pipes, self.progress, strict=True)
-        ]
-        for process in self.processes:
-            process.start()
-        self.psutil = [psutil.Process(process.pid) for process in self.processes]
-        self.clients = 0
-
-    def _each(self, command: str, kwargs_list: list[dict]) -> list:
-        for conn, kwargs in zip(self.conns, kwargs_list, strict=True):
-            conn.send((command, kwargs))
-        results = []
-        for conn in self.conns:
-            status, result = conn.recv()
-            if status == "error":
-                raise RuntimeError(f"load worker failed:\n{result}")
-            results.append(result)
-        return results
-
-    def connect(self, target: str, clients: int, prefix: str) -> int:
-        """Open the channels for `clients` clients named prefix0, prefix1, ..."""
-        self.clients = clients
-        workers = len(self.conns)
-        shares = [{} for _ in range(workers)]  # contiguous blocks, so senders spread evenly
-        for i in range(clients):
-            shares[i * workers // clients][i] = f"{prefix}{i}"
-        return sum(self._each("connect", [{"target": target, "names": s} for s in shares]))
-
-    def join(self, go_in_s: float = 0.3) -> dict:
-        """Every client joins at the same moment; seconds until the last one is in."""
-        go_at_ns = time.monotonic_ns() + int(go_in_s * 1e9)
-        reports = self._each("join", [{"go_at_ns": go_at_ns}] * len(self.conns))
-        refused = Counter()
-        for report in reports:
-            refused.update(report["refused"])
-        return {
-            "join_s": (max(r["done_ns"] for r in reports) - go_at_ns) / 1e9,
-            "joined": sum(r["joined"] for r in reports),
-            "refused": sum(refused.values()),
-            "refused_codes": dict(refused),
-        }
-
-    def load(self, tag, senders, rate, duration_s, drain_s, chars, start_in_s=0.3) -> dict:
-        """Run one load phase; merge what every worker measured."""
-        roles = {index * self.clients // senders: index for index in range(senders)}
-        start_ns = time.monotonic_ns() + int(start_in_s * 1e9)
-        kwargs = dict(tag=tag, senders=roles, total_senders=senders, rate=rate, chars=chars,
-                      duration_s=duration_s, start_ns=start_ns, drain_s=drain_s)  # fmt: skip
-        merged = merge_reports(self._each("load", [kwargs] * len(self.conns)), self.clients)
-        merged["active_s"] = max(duration_s, (merged.pop("last_ns") - start_ns) / 1e9)
-        return merged
-
-    def leave(self) -> None:
-        self._each("leave", [{}] * len(self.conns))
-
-    def totals(self) -> tuple[int, int]:
-        """(messages sent, deliveries received) so far in this phase, for a progress line."""
-        return sum(p[0] for p in self.progress), sum(p[1] for p in self.progress)
-
-    def cpu_s(self) -> float:
-        return sum(sum(p.cpu_times()[:2]) for p in self.psutil)
-
-    def close(self) -> None:
-        for conn in self.conns:
-            conn.send(("quit", {}))
-        for process in self.processes:
-            process.join(5)
-            if process.is_alive():
-                process.kill()

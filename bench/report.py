@@ -40,7 +40,7 @@ def percentile_ms(histogram: dict, fraction: float) -> float:
 class Progress:
     """A status line on stderr while a load phase runs (refreshed on a terminal)."""
 
-    def __init__(self, generator, label: str):  # generator: a load.LoadGenerator
+    def __init__(self, generator, label: str):  # generator: a generator.LoadGenerator
         self.generator, self.label = generator, label
         self.started = time.monotonic()
         self.done = threading.Event()
@@ -65,13 +65,14 @@ class Progress:
             click.echo(f"\r\033[K{line} ({delivered / elapsed:,.0f}/s)", nl=False, err=True)
 
 
-def merge_reports(reports: list[dict], clients: int) -> dict:
-    """One phase's figures, from every worker's report."""
-    histogram, ended, ids = Counter(), Counter(), {}
+def merge_reports(reports: list[dict], room_sizes: Counter) -> dict:
+    """One phase's figures, from every worker's report; a message is expected by its room."""
+    histogram, ended, ids, sent_by_room = Counter(), Counter(), {}, Counter()
     disordered = 0
     for report in reports:
         histogram.update(report["histogram"])
         ended.update(report["ended"])
+        sent_by_room.update(report["sent_by_room"])
         # A worker whose clients saw some message under another id disagrees.
         if any(ids.setdefault(key, value) != value for key, value in report["ids"].items()):
             disordered += report["clients"]
@@ -79,11 +80,12 @@ def merge_reports(reports: list[dict], clients: int) -> dict:
             disordered += report["disordered"]
     sent = sum(r["sent"] for r in reports)
     delivered = sum(r["delivered"] for r in reports)
+    expected = sum(count * room_sizes[room] for room, count in sent_by_room.items())
     return {
         "sent": sent,
-        "expected": sent * clients,
+        "expected": expected,
         "delivered": delivered,
-        "lost": sent * clients - delivered,
+        "lost": expected - delivered,
         "p50_ms": percentile_ms(histogram, 0.50),
         "p90_ms": percentile_ms(histogram, 0.90),
         "p99_ms": percentile_ms(histogram, 0.99),
@@ -101,6 +103,7 @@ REPORT_LINES = [
     ("burst_refused", "  of them refused", "{:.0f}"),
     ("idle_kib_per_client", "idle memory per connected client, KiB", "{:.1f}"),
     ("join_s", "{clients} clients joining: s until all in", "{:.2f}"),
+    ("busiest_share", "  busiest process's share of them", "{:.2f}"),
     ("offered_msgs_per_s", "offered messages/s", "{:,.0f}"),
     ("sent", "messages sent", "{:,.0f}"),
     ("expected", "deliveries expected", "{:,.0f}"),

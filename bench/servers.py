@@ -2,12 +2,14 @@
 
 `KINDS` says how to start each kind of server; `start_server` runs one as a
 child process on a free port of 127.0.0.1 and waits until it answers
-HealthCheck. The project's kinds run server.py (or a changed copy, "alt");
-the baselines run from bench/peers. `PrivateRedis` runs an unpersisted
+HealthCheck. The project's kinds run server.py (or a changed copy: "alt",
+or "before", a git worktree of an older commit made by `worktree`); the
+baselines run from bench/peers. `PrivateRedis` runs an unpersisted
 redis-server for the kinds that keep history in Redis. The clients that
 load them are in load.py.
 """
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,18 +36,20 @@ class Kind:
     project: bool = True  # server.py: also --host 127.0.0.1 --no-rate-limit
     redis: bool = False  # keeps history in Redis: gets --redis-url
     members: int = 1  # servers started side by side on one Redis, clients spread over them
+    rooms: bool = True  # knows rooms: may run the scenarios with clients in several rooms
 
 
-# A new kind is one more line; a server of several processes on one port, for
-# example, is server.py with its flag and redis=True (its children are
-# measured and stopped with it).
+# A new kind is one more line. "processes" is one server.py of 2 processes on
+# one port (SO_REUSEPORT): its children are measured and stopped with it.
 KINDS = {
     "project": Kind(("server.py",)),
     "project+redis": Kind(("server.py",), redis=True),
+    "processes": Kind(("server.py", "--processes", "2"), redis=True),
     "cluster": Kind(("server.py",), redis=True, members=3),  # cross-server fan-out
     "alt": Kind(("server.py",)),  # run in --alt-dir: a changed copy of the project
-    "threaded": Kind(("-m", "bench.peers.threaded"), project=False),
-    "aio": Kind(("-m", "bench.peers.aio"), project=False),
+    "before": Kind(("server.py",), rooms=False),  # run in a worktree of --before COMMIT
+    "threaded": Kind(("-m", "bench.peers.threaded"), project=False, rooms=False),
+    "aio": Kind(("-m", "bench.peers.aio"), project=False, rooms=False),
 }
 BASELINES = [name for name, kind in KINDS.items() if not kind.project]
 
@@ -88,6 +92,18 @@ class Server:
         """The kernel's high-water mark of resident memory (VmHWM), summed over its processes."""
         family = self.family()
         return sum(peak_rss_bytes(p.pid) for p in family) if family else None
+
+    def busiest_share(self) -> float | None:
+        """Of the clients' connections, the share of its busiest process; None for one process.
+
+        With several processes on one port the kernel picks the process of
+        each new connection, so the split is luck: 0.5 is even for two.
+        """
+        family = self.family()
+        ports = {int(target.rsplit(":", 1)[1]) for target in self.target.split(",")}
+        counts = [sum(c.status == "ESTABLISHED" and c.laddr.port in ports
+                      for c in p.net_connections("tcp")) for p in family]  # fmt: skip
+        return max(counts) / sum(counts) if len(family) > 1 and sum(counts) else None
 
     def stop(self) -> None:
         """SIGKILL it: a server under test is thrown away.
@@ -206,3 +222,20 @@ class PrivateRedis:
     def stop(self) -> None:
         self.process.kill()
         self.process.wait()
+
+
+class Worktree:
+    """A `git worktree` of `commit` in `directory`, for server "before"; removed by `remove`."""
+
+    def __init__(self, commit: str, directory: Path):
+        self.path = directory / "before"
+        self._git("worktree", "add", "--detach", str(self.path), commit)
+
+    def _git(self, *args: str) -> None:
+        result = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise click.ClickException(f"git {' '.join(args)}: {result.stderr.strip()}")
+
+    def remove(self) -> None:
+        self._git("worktree", "remove", "--force", str(self.path))
+        shutil.rmtree(self.path, ignore_errors=True)
