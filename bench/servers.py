@@ -26,6 +26,7 @@ import chat_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: server.py, chat_pb2.py
 START_TIMEOUT_S = 20.0  # a server not answering HealthCheck by then failed to start
+STREAMS_PER_ADDRESS = 10_000  # every benchmark client comes from 127.0.0.1: no per-address cap
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,7 @@ def start_process(name: str, kind: Kind, directory: Path, log_dir: Path, redis_u
     command = [sys.executable, *kind.argv, "--port", str(port)]
     if kind.project:  # this project's server: the same flags as a baseline's defaults
         command += ["--host", "127.0.0.1", "--no-rate-limit"]
+        command += ["--max-streams-per-address", str(STREAMS_PER_ADDRESS)]
         command += ["--redis-url", redis_url] if redis_url else []
     log_path = log_dir / f"{name}-{port}.log"
     with log_path.open("w") as log:
