@@ -29,7 +29,7 @@ JOIN_GIVE_UP_S = 45.0  # no join anywhere for this long: the bot reports it and 
 ANSWER_WAIT_S = 20.0  # a sent line is echoed or refused within this
 LEAVE_WAIT_S = 5.0  # a half-closed stream ends within this
 STREAM_DEADLINE_S = 3600.0  # the deadline on every Chat stream: longer than any hunt
-_ONLINE = re.compile(r"online \((\d+)\): (.*)")
+_ONLINE = re.compile(r"(?:online|in #lobby) \((\d+)\): (.*)")  # who is here, told at join
 _RETRY = re.compile(r"retry in ([\d.]+) s")
 
 
