@@ -5,10 +5,16 @@ Messages travel through the message stream (redis_store.py); this module
 carries the rest, each change one Lua script (redis_keys.py), so a name and
 the event that announces it can never disagree:
 
-- **Names.** `claim` is HSETNX + a `joined` event; `release` is "if this
-  token still holds it" HDEL + a `left` event. Of two servers claiming one
-  name at once exactly one wins; a name online anywhere is taken everywhere.
-- **Live events** (joins, leaves, typing) go to a capped stream,
+- **Names and rooms.** `claim` is HSETNX of the name and its room + a
+  `joined` event (with the room); `move` is "if this token holds it" HSET of
+  the room + a `moved` event; `release` is "if this token still holds it"
+  HDEL + a `left` event. Of two servers claiming one name at once exactly
+  one wins; a name online anywhere is taken everywhere, and every server
+  knows everyone's room (`ListRooms`, `ListUsers`, "who is in #rust").
+- **Direct messages** to a user of another server go to the same events
+  stream (kind `dm`); every server reads them, and the one that holds the
+  recipient delivers (`hub.remote_direct`). They are never in any history.
+- **Live events** (joins, moves, leaves, typing) go to a capped stream,
   `chat:events`, which every server follows from the last id it has seen
   (redis_follow.py), skipping its own. A server cut off catches up on what
   it missed when Redis answers; if it missed too much (the cap trimmed it)
@@ -28,22 +34,27 @@ server; a resync is needed only when the cap is overrun.
 
 **While Redis is unreachable** claims are kept here and the join path does
 not wait on Redis (`link.reachable`); the heartbeat claims them again, with
-their `joined`, when Redis answers, and retries releases that failed. If a
+their `joined` in their latest room, when Redis answers, and retries releases
+and moves that failed. A move never waits long: one quick call on the mover's
+reader thread, or none if another thread is sending that name's room (it
+sends the latest when its call returns). If a
 name was taken meanwhile (we were cut off longer than ALIVE_TTL_MS, reaped,
 and someone else claimed it), the one who holds it in Redis wins: our user
 is told and disconnected (`hub.kick`).
 
 Threads (all owned here): the *publisher* drains `_outbox` (typing; the hub
 puts into it, never blocking); the *follower* reads the events stream; the
-*heartbeat* beats, reaps, retries releases and re-claims. `_names` guards
-`_claims`, `_unreleased`, `_inflight` and `_closing`, never held during a
-Redis call. Without `--redis-url` the server uses `hub.Alone` instead.
+*heartbeat* beats, reaps, retries releases and moves, and re-claims. `_names`
+guards `_claims` (and each `Claim`'s fields), `_unreleased`, `_inflight` and
+`_closing`, never held during a Redis call. Without `--redis-url` the server
+uses `remote.Alone` instead.
 """
 
 import logging
 import queue
 import threading
 import uuid
+from dataclasses import dataclass
 
 import redis
 
@@ -56,9 +67,12 @@ from redis_keys import (
     NAMES_KEY,
     QUICK_TIMEOUT_S,
     SERVERS_KEY,
+    WHERE_KEY,
     RedisLink,
     alive_key,
 )  # fmt: skip
+from sanitize import LOBBY, room_name
+from store import NotSent
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +81,18 @@ ALIVE_TTL_MS = 10_000  # a server silent this long is dead: its users are gone i
 OUTBOX_MAX_EVENTS = 10_000  # typing events waiting for Redis; beyond, dropped
 PUBLISH_BATCH_MAX = 200  # typing events per round trip
 KICK_TEXT = "{} is online on another server: this session ends"
+NOT_SENT_TEXT = "cut off from the Redis the other servers share"
+PRESENCE_KEYS = [NAMES_KEY, EVENTS_KEY, WHERE_KEY]  # KEYS[1..3] of every presence script
+
+
+@dataclass(slots=True)
+class Claim:
+    """One of our users' names, as claimed in Redis. Guarded by `Cluster._names`."""
+
+    token: str  # "<server id>:<session>"
+    room: str  # the room the user is in now
+    room_sent: bool = True  # Redis has `room` (False: a move still to send)
+    sending: bool = False  # a thread is sending the room now: the others leave it to it
 
 
 class Cluster:
@@ -77,7 +103,7 @@ class Cluster:
         self.server_id = server_id
         self._hub = None
         self._names = threading.Condition()  # guards the four fields below
-        self._claims: dict[str, str] = {}  # name -> token, for our online clients
+        self._claims: dict[str, Claim] = {}  # name -> claim, for our online clients
         self._unreleased: dict[str, str] = {}  # token -> name: releases Redis has not had
         self._inflight = 0  # claims talking to Redis now: close() waits for them
         self._closing = False
@@ -100,8 +126,8 @@ class Cluster:
 
     # -- names: called by the session, outside any lock ------------------------
 
-    def claim(self, name: str) -> str | None:
-        """Claim `name` everywhere, announcing the join. The token, or None if taken."""
+    def claim(self, name: str, room: str = LOBBY) -> str | None:
+        """Claim `name` everywhere, announcing the join in `room`. The token, or None if taken."""
         token = f"{self.server_id}:{uuid.uuid4().hex[:8]}"
         with self._names:
             if self._closing:
@@ -109,23 +135,23 @@ class Cluster:
             self._inflight += 1
             stale = [t for t, n in self._unreleased.items() if n == name]
         try:
-            won = self._claim_in_redis(name, token, stale)
+            won = self._claim_in_redis(name, token, room, stale)
         finally:
             with self._names:
                 self._inflight -= 1
                 self._names.notify_all()
                 if won is not False:
-                    self._claims[name] = token
+                    self._claims[name] = Claim(token, room)
         return None if won is False else token
 
-    def _claim_in_redis(self, name: str, token: str, stale: list[str]) -> bool | None:
+    def _claim_in_redis(self, name: str, token: str, room: str, stale: list) -> bool | None:
         """True if won, False if taken, None if Redis did not answer (kept here)."""
         if not self._link.reachable:
             return None  # the heartbeat claims it when Redis answers
         try:
             for old in stale:  # our own earlier session of this name: free it first
                 self._release_in_redis(name, old)
-            return bool(self._run("claim", name, token, self.server_id))
+            return bool(self._run("claim", name, token, self.server_id, room))
         except redis.RedisError as error:
             self._link.mark_down()
             log.warning("cannot claim %s in Redis (%s): kept here until it answers", name, error)
@@ -134,7 +160,7 @@ class Cluster:
     def release(self, name: str, token: str) -> None:
         """Free `name` everywhere, announcing the leave (retried if Redis is away)."""
         with self._names:
-            if self._claims.get(name) == token:
+            if self._holds(name, token):
                 del self._claims[name]
             if self._closing:
                 return  # close() frees all our names in one script
@@ -149,6 +175,57 @@ class Cluster:
         self._run("release", name, token, self.server_id)
         with self._names:
             self._unreleased.pop(token, None)
+
+    def _holds(self, name: str, token: str) -> bool:
+        """Under `_names`: is `token` our current claim of `name`?"""
+        claim = self._claims.get(name)
+        return claim is not None and claim.token == token
+
+    # -- rooms ----------------------------------------------------------------
+
+    def move(self, name: str, token: str, room: str) -> None:
+        """Our user moved to `room` (the hub did it here): tell Redis, without waiting long.
+
+        Called on the mover's reader thread, outside the hub's lock. At most
+        one quick call; if Redis is away, the heartbeat sends the latest room.
+        """
+        with self._names:
+            if not self._holds(name, token):
+                return
+            claim = self._claims[name]
+            claim.room, claim.room_sent = room, False
+        self._send_room(name)
+
+    def _send_room(self, name: str) -> None:
+        """Send `name`'s latest room until Redis has it; one thread at a time per name.
+
+        A move that comes while another thread's call is in flight only marks
+        the room unsent: that thread sees it when its call returns and sends
+        again, so an older room can never land after a newer one.
+        """
+        while self._link.reachable:
+            with self._names:
+                claim = self._claims.get(name)
+                if claim is None or claim.sending or claim.room_sent:
+                    return
+                claim.sending, claim.room_sent = True, True
+                token, room = claim.token, claim.room
+            try:
+                sent = self._run("move", name, token, self.server_id, room) == 1
+            except redis.RedisError:
+                self._link.mark_down()
+                sent = False
+            with self._names:
+                claim.sending = False
+                if not sent:  # Redis away, or it lost the name: reconcile, then retry
+                    claim.room_sent = False
+                    return
+
+    def _retry_moves(self) -> None:
+        with self._names:
+            due = [name for name, claim in self._claims.items() if not claim.room_sent]
+        for name in due:
+            self._send_room(name)
 
     # -- live events ---------------------------------------------------------
 
@@ -185,22 +262,50 @@ class Cluster:
             self._stopped.wait(QUICK_TIMEOUT_S)
             return False
 
+    def direct(self, sender: str, to: str, text: str, timestamp: int, action: bool) -> None:
+        """Hand a direct message for another server's user to Redis, or raise NotSent.
+
+        Every server reads it; the one that holds `to` delivers it. Never stored.
+        """
+        if not self._link.reachable:
+            raise NotSent(NOT_SENT_TEXT)
+        fields = {"kind": "dm", "server": self.server_id, "sender": sender, "to": to,
+                  "text": text, "timestamp": timestamp, "action": int(action)}  # fmt: skip
+        try:
+            self._link.quick.xadd(EVENTS_KEY, fields, maxlen=EVENTS_MAX, approximate=True)
+        except redis.RedisError as error:
+            self._link.mark_down()
+            raise NotSent(NOT_SENT_TEXT) from error
+
     def _on_events(self, entries: list) -> None:
-        """Follower thread: other servers' joins, leaves and typing, in stream order."""
+        """Follower thread: other servers' joins, moves, leaves, typing and dms, in order."""
         for _, fields in entries:
             kind, name = fields.get("kind"), fields.get("name")
-            if fields.get("server") == self.server_id or not name:
+            if kind == "dm":  # ours too: its recipient may have come here meanwhile
+                self._on_direct(fields)
+            elif fields.get("server") == self.server_id or not name:
                 continue  # ours (the hub showed it already), or not an event of ours
-            if kind in ("joined", "left"):
-                self._hub.remote_event(kind, name)
+            elif kind in ("joined", "moved", "left"):
+                self._hub.remote_event(kind, name, room=_room(fields.get("room")))
             elif kind == "typing" and fields.get("typing", "").isdigit():
                 self._hub.remote_event(kind, name, int(fields["typing"]))
 
+    def _on_direct(self, fields: dict) -> None:
+        sender, to, text = fields.get("sender"), fields.get("to"), fields.get("text")
+        if sender and to and text:
+            timestamp = fields.get("timestamp", "")
+            timestamp = int(timestamp) if timestamp.isdigit() else 0
+            self._hub.remote_direct(sender, to, text, timestamp, fields.get("action") == "1")
+
     def _resync(self) -> tuple[str, int]:
-        """Follower thread: who is online elsewhere, and where the events stream is, at once."""
-        names, (position, added) = self._link.run("resync", [NAMES_KEY, EVENTS_KEY], [])
+        """Follower thread: who is online elsewhere (and where), and the events' position."""
+        names, where, (position, added) = self._link.run("resync", PRESENCE_KEYS, [])
         claims = dict(zip(names[::2], names[1::2], strict=False))
-        self._hub.resync_remote({n for n, t in claims.items() if _server_of(t) != self.server_id})
+        rooms = dict(zip(where[::2], where[1::2], strict=False))
+        others = {
+            n: _room(rooms.get(n)) for n, t in claims.items() if _server_of(t) != self.server_id
+        }
+        self._hub.resync_remote(others)
         return position, added
 
     # -- liveness ------------------------------------------------------------
@@ -214,6 +319,7 @@ class Cluster:
             self._beat()
             self._retry_releases()
             self._reconcile()
+            self._retry_moves()
         except redis.RedisError as error:
             self._link.mark_down()
             log.debug("heartbeat skipped: %s", error)
@@ -222,7 +328,7 @@ class Cluster:
 
     def _beat(self) -> None:
         args = [self.server_id, ALIVE_PREFIX, ALIVE_SUFFIX, ALIVE_TTL_MS]
-        peers, reaped = self._run_keys("heartbeat", [NAMES_KEY, EVENTS_KEY, SERVERS_KEY], args)
+        peers, reaped = self._run_keys("heartbeat", [*PRESENCE_KEYS, SERVERS_KEY], args)
         self._link.shared = peers > 0
         self._link.mark_up()
         for dead, freed in zip(reaped[::2], reaped[1::2], strict=False):
@@ -237,14 +343,14 @@ class Cluster:
     def _reconcile(self) -> None:
         """Claim again what Redis lost (an outage, or we were reaped); kick who lost a name."""
         with self._names:
-            claims = list(self._claims.items())
+            claims = [(name, claim.token, claim.room) for name, claim in self._claims.items()]
         if not claims:
             return
-        pairs = [value for claim in claims for value in claim]
-        results = self._run_keys("reconcile", [NAMES_KEY, EVENTS_KEY], [self.server_id, *pairs])
-        for (name, token), result in zip(claims, results, strict=True):
+        triples = [value for claim in claims for value in claim]
+        results = self._run_keys("reconcile", PRESENCE_KEYS, [self.server_id, *triples])
+        for (name, token, _), result in zip(claims, results, strict=True):
             with self._names:
-                current = self._claims.get(name) == token
+                current = self._holds(name, token)
                 if result == 0 and current:
                     del self._claims[name]
             if result == 0 and current:
@@ -255,8 +361,8 @@ class Cluster:
                 if not current:  # released while we claimed it: free it again
                     self._release_in_redis(name, token)
 
-    def _run(self, script: str, name: str, token: str, server: str):
-        return self._run_keys(script, [NAMES_KEY, EVENTS_KEY], [name, token, server])
+    def _run(self, script: str, *args):
+        return self._run_keys(script, PRESENCE_KEYS, list(args))
 
     def _run_keys(self, script: str, keys: list, args: list):
         return self._link.run(script, keys, [EVENTS_MAX, *args])
@@ -273,7 +379,7 @@ class Cluster:
                 thread.join(timeout=5)
         try:
             args = [self.server_id, alive_key(self.server_id)]
-            self._run_keys("leave", [NAMES_KEY, EVENTS_KEY, SERVERS_KEY], args)
+            self._run_keys("leave", [*PRESENCE_KEYS, SERVERS_KEY], args)
         except redis.RedisError as error:
             log.warning("could not leave the cluster cleanly: %s", error)
 
@@ -281,3 +387,8 @@ class Cluster:
 def _server_of(token: str) -> str:
     """The server id in a claim token "<server id>:<session>"."""
     return token.split(":", 1)[0]
+
+
+def _room(raw: str | None) -> str:
+    """A room as Redis gave it; missing or not a room name: the lobby."""
+    return room_name(raw or LOBBY) or LOBBY

@@ -1,17 +1,20 @@
-"""Stream entries read back as messages: whatever is in Redis, reading never fails.
+"""Message entries in Redis streams: what our servers write, and reading back anything.
 
-redis_store.py reads the message stream in two places, the follower (live
-delivery) and history (joins). Both turn each entry into a `Message` here.
-Our servers write `username`, `message`, `timestamp`, `server` and `seq`;
-another tool may write anything (`redis-cli XADD chat:messages '*' text hi`).
-An entry is never skipped and `to_message` never raises:
+redis_store.py writes each accepted message as one entry (`Pending.fields`)
+and reads entries in two places, the follower (live delivery) and history
+(joins, redis_history.py). Both turn each entry into a `Message` here.
+Our servers write `username`, `message`, `timestamp`, `server` and `seq`,
+plus `room` outside the lobby and `action` for /me; another tool may write
+anything (`redis-cli XADD chat:messages '*' text hi`). An entry is never
+skipped and `to_message` never raises:
 
 - a missing or empty `username` shows as `unknown`; `message` missing is "";
 - a missing or non-integer `timestamp` is the entry id's time; one outside
   0 .. year 9999 is clamped into it, so every client can render it;
 - an entry without `server`/`seq` (another tool's) is its own origin and is
   delivered once, like any other; its text and name are cleaned as a
-  client's would be (our own servers cleaned theirs before writing).
+  client's would be (our own servers cleaned theirs before writing);
+- no `room` (or one that is not a room name) means the lobby.
 
 Each bad entry is logged once (a bounded memory of the ids already logged),
 however often history reads it again.
@@ -20,8 +23,9 @@ however often history reads it again.
 import logging
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 
-from sanitize import NAME_MAX_CHARS, clean_text
+from sanitize import LOBBY, NAME_MAX_CHARS, clean_text, room_name
 from store import Message, id_key
 
 log = logging.getLogger(__name__)
@@ -32,6 +36,32 @@ WARNED_MAX = 10_000  # bad entry ids remembered as already logged; beyond, the o
 
 _warned_lock = threading.Lock()  # guards _warned (the follower and every join read entries)
 _warned: OrderedDict[str, None] = OrderedDict()
+
+
+@dataclass(slots=True)
+class Pending:
+    """A message accepted here and not yet written; `id` is set once delivered."""
+
+    seq: int  # this server's sequence number: dedupes writes and outage deliveries
+    username: str
+    text: str
+    timestamp: int
+    room: str = LOBBY
+    action: bool = False
+    id: str | None = None
+
+    def message(self) -> Message:
+        return Message(self.id, self.username, self.text, self.timestamp, self.room, self.action)
+
+    def fields(self, server_id: str) -> dict:
+        """The entry's fields; a lobby message's are what they were before rooms."""
+        fields = {"username": self.username, "message": self.text, "timestamp": self.timestamp,
+                  "server": server_id, "seq": self.seq}  # fmt: skip
+        if self.room != LOBBY:
+            fields["room"] = self.room
+        if self.action:
+            fields["action"] = 1
+        return fields
 
 
 def to_message(entry_id: str, fields: dict) -> Message:
@@ -48,9 +78,13 @@ def to_message(entry_id: str, fields: dict) -> Message:
         problems.append("no username")
         username = UNKNOWN_USER
     timestamp = _timestamp(entry_id, fields.get("timestamp"), problems)
+    room = room_name(fields.get("room") or LOBBY)
+    if room is None:
+        problems.append(f"room {fields['room']!r}")
     if problems:
         _warn_once(entry_id, problems)
-    return Message(entry_id, username, text, timestamp)
+    action = fields.get("action") in ("1", "true")
+    return Message(entry_id, username, text, timestamp, room or LOBBY, action)
 
 
 def origin(entry_id: str, fields: dict) -> tuple[str, int]:

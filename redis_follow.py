@@ -1,11 +1,13 @@
-"""One thread that reads one Redis stream in order, from where it left off, and never dies.
+"""One thread that reads Redis streams in order, from where it left off, and never dies.
 
-The message stream (redis_store.py) and the events stream (cluster.py) are
-each followed by a `StreamFollower`. It hands batches of entries to its
-owner's `handle(entries)`, in the stream's order, each entry once. It reads
-in two modes:
+The message streams (redis_store.py: the lobby's and the bus of the other
+rooms) and the events stream (cluster.py) are each followed by a
+`StreamFollower`. It hands batches of entries to its owner's
+`handle(entries)`, each batch from one stream, in that stream's order,
+each entry once. It reads in two modes:
 
-- **at the tail**: `XREAD BLOCK` from the last id seen, waiting for news;
+- **at the tail**: one `XREAD BLOCK` over its streams from the last id seen
+  in each, waiting for news;
 - **catching up** (at start, after any Redis error, and after a full batch,
   when it may be far behind): the CATCH_UP script, which returns the next
   entries *and*, at the same instant, whether entries after our position
@@ -13,11 +15,12 @@ in two modes:
   `gap(missed)` is told, and never otherwise: a message that was not
   trimmed is never reported missing.
 
-To count what was trimmed, the follower keeps `_added`: how many entries
+To count what was trimmed, the follower keeps, per stream, how many entries
 the stream had ever been given up to its position (XINFO's entries-added).
-If `resync` is given, it is called at start and after every discontinuity
-(an error, a gap) and returns a fresh position: the owner rebuilds its view
-(the cluster: who is online) and reading resumes from there.
+If `resync` is given (one stream only), it is called at start and after
+every discontinuity (an error, a gap) and returns a fresh position: the
+owner rebuilds its view (the cluster: who is online) and reading resumes
+from there.
 
 A failing `handle` loses its batch (logged once per kind of failure), never
 the thread: the position moves past the batch first.
@@ -39,23 +42,29 @@ FAILURES_LOGGED_MAX = 100  # kinds of handler failure remembered as already logg
 
 
 class StreamFollower:
-    """Follows `key` on its own thread; see the module docstring."""
+    """Follows `keys` (one stream's key, or several) on its own thread; see the module docstring."""
 
-    def __init__(self, link: RedisLink, key: str, name: str, handle, gap=None, resync=None):
+    def __init__(self, link: RedisLink, keys, name: str, handle, gap=None, resync=None):
         self._link = link
-        self._key = key
-        self._handle = handle  # handle(entries): [(id, fields dict)], oldest first
+        self._keys = (keys,) if isinstance(keys, str) else tuple(keys)
+        self._handle = handle  # handle(entries): [(id, fields dict)] of one stream, oldest first
         self._gap = gap or (lambda missed: None)  # gap(missed): entries trimmed unread
-        self._resync = resync  # resync() -> (position, entries added), or None
-        self._position, self._added = "0-0", 0  # owned by the thread once started
+        self._resync = resync  # resync() -> (position, entries added), or None (one stream)
+        # Per stream: (last id read, entries ever added up to it). Owned by the thread once started.
+        self._at: dict[str, tuple[str, int]] = dict.fromkeys(self._keys, ("0-0", 0))
         self._stopped = threading.Event()
         self._failures: set[str] = set()  # kinds of failure logged (this thread only)
         self._thread = threading.Thread(target=self._run, name=name)
 
     def start(self, position: str | None = None, added: int = 0) -> None:
-        """Read from after `position` (with `added` entries up to it), or from a resync."""
+        """Read one stream from after `position` (`added` entries up to it), or from a resync."""
         if position is not None:
-            self._position, self._added = position, added
+            self._at[self._keys[0]] = (position, added)
+        self._thread.start()
+
+    def start_at(self, tails: dict[str, tuple[str, int]]) -> None:
+        """Read each stream from after its (position, entries added)."""
+        self._at.update(tails)
         self._thread.start()
 
     def stop(self, timeout: float) -> None:
@@ -69,7 +78,7 @@ class StreamFollower:
         while not self._stopped.is_set():
             try:
                 if needs_resync:
-                    self._position, self._added = self._resync()
+                    self._at[self._keys[0]] = self._resync()
                     needs_resync = False
                 behind = self._catch_up() if behind else self._read_tail()
                 self._link.mark_up()
@@ -85,40 +94,45 @@ class StreamFollower:
                 self._stopped.wait(RETRY_S)
 
     def _read_tail(self) -> bool:
-        """Wait for news at the tail; True if the batch was full (we may be behind)."""
-        reply = self._link.client.xread(
-            {self._key: self._position}, count=FOLLOW_BATCH_MAX, block=FOLLOW_BLOCK_MS
-        )
-        entries = reply[0][1] if reply else []
-        self._take(entries)
-        return len(entries) == FOLLOW_BATCH_MAX
+        """Wait for news at the tail; True if a batch was full (we may be behind)."""
+        positions = {key: position for key, (position, _) in self._at.items()}
+        reply = self._link.client.xread(positions, count=FOLLOW_BATCH_MAX, block=FOLLOW_BLOCK_MS)
+        full = False
+        for key, entries in reply or []:
+            self._take(key, entries)
+            full |= len(entries) == FOLLOW_BATCH_MAX
+        return full
 
     def _catch_up(self) -> bool:
-        """Read on with the trimming check; True while more may wait."""
-        args = [self._position, FOLLOW_BATCH_MAX]
-        raw, first, added, length = self._link.run("catch_up", [self._key], args, self._link.client)
-        missed = self._trimmed(first, added, length)
-        if missed:
-            self._gap(missed)
-            if self._resync is not None:
-                raise _Resync()
-        self._take([(entry_id, entry_fields(flat)) for entry_id, flat in raw])
-        return len(raw) == FOLLOW_BATCH_MAX
+        """Read on in each stream with the trimming check; True while more may wait."""
+        behind = False
+        for key in self._keys:
+            args = [self._at[key][0], FOLLOW_BATCH_MAX]
+            raw, first, added, length = self._link.run("catch_up", [key], args, self._link.client)
+            missed = self._trimmed(key, first, added, length)
+            if missed:
+                self._gap(missed)
+                if self._resync is not None:
+                    raise _Resync()
+            self._take(key, [(entry_id, entry_fields(flat)) for entry_id, flat in raw])
+            behind |= len(raw) == FOLLOW_BATCH_MAX
+        return behind
 
-    def _trimmed(self, first: str, added: int, length: int) -> int:
-        """How many entries after our position were trimmed before we read them."""
-        if first == "0-0" or id_key(first) <= id_key(self._position):
+    def _trimmed(self, key: str, first: str, added: int, length: int) -> int:
+        """How many entries after our position in `key` were trimmed before we read them."""
+        position, added_before = self._at[key]
+        if first == "0-0" or id_key(first) <= id_key(position):
             return 0  # our position is still in the stream: nothing unread is gone
-        missed = added - self._added - length  # given after our position, minus still there
-        self._added = added - length  # from now on: counted up to just before `first`
+        missed = added - added_before - length  # given after our position, minus still there
+        self._at[key] = (position, added - length)  # counted up to just before `first`
         return max(missed, 0)  # negative: the stream was recreated, nothing to report
 
-    def _take(self, entries: list) -> None:
+    def _take(self, key: str, entries: list) -> None:
         if not entries:
             return
-        self._position = entries[-1][0]  # first: a failing handler cannot stall us
-        self._added += len(entries)
-        try:
+        added = self._at[key][1]
+        self._at[key] = (entries[-1][0], added + len(entries))  # first: a failing handler
+        try:  # cannot stall us then
             self._handle(entries)
         except Exception as error:  # noqa: BLE001 - logged, and the next batch comes
             self._log_once(error)
@@ -128,7 +142,7 @@ class StreamFollower:
         if kind in self._failures or len(self._failures) >= FAILURES_LOGGED_MAX:
             return
         self._failures.add(kind)
-        log.exception("following %s: %s (going on)", self._key, kind)
+        log.exception("following %s: %s (going on)", ", ".join(self._keys), kind)
 
 
 class _Resync(Exception):

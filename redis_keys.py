@@ -1,10 +1,20 @@
 """The Redis vocabulary: every key, every Lua script, and the link both Redis modules share.
 
-redis_store.py (messages) and cluster.py (names, presence, live events) talk
-to one Redis through one `RedisLink`. Nothing else imports `redis`. Every
-change to who is online is one Lua script that changes the names *and*
-appends the matching event to the events stream, so the two can never
-disagree, and every server sees joins and leaves in the stream's one order.
+redis_store.py (messages) and cluster.py (names, rooms, presence, live
+events) talk to one Redis through one `RedisLink`. Nothing else imports
+`redis`. Every change to who is online, or in which room, is one Lua script
+that changes the names *and* appends the matching event to the events
+stream, so the two can never disagree, and every server sees joins, moves
+and leaves in the stream's one order.
+
+The message layout (measured in bench/redis_layout.py; the README says why):
+
+    lobby message  --XADD-->  chat:messages            (lobby history, followed)
+    #rust message  --APPEND--> chat:bus + chat:room:rust (same id; bus followed,
+                                                          room stream is history)
+
+Every server follows two streams, whatever the number of rooms; a room's
+history is its own stream, so a quiet room's is never pushed out by a busy one.
 
 NOTE: the scripts touch keys they compute (`chat:server:<id>:alive`): fine
 on one Redis, not on Redis Cluster (one Redis is the distributed engine here).
@@ -16,12 +26,16 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from sanitize import LOBBY
 from store import StoreUnavailable
 
 # Every Redis key of the project, in one place.
-STREAM_KEY = "chat:messages"  # stream: the messages, in their one order
-EVENTS_KEY = "chat:events"  # stream: joins, leaves, typing; capped, read like messages
+STREAM_KEY = "chat:messages"  # stream: the lobby's messages (and other tools' entries)
+BUS_KEY = "chat:bus"  # stream: every other room's messages, in one order; servers follow it
+ROOM_PREFIX = "chat:room:"  # stream per room but the lobby: its history (same ids as the bus)
+EVENTS_KEY = "chat:events"  # stream: joins, moves, leaves, typing, direct messages; capped
 NAMES_KEY = "chat:names"  # hash: online username -> claim token "<server id>:<session>"
+WHERE_KEY = "chat:where"  # hash: online username -> the room they are in
 SERVERS_KEY = "chat:servers"  # set: ids of servers that may hold names
 ALIVE_PREFIX, ALIVE_SUFFIX = "chat:server:", ":alive"  # string with a TTL, per live server
 
@@ -35,46 +49,78 @@ def alive_key(server_id: str) -> str:
     return f"{ALIVE_PREFIX}{server_id}{ALIVE_SUFFIX}"
 
 
-# -- Lua: names and presence ----------------------------------------------------------
-# KEYS[1] = NAMES_KEY, KEYS[2] = EVENTS_KEY in each; events carry the server they are about.
+def history_key(room: str) -> str:
+    """The stream that holds `room`'s history."""
+    return STREAM_KEY if room == LOBBY else ROOM_PREFIX + room
+
+
+def followed_key(room: str) -> str:
+    """The stream that carries `room`'s messages to every server."""
+    return STREAM_KEY if room == LOBBY else BUS_KEY
+
+
+FOLLOWED_KEYS = (STREAM_KEY, BUS_KEY)  # what every server's message follower reads
+
+
+# -- Lua: names, rooms and presence ---------------------------------------------------
+# KEYS[1] = NAMES_KEY, KEYS[2] = EVENTS_KEY, KEYS[3] = WHERE_KEY in each; events carry
+# the server they come from and the room they are about.
 
 _XADD = """
-local function event(kind, name, server)
+local function event(kind, name, server, room)
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*',
-             'kind', kind, 'name', name, 'server', server)
+             'kind', kind, 'name', name, 'server', server, 'room', room)
+end
+local function forget(name, server)
+  local room = redis.call('HGET', KEYS[3], name) or 'lobby'
+  redis.call('HDEL', KEYS[1], name)
+  redis.call('HDEL', KEYS[3], name)
+  event('left', name, server, room)
 end
 """
 
-# ARGV: maxlen, name, token, server. 1 if the name is ours now, 0 if someone holds it.
+# ARGV: maxlen, name, token, server, room. 1 if the name is ours now, 0 if someone holds it.
 CLAIM = """
 local held = redis.call('HGET', KEYS[1], ARGV[2])
 if held == ARGV[3] then return 1 end
 if held then return 0 end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-event('joined', ARGV[2], ARGV[4])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[5])
+event('joined', ARGV[2], ARGV[4], ARGV[5])
+return 1
+"""
+
+# ARGV: maxlen, name, token, server, room. 0 if this token does not hold the name;
+# else 1, with a `moved` event only if the room changed (so a retry is harmless).
+MOVE = """
+if redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[3] then return 0 end
+if redis.call('HGET', KEYS[3], ARGV[2]) == ARGV[5] then return 1 end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[5])
+event('moved', ARGV[2], ARGV[4], ARGV[5])
 return 1
 """
 
 # ARGV: maxlen, name, token, server. Frees the name only if this token still holds it.
 RELEASE = """
 if redis.call('HGET', KEYS[1], ARGV[2]) == ARGV[3] then
-  redis.call('HDEL', KEYS[1], ARGV[2])
-  event('left', ARGV[2], ARGV[4])
+  forget(ARGV[2], ARGV[4])
   return 1
 end
 return 0
 """
 
-# ARGV: maxlen, server, then name, token pairs. Per pair: 1 held, 2 claimed again, 0 taken.
+# ARGV: maxlen, server, then name, token, room triples. Per triple: 1 held, 2 claimed
+# again (in that room), 0 taken. Rooms of held names are MOVE's to change, not ours.
 RECONCILE = """
 local out = {}
-for i = 3, #ARGV, 2 do
+for i = 3, #ARGV, 3 do
   local held = redis.call('HGET', KEYS[1], ARGV[i])
   if held == ARGV[i + 1] then out[#out + 1] = 1
   elseif held then out[#out + 1] = 0
   else
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-    event('joined', ARGV[i], ARGV[2])
+    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
+    event('joined', ARGV[i], ARGV[2], ARGV[i + 2])
     out[#out + 1] = 2
   end
 end
@@ -86,8 +132,7 @@ local function free_names(server)
   local prefix, freed, all = server .. ':', 0, redis.call('HGETALL', KEYS[1])
   for i = 1, #all, 2 do
     if string.sub(all[i + 1], 1, #prefix) == prefix then
-      redis.call('HDEL', KEYS[1], all[i])
-      event('left', all[i], server)
+      forget(all[i], server)
       freed = freed + 1
     end
   end
@@ -95,19 +140,19 @@ local function free_names(server)
 end
 """
 
-# KEYS[3] = SERVERS_KEY. ARGV: maxlen, server, alive prefix, alive suffix, ttl ms.
+# KEYS[4] = SERVERS_KEY. ARGV: maxlen, server, alive prefix, alive suffix, ttl ms.
 # Says we are alive; reaps every server whose alive key expired (its names go, one
 # `left` each, in this one script: exactly one survivor reaps it). Returns
 # {live peers, {dead id, names freed, ...}}.
 HEARTBEAT = """
 redis.call('SET', ARGV[3] .. ARGV[2] .. ARGV[4], '1', 'PX', ARGV[5])
-redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('SADD', KEYS[4], ARGV[2])
 local peers, reaped = 0, {}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
   if id ~= ARGV[2] then
     if redis.call('EXISTS', ARGV[3] .. id .. ARGV[4]) == 1 then peers = peers + 1
     else
-      redis.call('SREM', KEYS[3], id)
+      redis.call('SREM', KEYS[4], id)
       reaped[#reaped + 1] = id
       reaped[#reaped + 1] = free_names(id)
     end
@@ -116,12 +161,27 @@ end
 return {peers, reaped}
 """
 
-# KEYS[3] = SERVERS_KEY. ARGV: maxlen, server, alive key. Leaves nothing of ours behind.
+# KEYS[4] = SERVERS_KEY. ARGV: maxlen, server, alive key. Leaves nothing of ours behind.
 LEAVE = """
 local freed = free_names(ARGV[2])
 redis.call('DEL', ARGV[3])
-redis.call('SREM', KEYS[3], ARGV[2])
+redis.call('SREM', KEYS[4], ARGV[2])
 return freed
+"""
+
+# -- Lua: a message of a room other than the lobby ------------------------------------
+
+# KEYS[1] = BUS_KEY, KEYS[2] = the room's history stream. ARGV: maxlen, id ('*' or
+# one given during an outage), then the entry's fields and values. The bus makes the
+# id: every such room's messages pass through it, so the id is above the room's last.
+# Returns the id. (A history stream another tool wrote past gets a fresh id there.)
+APPEND = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[2], unpack(ARGV, 3))
+local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id, unpack(ARGV, 3))
+if type(ok) == 'table' and ok.err then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+end
+return id
 """
 
 # -- Lua: reading streams from a position -------------------------------------------
@@ -142,9 +202,12 @@ end
 # KEYS[1] = a stream. {last id, entries ever added}: where a new reader starts.
 TAIL = "return position(KEYS[1])"
 
-# KEYS[1] = NAMES_KEY, KEYS[2] = EVENTS_KEY. Who is online and where the events
-# stream is, at one instant: a reader resumes from there with nothing missed.
-RESYNC = "return {redis.call('HGETALL', KEYS[1]), position(KEYS[2])}"
+# KEYS[1] = NAMES_KEY, KEYS[2] = EVENTS_KEY, KEYS[3] = WHERE_KEY. Who is online, in
+# which room, and where the events stream is, at one instant: a reader resumes
+# from there with nothing missed.
+RESYNC = """
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[3]), position(KEYS[2])}
+"""
 
 # KEYS[1] = a stream. ARGV: exclusive start id, count. The entries after it and,
 # at the same instant, the first entry's id, entries ever added, and length:
@@ -161,6 +224,7 @@ return {entries, first[1] and first[1][1] or '0-0', pos[2], redis.call('XLEN', K
 # Each script with the helpers it calls, by the name `RedisLink.run` takes.
 _SCRIPTS = {
     "claim": _XADD + CLAIM,
+    "move": _XADD + MOVE,
     "release": _XADD + RELEASE,
     "reconcile": _XADD + RECONCILE,
     "heartbeat": _XADD + _FREE_NAMES + HEARTBEAT,
@@ -168,6 +232,7 @@ _SCRIPTS = {
     "tail": _POSITION + TAIL,
     "resync": _POSITION + RESYNC,
     "catch_up": _POSITION + CATCH_UP,
+    "append": APPEND,
 }
 
 

@@ -1,6 +1,6 @@
-"""History in a Redis Stream, which is also the message bus between servers.
+"""History in Redis Streams, which are also the message bus between servers.
 
-With `--redis-url`, every accepted message goes to one Redis Stream, and
+With `--redis-url`, every accepted message goes to a Redis Stream, and
 every server, the one that accepted it included, delivers messages in the
 stream's order. So the order, the ids, history and resume all come from one
 mechanism, however many servers share the Redis:
@@ -8,6 +8,12 @@ mechanism, however many servers share the Redis:
     hub.post -> append() -> _pending -> writer thread --XADD--> stream
                                                                   |
     hub.deliver <------ follower (redis_follow.py) <--XREAD BLOCK-+
+
+A lobby message is one XADD to `chat:messages`; a message of another room
+is one script that XADDs it to `chat:bus` and to the room's own history
+stream under one id (redis_keys.py has the layout). The follower reads the
+two followed streams, so each room has one order, its stream's, on every
+server. History is read from the room's own stream (redis_history.py).
 
 Threads: the hub's callers append to `_pending`; the *writer* (owned here)
 is the only one that removes from it; the *follower* is the only one that
@@ -29,9 +35,7 @@ When Redis is lost, what happens depends on whether we are alone on it
 
 Every entry carries its origin server and a per-server sequence number, so an
 entry delivered during an outage, or written twice because a reply was lost,
-is delivered once. History is read a page at a time (`XRANGE ... COUNT`);
-while Redis is known to be away, joins are answered from what this server
-has: a small cache of recent messages and the unwritten ones.
+is delivered once.
 """
 
 import itertools
@@ -40,24 +44,15 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import redis
 
-from redis_entries import origin, to_message
+from redis_entries import Pending, origin, to_message
 from redis_follow import StreamFollower
-from redis_keys import STREAM_KEY, RedisLink
-from store import (
-    HISTORY_PAGE,
-    IdClock,
-    Message,
-    NotSent,
-    StoreUnavailable,
-    id_key,
-    messages_after,
-    pages,
-)
+from redis_history import History
+from redis_keys import FOLLOWED_KEYS, STREAM_KEY, RedisLink, followed_key, history_key
+from sanitize import LOBBY
+from store import IdClock, Message, NotSent, StoreUnavailable, id_key
 
 log = logging.getLogger(__name__)
 
@@ -68,22 +63,11 @@ RETRY_S = 0.5  # how often the writer retries a lost Redis
 NOT_SENT_TEXT = "cut off from the Redis the other servers share"
 
 
-@dataclass(slots=True)
-class Pending:
-    """A message accepted here and not yet written; `id` is set once delivered."""
+class RedisStore(History):
+    """Redis Streams as history and bus; see the module docstring.
 
-    seq: int  # this server's sequence number: dedupes writes and outage deliveries
-    username: str
-    text: str
-    timestamp: int
-    id: str | None = None
-
-    def message(self) -> Message:
-        return Message(self.id, self.username, self.text, self.timestamp)
-
-
-class RedisStore:
-    """A Redis Stream as history and bus; see the module docstring."""
+    Its history reads (`history`) are in redis_history.py.
+    """
 
     def __init__(self, url: str, max_messages: int = 10_000, pending_max: int = PENDING_MAX):
         self.description = f"in Redis at {url} (stream {STREAM_KEY})"
@@ -92,26 +76,28 @@ class RedisStore:
         self._max_messages = max_messages
         self._pending_max = pending_max
         self._deliver = None  # the hub's callback, given to start()
-        self._start_at = self._tail()  # (last id, entries added): the follower starts there
+        self._start_at = self._tails()  # key -> (last id, entries added): the follower starts there
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)  # the writer waits here for work
-        self._ids = IdClock(after=self._start_at[0])  # ids for messages delivered in an outage
+        newest = max((at[0] for at in self._start_at.values()), key=id_key)
+        self._ids = IdClock(after=newest)  # ids for messages delivered in an outage
         self._seq = itertools.count(1)
         self._pending: deque[Pending] = deque()
         self._dropped = 0  # overflowed `_pending` since last reported
         self._online = True  # False once the writer found Redis lost, until a write succeeds
         self._delivered_seq = 0  # highest own seq already delivered by us
         self._recent: deque[Message] = deque(maxlen=RECENT_MAX)  # delivered, newest last
-        self._seen: dict[str, int] = {}  # origin -> highest seq delivered (follower only)
+        # (followed stream, origin) -> highest seq delivered from it (follower only)
+        self._seen: dict[tuple[str, str], int] = {}
         self._closing = False
         self._writer = threading.Thread(target=self._write_loop, name="redis-writer")
         self._follower = StreamFollower(
-            self.redis, STREAM_KEY, "redis-follower", self._deliver_new, gap=_log_trimmed
+            self.redis, FOLLOWED_KEYS, "redis-follower", self._deliver_new, gap=_log_trimmed
         )
 
-    def _tail(self) -> tuple[str, int]:
+    def _tails(self) -> dict[str, tuple[str, int]]:
         try:
-            return tuple(self.redis.run("tail", [STREAM_KEY], []))
+            return {key: tuple(self.redis.run("tail", [key], [])) for key in FOLLOWED_KEYS}
         except redis.RedisError as error:
             self.redis.close()
             raise StoreUnavailable(f"cannot read the stream in Redis: {error}") from error
@@ -120,9 +106,18 @@ class RedisStore:
         """Begin writing and following; `deliver(messages)` fans out, in order."""
         self._deliver = deliver
         self._writer.start()
-        self._follower.start(*self._start_at)
+        self._follower.start_at(self._start_at)
 
-    def append(self, username: str, text: str, timestamp: int) -> list[Message]:
+    def reachable(self) -> bool:
+        return self.redis.reachable
+
+    def pending_writes(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def append(
+        self, username: str, text: str, timestamp: int, room: str = LOBBY, action=False
+    ) -> list[Message]:
         """Queue a message for the stream; return what the caller must deliver now.
 
         Normally nothing: the follower delivers it from the stream. Alone on
@@ -142,7 +137,7 @@ class RedisStore:
                     deliver_now = self._strand_locked()
                 self._pending.popleft()
                 self._dropped += 1
-            pending = Pending(next(self._seq), username, text, timestamp)
+            pending = Pending(next(self._seq), username, text, timestamp, room, bool(action))
             if not self._online:  # alone, Redis away: deliver now, write later
                 pending.id = self._ids.next()
                 self._delivered_seq = pending.seq
@@ -151,77 +146,6 @@ class RedisStore:
             self._pending.append(pending)
             self._wake.notify()
         return deliver_now
-
-    # -- history: pages, oldest first ------------------------------------------
-
-    def history(self, limit: int, after_id: str | None = None) -> Iterator[list[Message]]:
-        """Pages of stored messages, plus those delivered but not yet written.
-
-        The last `limit`, or every kept message after `after_id` (a ValueError
-        now if it is malformed). NOTE: the unwritten snapshot is taken *before*
-        reading Redis: an entry leaves `_pending` only once written, so each
-        message is in one or both, and the copies are merged by origin.
-        """
-        if after_id:
-            id_key(after_id)  # refuse a malformed id before anything is read
-        with self._lock:
-            unwritten = {(self.server_id, p.seq): p.message() for p in self._pending if p.id}
-        if not self.redis.reachable:  # known lost: do not wait on Redis during a join
-            return pages(self._cached(unwritten, limit, after_id))
-        if after_id:
-            return self._pages_after(after_id, unwritten)
-        return pages(self._last(limit, unwritten))
-
-    def _last(self, limit: int, unwritten: dict) -> list[Message]:
-        if limit <= 0:
-            return []
-        try:
-            entries = self.redis.quick.xrevrange(STREAM_KEY, count=limit)[::-1]
-        except redis.RedisError as error:
-            return self._history_failed(error, unwritten, limit, None)
-        stored = {origin(i, fields): to_message(i, fields) for i, fields in entries}
-        return _merge(unwritten, stored)[-limit:]
-
-    def _pages_after(self, after_id: str, unwritten: dict) -> Iterator[list[Message]]:
-        """Read on a page at a time: only one page is ever held here."""
-        position = after_id
-        while True:
-            try:
-                entries = self.redis.quick.xrange(
-                    STREAM_KEY, min=f"({position}", count=HISTORY_PAGE
-                )
-            except redis.RedisError as error:
-                yield from pages(self._history_failed(error, unwritten, 0, position))
-                return
-            for entry_id, fields in entries:
-                unwritten.pop(origin(entry_id, fields), None)  # written meanwhile: once
-            if entries:
-                yield [to_message(entry_id, fields) for entry_id, fields in entries]
-                position = entries[-1][0]
-            if len(entries) < HISTORY_PAGE:
-                break
-        yield from pages(messages_after(_merge(unwritten, {}), position, 0))
-
-    def _history_failed(self, error, unwritten: dict, limit: int, after_id) -> list[Message]:
-        self.redis.mark_down()
-        log.warning("history from Redis failed (%s): replaying what this server has", error)
-        return self._cached(unwritten, limit, after_id)
-
-    def _cached(self, unwritten: dict, limit: int, after_id: str | None) -> list[Message]:
-        """History from memory: recent deliveries and unwritten messages."""
-        with self._lock:
-            by_id = {m.id: m for m in self._recent}
-        by_id.update((m.id, m) for m in unwritten.values())  # stranded ones are in both
-        return messages_after(sorted(by_id.values(), key=lambda m: id_key(m.id)), after_id, limit)
-
-    def reachable(self) -> bool:
-        """False while the writer finds Redis lost (for metrics)."""
-        return self._online  # a plain read: one bool, set by the writer
-
-    def pending_writes(self) -> int:
-        """Accepted messages not yet written (for metrics)."""
-        with self._lock:
-            return len(self._pending)
 
     def close(self, timeout: float = 5.0) -> None:
         """Flush what is pending (for up to `timeout` seconds) and stop both threads."""
@@ -288,9 +212,13 @@ class RedisStore:
             pipe.execute()
 
     def _xadd(self, pipe, p: Pending, entry_id: str) -> None:
-        fields = {"username": p.username, "message": p.text, "timestamp": p.timestamp,
-                  "server": self.server_id, "seq": p.seq}  # fmt: skip
-        pipe.xadd(STREAM_KEY, fields, id=entry_id, maxlen=self._max_messages, approximate=True)
+        """A lobby message: one XADD. Another room's: the bus and its history, one id."""
+        fields = p.fields(self.server_id)
+        if p.room == LOBBY:
+            pipe.xadd(STREAM_KEY, fields, id=entry_id, maxlen=self._max_messages, approximate=True)
+            return
+        args = [self._max_messages, entry_id, *(v for pair in fields.items() for v in pair)]
+        self.redis.run("append", [followed_key(p.room), history_key(p.room)], args, pipe)
 
     def _go_offline(self, error, waiting: int) -> None:
         """Redis is lost. Alone: deliver what waits, with our own ids. Shared: refuse."""
@@ -338,10 +266,11 @@ class RedisStore:
         fresh = []
         for entry_id, fields in entries:
             source, seq = origin(entry_id, fields)
-            if seq:  # one of our servers: dedupe by (server, seq)
-                if seq <= self._seen.get(source, 0):
+            if seq:  # one of our servers: dedupe by (stream, server, seq)
+                stream = (followed_key(fields.get("room") or LOBBY), source)
+                if seq <= self._seen.get(stream, 0):
                     continue  # written twice (a lost reply); delivered already
-                self._seen[source] = seq
+                self._seen[stream] = seq
                 if source == self.server_id and seq <= delivered_seq:
                     continue  # we delivered it ourselves during an outage
             fresh.append(to_message(entry_id, fields))
@@ -349,11 +278,6 @@ class RedisStore:
             with self._lock:
                 self._recent.extend(fresh)
             self._deliver(fresh)
-
-
-def _merge(unwritten: dict, stored: dict) -> list[Message]:
-    """Both sets of messages, keyed by origin (the stored copy wins), oldest first."""
-    return sorted({**unwritten, **stored}.values(), key=lambda m: id_key(m.id))
 
 
 def _log_trimmed(missed: int) -> None:

@@ -25,11 +25,11 @@ class PostDuringHistory:
         self._store = store
         self.hook = None
 
-    def history(self, limit, after_id=None):
+    def history(self, limit, after_id=None, room="lobby"):
         hook, self.hook = self.hook, None
         if hook is not None:
             hook()
-        return self._store.history(limit, after_id)
+        return self._store.history(limit, after_id, room)
 
     def __getattr__(self, name):  # everything else is the real store's
         return getattr(self._store, name)
