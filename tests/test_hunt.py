@@ -11,6 +11,13 @@ random seeds; HUNT_SECONDS is how long faults go on (default 30);
 HUNT_BOTS is the number of users (default 6); HUNT_FAULTS is a comma list
 of fault kinds, or "none" to check the harness on a healthy cluster.
 `make soak` runs a long profile.
+
+A failure names each broken promise with a few examples, the seed and the
+command that replays it, the faults' timeline and the servers' last log
+lines, and writes every bot's record (streams, lines, what it received) to
+hunt-record.json beside the servers' logs (pytest --basetemp keeps them).
+A seed replays the same faults and the same choices of each bot; thread
+timing still varies, so a rare race may need the seed run a few times.
 """
 
 import json
