@@ -11,26 +11,14 @@ the event that announces it can never disagree:
   HDEL + a `left` event. Of two servers claiming one name at once exactly
   one wins; a name online anywhere is taken everywhere, and every server
   knows everyone's room (`ListRooms`, `ListUsers`, "who is in #rust").
-- **Direct messages** to a user of another server go to the same events
-  stream (kind `dm`); every server reads them, and the one that holds the
-  recipient delivers (`hub.remote_direct`). They are never in any history.
-- **Live events** (joins, moves, leaves, typing) go to a capped stream,
-  `chat:events`, which every server follows from the last id it has seen
-  (redis_follow.py), skipping its own. A server cut off catches up on what
-  it missed when Redis answers; if it missed too much (the cap trimmed it)
-  or at start or after any error, it *resyncs*: one script returns who is
-  online and the stream's position at the same instant, the hub announces
-  the difference (`hub.resync_remote`), and reading goes on from there.
+- **Live events** (joins, moves, leaves, typing, direct messages) go to
+  the capped stream `chat:events`, which every server follows; that half of
+  the cluster, and how a server that missed events resyncs, is in
+  redis_events.py.
 - **Liveness.** Every HEARTBEAT_S one script refreshes our alive key, counts
   the live peers (so the store knows whether it is `shared`), and reaps
   every server whose key expired: its names go, with one `left` each, in
   that same script, so exactly one survivor announces them.
-
-Why a stream and not Pub/Sub: Pub/Sub keeps nothing, so every reconnect
-needs a reconciliation, and an event sent in the second before it is lost
-for good (a join shown to no one). The stream costs one XADD of ~60 bytes
-per event (10,000 kept, under 1 MB) and gives the same one order on every
-server; a resync is needed only when the cap is overrun.
 
 **While Redis is unreachable** claims are kept here and the join path does
 not wait on Redis (`link.reachable`); the heartbeat claims them again, with
@@ -42,12 +30,11 @@ name was taken meanwhile (we were cut off longer than ALIVE_TTL_MS, reaped,
 and someone else claimed it), the one who holds it in Redis wins: our user
 is told and disconnected (`hub.kick`).
 
-Threads (all owned here): the *publisher* drains `_outbox` (typing; the hub
-puts into it, never blocking); the *follower* reads the events stream; the
-*heartbeat* beats, reaps, retries releases and moves, and re-claims. `_names`
-guards `_claims` (and each `Claim`'s fields), `_unreleased`, `_inflight` and
-`_closing`, never held during a Redis call. Without `--redis-url` the server
-uses `remote.Alone` instead.
+Threads (all owned here): the *publisher* and the *follower* of live events
+(redis_events.py); the *heartbeat* beats, reaps, retries releases and
+moves, and re-claims. `_names` guards `_claims` (and each `Claim`'s
+fields), `_unreleased`, `_inflight` and `_closing`, never held during a
+Redis call. Without `--redis-url` the server uses `remote.Alone` instead.
 """
 
 import logging
@@ -58,31 +45,27 @@ from dataclasses import dataclass
 
 import redis
 
+from redis_events import LiveEvents
 from redis_follow import StreamFollower
 from redis_keys import (
     ALIVE_PREFIX,
     ALIVE_SUFFIX,
     EVENTS_KEY,
     EVENTS_MAX,
-    NAMES_KEY,
+    PRESENCE_KEYS,
     QUICK_TIMEOUT_S,
     SERVERS_KEY,
-    WHERE_KEY,
     RedisLink,
     alive_key,
 )  # fmt: skip
-from sanitize import LOBBY, room_name
-from store import NotSent
+from sanitize import LOBBY
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0  # how often a server says it is alive, reaps the dead, re-claims
 ALIVE_TTL_MS = 10_000  # a server silent this long is dead: its users are gone in <= ~12 s
 OUTBOX_MAX_EVENTS = 10_000  # typing events waiting for Redis; beyond, dropped
-PUBLISH_BATCH_MAX = 200  # typing events per round trip
 KICK_TEXT = "{} is online on another server: this session ends"
-NOT_SENT_TEXT = "cut off from the Redis the other servers share"
-PRESENCE_KEYS = [NAMES_KEY, EVENTS_KEY, WHERE_KEY]  # KEYS[1..3] of every presence script
 
 
 @dataclass(slots=True)
@@ -95,8 +78,11 @@ class Claim:
     sending: bool = False  # a thread is sending the room now: the others leave it to it
 
 
-class Cluster:
-    """Names, presence and live events shared through Redis; see the module docstring."""
+class Cluster(LiveEvents):
+    """Names, rooms, presence and live events shared through Redis; see the module docstring.
+
+    Its live events (typing, direct messages, following the others) are in redis_events.py.
+    """
 
     def __init__(self, link: RedisLink, server_id: str):
         self._link = link
@@ -227,87 +213,6 @@ class Cluster:
         for name in due:
             self._send_room(name)
 
-    # -- live events ---------------------------------------------------------
-
-    def publish_typing(self, name: str, kind: int) -> None:
-        """Hand a local typing change to the other servers. Never blocks."""
-        try:
-            self._outbox.put_nowait((name, int(kind)))
-        except queue.Full:
-            pass  # Redis has been away long: typing is not worth keeping
-
-    def _publish_loop(self) -> None:
-        batch = []  # kept across a failed write: a STOP must not be lost for good
-        while not self._stopped.is_set():
-            if not batch:
-                try:
-                    batch.append(self._outbox.get(timeout=1.0))  # wakes to see close()
-                except queue.Empty:
-                    continue
-            while len(batch) < PUBLISH_BATCH_MAX and not self._outbox.empty():
-                batch.append(self._outbox.get_nowait())  # we are the only taker
-            if self._write_typing(batch):
-                batch = []
-
-    def _write_typing(self, batch: list) -> bool:
-        pipe = self._link.quick.pipeline(transaction=False)
-        for name, kind in batch:
-            fields = {"kind": "typing", "name": name, "server": self.server_id, "typing": kind}
-            pipe.xadd(EVENTS_KEY, fields, maxlen=EVENTS_MAX, approximate=True)
-        try:
-            pipe.execute()
-            return True
-        except redis.RedisError:
-            self._link.mark_down()
-            self._stopped.wait(QUICK_TIMEOUT_S)
-            return False
-
-    def direct(self, sender: str, to: str, text: str, timestamp: int, action: bool) -> None:
-        """Hand a direct message for another server's user to Redis, or raise NotSent.
-
-        Every server reads it; the one that holds `to` delivers it. Never stored.
-        """
-        if not self._link.reachable:
-            raise NotSent(NOT_SENT_TEXT)
-        fields = {"kind": "dm", "server": self.server_id, "sender": sender, "to": to,
-                  "text": text, "timestamp": timestamp, "action": int(action)}  # fmt: skip
-        try:
-            self._link.quick.xadd(EVENTS_KEY, fields, maxlen=EVENTS_MAX, approximate=True)
-        except redis.RedisError as error:
-            self._link.mark_down()
-            raise NotSent(NOT_SENT_TEXT) from error
-
-    def _on_events(self, entries: list) -> None:
-        """Follower thread: other servers' joins, moves, leaves, typing and dms, in order."""
-        for _, fields in entries:
-            kind, name = fields.get("kind"), fields.get("name")
-            if kind == "dm":  # ours too: its recipient may have come here meanwhile
-                self._on_direct(fields)
-            elif fields.get("server") == self.server_id or not name:
-                continue  # ours (the hub showed it already), or not an event of ours
-            elif kind in ("joined", "moved", "left"):
-                self._hub.remote_event(kind, name, room=_room(fields.get("room")))
-            elif kind == "typing" and fields.get("typing", "").isdigit():
-                self._hub.remote_event(kind, name, int(fields["typing"]))
-
-    def _on_direct(self, fields: dict) -> None:
-        sender, to, text = fields.get("sender"), fields.get("to"), fields.get("text")
-        if sender and to and text:
-            timestamp = fields.get("timestamp", "")
-            timestamp = int(timestamp) if timestamp.isdigit() else 0
-            self._hub.remote_direct(sender, to, text, timestamp, fields.get("action") == "1")
-
-    def _resync(self) -> tuple[str, int]:
-        """Follower thread: who is online elsewhere (and where), and the events' position."""
-        names, where, (position, added) = self._link.run("resync", PRESENCE_KEYS, [])
-        claims = dict(zip(names[::2], names[1::2], strict=False))
-        rooms = dict(zip(where[::2], where[1::2], strict=False))
-        others = {
-            n: _room(rooms.get(n)) for n, t in claims.items() if _server_of(t) != self.server_id
-        }
-        self._hub.resync_remote(others)
-        return position, added
-
     # -- liveness ------------------------------------------------------------
 
     def _heartbeat_loop(self) -> None:
@@ -382,13 +287,3 @@ class Cluster:
             self._run_keys("leave", [*PRESENCE_KEYS, SERVERS_KEY], args)
         except redis.RedisError as error:
             log.warning("could not leave the cluster cleanly: %s", error)
-
-
-def _server_of(token: str) -> str:
-    """The server id in a claim token "<server id>:<session>"."""
-    return token.split(":", 1)[0]
-
-
-def _room(raw: str | None) -> str:
-    """A room as Redis gave it; missing or not a room name: the lobby."""
-    return room_name(raw or LOBBY) or LOBBY

@@ -31,7 +31,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the chat's modules
 
 from bench.servers import PrivateRedis  # noqa: E402
-from redis_keys import APPEND  # noqa: E402 - the script the store runs
+from redis_lua import APPEND  # noqa: E402 - the script the store runs
 
 MESSAGES = 20_000
 BATCH = 200  # messages per pipelined round trip, as redis_store.WRITE_BATCH_MAX

@@ -1,0 +1,184 @@
+"""Every Lua script the Redis modules run: each change of who is where, and one message.
+
+Each script runs atomically in Redis, so a name, its room and the event that
+announces them (in `chat:events`) can never disagree, and a message of a
+room other than the lobby is in the bus and in the room's history under
+one id. redis_keys.py registers them on its `RedisLink`; cluster.py and
+redis_store.py run them by name (`link.run("claim", keys, args)`).
+
+NOTE: the scripts touch keys they compute (`chat:server:<id>:alive`): fine
+on one Redis, not on Redis Cluster (one Redis is the distributed engine here).
+"""
+
+# -- Lua: names, rooms and presence ---------------------------------------------------
+# KEYS[1] = NAMES_KEY, KEYS[2] = EVENTS_KEY, KEYS[3] = WHERE_KEY in each; events carry
+# the server they come from and the room they are about.
+
+_XADD = """
+local function event(kind, name, server, room)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*',
+             'kind', kind, 'name', name, 'server', server, 'room', room)
+end
+local function forget(name, server)
+  local room = redis.call('HGET', KEYS[3], name) or 'lobby'
+  redis.call('HDEL', KEYS[1], name)
+  redis.call('HDEL', KEYS[3], name)
+  event('left', name, server, room)
+end
+"""
+
+# ARGV: maxlen, name, token, server, room. 1 if the name is ours now, 0 if someone holds it.
+CLAIM = """
+local held = redis.call('HGET', KEYS[1], ARGV[2])
+if held == ARGV[3] then return 1 end
+if held then return 0 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[5])
+event('joined', ARGV[2], ARGV[4], ARGV[5])
+return 1
+"""
+
+# ARGV: maxlen, name, token, server, room. 0 if this token does not hold the name;
+# else 1, with a `moved` event only if the room changed (so a retry is harmless).
+MOVE = """
+if redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[3] then return 0 end
+if redis.call('HGET', KEYS[3], ARGV[2]) == ARGV[5] then return 1 end
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[5])
+event('moved', ARGV[2], ARGV[4], ARGV[5])
+return 1
+"""
+
+# ARGV: maxlen, name, token, server. Frees the name only if this token still holds it.
+RELEASE = """
+if redis.call('HGET', KEYS[1], ARGV[2]) == ARGV[3] then
+  forget(ARGV[2], ARGV[4])
+  return 1
+end
+return 0
+"""
+
+# ARGV: maxlen, server, then name, token, room triples. Per triple: 1 held, 2 claimed
+# again (in that room), 0 taken. Rooms of held names are MOVE's to change, not ours.
+RECONCILE = """
+local out = {}
+for i = 3, #ARGV, 3 do
+  local held = redis.call('HGET', KEYS[1], ARGV[i])
+  if held == ARGV[i + 1] then out[#out + 1] = 1
+  elseif held then out[#out + 1] = 0
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
+    event('joined', ARGV[i], ARGV[2], ARGV[i + 2])
+    out[#out + 1] = 2
+  end
+end
+return out
+"""
+
+_FREE_NAMES = """
+local function free_names(server)
+  local prefix, freed, all = server .. ':', 0, redis.call('HGETALL', KEYS[1])
+  for i = 1, #all, 2 do
+    if string.sub(all[i + 1], 1, #prefix) == prefix then
+      forget(all[i], server)
+      freed = freed + 1
+    end
+  end
+  return freed
+end
+"""
+
+# KEYS[4] = SERVERS_KEY. ARGV: maxlen, server, alive prefix, alive suffix, ttl ms.
+# Says we are alive; reaps every server whose alive key expired (its names go, one
+# `left` each, in this one script: exactly one survivor reaps it). Returns
+# {live peers, {dead id, names freed, ...}}.
+HEARTBEAT = """
+redis.call('SET', ARGV[3] .. ARGV[2] .. ARGV[4], '1', 'PX', ARGV[5])
+redis.call('SADD', KEYS[4], ARGV[2])
+local peers, reaped = 0, {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  if id ~= ARGV[2] then
+    if redis.call('EXISTS', ARGV[3] .. id .. ARGV[4]) == 1 then peers = peers + 1
+    else
+      redis.call('SREM', KEYS[4], id)
+      reaped[#reaped + 1] = id
+      reaped[#reaped + 1] = free_names(id)
+    end
+  end
+end
+return {peers, reaped}
+"""
+
+# KEYS[4] = SERVERS_KEY. ARGV: maxlen, server, alive key. Leaves nothing of ours behind.
+LEAVE = """
+local freed = free_names(ARGV[2])
+redis.call('DEL', ARGV[3])
+redis.call('SREM', KEYS[4], ARGV[2])
+return freed
+"""
+
+# -- Lua: a message of a room other than the lobby ------------------------------------
+
+# KEYS[1] = BUS_KEY, KEYS[2] = the room's history stream. ARGV: maxlen, id ('*' or
+# one given during an outage), then the entry's fields and values. The bus makes the
+# id: every such room's messages pass through it, so the id is above the room's last.
+# Returns the id. (A history stream another tool wrote past gets a fresh id there.)
+APPEND = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[2], unpack(ARGV, 3))
+local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id, unpack(ARGV, 3))
+if type(ok) == 'table' and ok.err then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+end
+return id
+"""
+
+# -- Lua: reading streams from a position -------------------------------------------
+
+_POSITION = """
+local function position(key)
+  if redis.call('EXISTS', key) == 0 then return {'0-0', 0} end
+  local info = redis.call('XINFO', 'STREAM', key)
+  local last, added = '0-0', 0
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i + 1] end
+    if info[i] == 'entries-added' then added = info[i + 1] end
+  end
+  return {last, added}
+end
+"""
+
+# KEYS[1] = a stream. {last id, entries ever added}: where a new reader starts.
+TAIL = "return position(KEYS[1])"
+
+# KEYS[1] = NAMES_KEY, KEYS[2] = EVENTS_KEY, KEYS[3] = WHERE_KEY. Who is online, in
+# which room, and where the events stream is, at one instant: a reader resumes
+# from there with nothing missed.
+RESYNC = """
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[3]), position(KEYS[2])}
+"""
+
+# KEYS[1] = a stream. ARGV: exclusive start id, count. The entries after it and,
+# at the same instant, the first entry's id, entries ever added, and length:
+# enough to tell whether entries after the start were trimmed unread.
+# NOTE: Redis 7.0 leaves max-deleted-entry-id at 0-0 when MAXLEN trims (only
+# XDEL sets it; measured), so trimming is counted from entries-added instead.
+CATCH_UP = """
+local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local pos = position(KEYS[1])
+return {entries, first[1] and first[1][1] or '0-0', pos[2], redis.call('XLEN', KEYS[1])}
+"""
+
+# Each script with the helpers it calls, by the name `RedisLink.run` takes.
+SCRIPTS = {
+    "claim": _XADD + CLAIM,
+    "move": _XADD + MOVE,
+    "release": _XADD + RELEASE,
+    "reconcile": _XADD + RECONCILE,
+    "heartbeat": _XADD + _FREE_NAMES + HEARTBEAT,
+    "leave": _XADD + _FREE_NAMES + LEAVE,
+    "tail": _POSITION + TAIL,
+    "resync": _POSITION + RESYNC,
+    "catch_up": _POSITION + CATCH_UP,
+    "append": APPEND,
+}
