@@ -37,12 +37,11 @@ import queue
 
 import redis
 
-from redis_keys import EVENTS_KEY, EVENTS_MAX, PRESENCE_KEYS, QUICK_TIMEOUT_S
+from redis_keys import EVENTS_KEY, EVENTS_MAX, NOT_SENT_TEXT, PRESENCE_KEYS, QUICK_TIMEOUT_S
 from sanitize import LOBBY, room_name
 from store import NotSent
 
 PUBLISH_BATCH_MAX = 200  # typing events per round trip
-NOT_SENT_TEXT = "cut off from the Redis the other servers share"
 
 
 class LiveEvents:

@@ -50,7 +50,14 @@ import redis
 from redis_entries import Pending, origin, to_message
 from redis_follow import StreamFollower
 from redis_history import History
-from redis_keys import FOLLOWED_KEYS, STREAM_KEY, RedisLink, followed_key, history_key
+from redis_keys import (
+    FOLLOWED_KEYS,
+    NOT_SENT_TEXT,
+    STREAM_KEY,
+    RedisLink,
+    followed_key,
+    history_key,
+)
 from sanitize import LOBBY
 from store import IdClock, Message, NotSent, StoreUnavailable, id_key
 
@@ -60,7 +67,6 @@ WRITE_BATCH_MAX = 200  # messages per pipelined XADD round trip
 PENDING_MAX = 100_000  # messages kept while Redis is away; beyond, the oldest drop
 RECENT_MAX = 500  # delivered messages kept for joins while Redis is away
 RETRY_S = 0.5  # how often the writer retries a lost Redis
-NOT_SENT_TEXT = "cut off from the Redis the other servers share"
 
 
 class RedisStore(History):
