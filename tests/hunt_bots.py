@@ -110,6 +110,7 @@ class Bot:
         self.first_join_t: float | None = None
         self.view: set[str] | None = None  # who is online, as this bot was told
         self.typing_view: set[str] = set()
+        self.presence_log: list[tuple] = []  # (t, stream, type, name): 1 joined, 2 left; typing 1/2
         self.problems: list[str] = []  # wrong on the spot (an unknown code, a slow answer)
         self.error: BaseException | None = None
         self._typing = False
@@ -167,6 +168,7 @@ class Bot:
             self.problems.append(f"{self.clock():.1f} s: unexpected notice {e.code} {e.message!r}")
 
     def _got_user_event(self, session: Session, e) -> None:
+        self.presence_log.append((self.clock(), session.index, e.type, e.username))
         if e.username == self.name and e.type == pb.USER_JOINED and not session.joined.is_set():
             session.joined.set()
             self.first_join_t = self.first_join_t or self.clock()
@@ -177,6 +179,7 @@ class Bot:
             self.typing_view.discard(e.username)
 
     def _got_typing_event(self, session: Session, e) -> None:
+        self.presence_log.append((self.clock(), session.index, f"typing {e.type}", e.username))
         if e.type == pb.TYPING_START:
             self.typing_view.add(e.username)
         else:
@@ -290,6 +293,7 @@ class Bot:
                 "attempts": [vars(a) for a in self.attempts],
                 "received": [vars(r) for r in self.received],
                 "problems": self.problems,
+                "presence": self.presence_log,
             }
 
     def _wait(self, predicate, timeout: float) -> bool:
