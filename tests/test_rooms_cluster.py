@@ -6,6 +6,7 @@ first waits until every server sees the same users (`settled`).
 """
 
 import threading
+import time
 
 import grpc
 import pytest
@@ -16,7 +17,8 @@ from wire import EVENT_TIMEOUT_S, Conn, join, join_event, move_event
 
 import chat_pb2 as pb
 import chat_pb2_grpc
-from redis_keys import EVENTS_KEY
+from cluster import Cluster
+from redis_keys import EVENTS_KEY, WHERE_KEY, RedisLink
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -216,3 +218,45 @@ def test_rooms_heal_after_one_servers_redis_link_is_cut(cluster, redis_proc):
     proxy.close()
     for conn in (alice, bob):
         conn.close()
+
+
+class QuietHub:
+    """A hub that hears nothing: the cluster's callbacks, doing nothing."""
+
+    def remote_event(self, *args, **kwargs): ...
+    def resync_remote(self, users): ...
+    def remote_direct(self, *args): ...
+    def kick(self, name, text): ...
+
+
+def test_a_move_during_a_slow_move_never_waits_and_the_latest_room_lands_last(redis_proc):
+    """When alice moves again while her first move is still in Redis, the second move
+    returns at once, and Redis ends with her latest room, announced after the first."""
+    link = RedisLink(redis_proc.url)
+    cluster = Cluster(link, "s1")
+    cluster.start(QuietHub())
+    token = cluster.claim("alice", "lobby")
+    first_in_redis, release = threading.Event(), threading.Event()
+    run = link.run
+
+    def slow_first_move(script, keys, args, client=None):
+        if script == "move" and not first_in_redis.is_set():
+            first_in_redis.set()
+            assert release.wait(EVENT_TIMEOUT_S)
+        return run(script, keys, args, client)
+
+    link.run = slow_first_move
+    mover = threading.Thread(target=cluster.move, args=("alice", token, "rust"))
+    mover.start()
+    assert first_in_redis.wait(EVENT_TIMEOUT_S)
+    started = time.monotonic()
+    cluster.move("alice", token, "go")
+    assert time.monotonic() - started < 0.5
+    release.set()
+    mover.join(EVENT_TIMEOUT_S)
+    with redis.Redis.from_url(redis_proc.url, decode_responses=True) as client:
+        assert client.hget(WHERE_KEY, "alice") == "go"
+        moves = [f["room"] for _, f in client.xrange(EVENTS_KEY) if f["kind"] == "moved"]
+    assert moves == ["rust", "go"]
+    cluster.close()
+    link.close()
