@@ -204,7 +204,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             )
 
     def _replay(self, client: Client, mark: Replay):
-        """Step 3b: yield a room's history, a page at a time; return the last id sent.
+        """Step 3b: yield a room's history, a page at a time; return the last id the client has.
 
         What the joiner missed (after `mark.after_id`), or the last N. Only
         one page is held at a time, and none once it has been sent.
@@ -212,10 +212,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         limit, room = self._settings.history, mark.room
         try:
             pages = self.hub.store.history(limit, mark.after_id or None, room)
+            last_id = mark.after_id or None  # seen before: a lagging follower's copy is not new
         except ValueError:
             self.hub.tell(client, system_event("unknown last_seen_id", pb.INVALID_EVENT))
             pages = self.hub.store.history(limit, None, room)
-        last_id = None
+            last_id = None
         for page in pages:
             for message in page:
                 yield message_event(message, replay=True)
