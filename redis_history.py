@@ -22,7 +22,7 @@ import redis
 
 from redis_entries import origin, to_message
 from redis_keys import history_key
-from store import HISTORY_PAGE, Message, id_key, messages_after, pages
+from store import HISTORY_PAGE, HistoryUnavailable, Message, id_key, messages_after, pages
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,30 @@ class History:
                 if p.id and p.room == room
             }
         if not self.redis.reachable:  # known lost: do not wait on Redis during a join
+            if after_id and not self.can_resume(after_id):
+                raise HistoryUnavailable(after_id)
             return pages(self._cached(room, unwritten, limit, after_id))
         if after_id:
             return self._pages_after(room, after_id, unwritten)
         return pages(self._last(room, limit, unwritten))
+
+    def can_resume(self, after_id: str) -> bool:
+        """Can a resume after `after_id` be answered whole right now?
+
+        Yes while Redis answers. While it is away, only if this server has
+        seen every message since `after_id`: its cache of recent deliveries
+        reaches back that far (a server that restarted since, or whose cache
+        has moved on, would hand out a gap).
+        """
+        if self.redis.reachable:
+            return True
+        try:
+            cut = id_key(after_id)
+        except ValueError:
+            return True  # a malformed id gets its notice and the last N
+        with self._lock:
+            oldest = self._recent[0].id if self._recent else None
+        return oldest is not None and id_key(oldest) <= cut
 
     def _last(self, room: str, limit: int, unwritten: dict) -> list[Message]:
         if limit <= 0:
@@ -86,6 +106,9 @@ class History:
 
     def _history_failed(self, error, room, unwritten, limit, after_id) -> list[Message]:
         self.redis.mark_down()
+        if after_id and not self.can_resume(after_id):
+            log.warning("history from Redis failed (%s): cannot resume this join", error)
+            raise HistoryUnavailable(after_id)
         log.warning("history from Redis failed (%s): replaying what this server has", error)
         return self._cached(room, unwritten, limit, after_id)
 

@@ -36,11 +36,12 @@ from member import Client, Replay
 from ratelimit import Buckets
 from reader import Reader, round_up
 from sanitize import NAME_RULE, ROOM_RULE, is_valid_name, room_name
-from store import id_key
+from store import HistoryUnavailable, id_key
 
 log = logging.getLogger("session")
 
 JOIN_TIMEOUT_S = 10.0  # a stream that has not joined by then is cancelled
+RESUME_LATER = "cannot resume now: the chat is reconnecting"  # UNAVAILABLE: clients retry
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
     def _join(self, client: Client, context, last_seen_id: str) -> None:
         """Step 3a: claim the name (on every server), register in the room."""
+        if last_seen_id and not self.hub.store.can_resume(last_seen_id):
+            log.info("refused %s: cannot resume while Redis is away", client.name)
+            context.abort(grpc.StatusCode.UNAVAILABLE, RESUME_LATER)  # the client retries
         claim = self.hub.cluster.claim(client.name, client.room)
         try:
             if claim is None:
@@ -203,7 +207,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 f"joining too often from your address: retry in {round_up(wait_s):.1f} s",
             )
 
-    def _replay(self, client: Client, mark: Replay):
+    def _replay(self, client: Client, context, mark: Replay):
         """Step 3b: yield a room's history, a page at a time; return the last id the client has.
 
         What the joiner missed (after `mark.after_id`), or the last N. Only
@@ -215,12 +219,16 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             last_id = mark.after_id or None  # seen before: a lagging follower's copy is not new
         except ValueError:
             self.hub.tell(client, system_event("unknown last_seen_id", pb.INVALID_EVENT))
-            pages = self.hub.store.history(limit, None, room)
-            last_id = None
-        for page in pages:
-            for message in page:
-                yield message_event(message, replay=True)
-            last_id = page[-1].id if page else last_id
+            pages, last_id = self.hub.store.history(limit, None, room), None
+        except HistoryUnavailable:  # Redis is away and this server cannot fill the gap
+            context.abort(grpc.StatusCode.UNAVAILABLE, RESUME_LATER)
+        try:
+            for page in pages:
+                for message in page:
+                    yield message_event(message, replay=True)
+                last_id = page[-1].id if page else last_id
+        except HistoryUnavailable:  # Redis went away mid-resume: a gap would be a loss
+            context.abort(grpc.StatusCode.UNAVAILABLE, RESUME_LATER)
         return last_id
 
     def _drain(self, client: Client, context):
@@ -241,7 +249,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             if client.ending == member.GONE:
                 return
             if isinstance(event, Replay):
-                last_id = yield from self._replay(client, event)
+                last_id = yield from self._replay(client, context, event)
                 skip_up_to = (event.room, id_key(last_id)) if last_id else None
             elif event is not member.WAKE:
                 if skip_up_to is not None and already_sent(event, skip_up_to):

@@ -44,6 +44,10 @@ class NotSent(Exception):
     """
 
 
+class HistoryUnavailable(Exception):
+    """A resume cannot be answered whole now (Redis is away): the client should retry."""
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """One accepted chat message, as stored."""
@@ -117,6 +121,9 @@ class MemoryStore:
 
     def pending_writes(self) -> int:
         return 0  # every message is stored as it is appended
+
+    def can_resume(self, after_id: str) -> bool:
+        return True  # everything kept is here
 
     def append(
         self, username: str, text: str, timestamp: int, room: str = "lobby", action=False
