@@ -234,7 +234,9 @@ class Cluster(LiveEvents):
     def _beat(self) -> None:
         args = [self.server_id, ALIVE_PREFIX, ALIVE_SUFFIX, ALIVE_TTL_MS]
         peers, reaped = self._run_keys("heartbeat", [*PRESENCE_KEYS, SERVERS_KEY], args)
-        self._link.shared = peers > 0
+        # Sticky: once another server has shared this Redis, an outage here must
+        # never deliver with our own ids (it may be back at any moment).
+        self._link.shared = self._link.shared or peers > 0
         self._link.mark_up()
         for dead, freed in zip(reaped[::2], reaped[1::2], strict=False):
             log.warning("server %s is gone: %d users left with it", dead, freed)

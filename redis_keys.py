@@ -72,7 +72,8 @@ class RedisLink:
     most QUICK_TIMEOUT_S. Both are thread-safe pools (one per process, as
     redis-py advises). `reachable` is cleared by any failed call and set by
     any answer; while it is clear the join path skips Redis. `shared` is set
-    by the cluster's heartbeat: other live servers use this Redis.
+    by the cluster's heartbeat once other live servers use this Redis, and
+    stays set.
     """
 
     def __init__(self, url: str):
