@@ -67,7 +67,8 @@ def server_factory():
     started = []
 
     def start(store=None, options=None, **settings):
-        defaults = {"rate": None}  # most tests are not about the rate limit
+        # Most tests are not about the rate limits or the per-address cap (all are 127.0.0.1).
+        defaults = {"rate": None, "max_streams_per_address": 10_000}
         server = create_server(
             Settings(**{**defaults, **settings}),
             store or MemoryStore(),

@@ -119,7 +119,10 @@ def test_300_sessions_leave_no_client_and_no_thread(server_factory):
 
 def test_server_process_threads_return_to_baseline_after_churn(server_process):
     """When sessions come and go, the server process's thread count returns to where it was."""
-    server = server_process("--log-level", "WARNING", "--max-clients", str(CHURN_MAX_CLIENTS))
+    server = server_process(
+        "--log-level", "WARNING", "--max-clients", str(CHURN_MAX_CLIENTS),
+        "--max-streams-per-address", "1000", "--no-rate-limit",
+    )  # fmt: skip
     process = psutil.Process(server.proc.pid)
     churn(server.address, 100, killed_processes=2)  # warm up: pool threads are kept for reuse
     assert wait_until(lambda: health(server.address).active_clients == 0)
