@@ -51,6 +51,11 @@ def alive_key(server_id: str) -> str:
     return f"{ALIVE_PREFIX}{server_id}{ALIVE_SUFFIX}"
 
 
+def written_key(server_id: str) -> str:
+    """Up to which seq this server's messages are written (a retry after a lost reply)."""
+    return f"{ALIVE_PREFIX}{server_id}:written"
+
+
 def history_key(room: str) -> str:
     """The stream that holds `room`'s history."""
     return STREAM_KEY if room == LOBBY else ROOM_PREFIX + room

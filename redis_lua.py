@@ -117,18 +117,32 @@ redis.call('SREM', KEYS[4], ARGV[2])
 return freed
 """
 
-# -- Lua: a message of a room other than the lobby ------------------------------------
+# -- Lua: one message, written once ----------------------------------------------------
 
-# KEYS[1] = BUS_KEY, KEYS[2] = the room's history stream. ARGV: maxlen, id ('*' or
-# one given during an outage), then the entry's fields and values. The bus makes the
-# id: every such room's messages pass through it, so the id is above the room's last.
-# Returns the id. (A history stream another tool wrote past gets a fresh id there.)
-APPEND = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[2], unpack(ARGV, 3))
-local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id, unpack(ARGV, 3))
-if type(ok) == 'table' and ok.err then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+# KEYS[1] = the stream the servers follow (the lobby's, or the bus), KEYS[2] = the
+# room's history stream (the same key for the lobby), KEYS[3] = this server's
+# "written up to" key. ARGV: maxlen, id ('*' or one given during an outage), seq,
+# ttl s, then the entry's fields and values. A seq at or below the one written last
+# is a retry whose reply was lost: written already, so nothing happens (false).
+# Otherwise the followed stream makes the id (the one given, if the stream is not
+# past it; else a fresh one), and for the bus (every non-lobby room's
+# messages pass through it, so the id is above the room's last), the room's history
+# gets the same id, and the id is returned. (A history stream another tool wrote past
+# gets a fresh id there.)
+WRITE = """
+local last = tonumber(redis.call('GET', KEYS[3]) or '0')
+if tonumber(ARGV[3]) <= last then return false end
+local id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[2], unpack(ARGV, 5))
+if type(id) == 'table' and id.err then  -- another server wrote past our outage id
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 5))
 end
+if KEYS[2] ~= KEYS[1] then
+  local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id, unpack(ARGV, 5))
+  if type(ok) == 'table' and ok.err then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 5))
+  end
+end
+redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
 return id
 """
 
@@ -180,5 +194,5 @@ SCRIPTS = {
     "tail": _POSITION + TAIL,
     "resync": _POSITION + RESYNC,
     "catch_up": _POSITION + CATCH_UP,
-    "append": APPEND,
+    "write": WRITE,
 }

@@ -57,6 +57,7 @@ from redis_keys import (
     RedisLink,
     followed_key,
     history_key,
+    written_key,
 )
 from sanitize import LOBBY
 from store import IdClock, Message, NotSent, StoreUnavailable, id_key
@@ -67,6 +68,7 @@ WRITE_BATCH_MAX = 200  # messages per pipelined XADD round trip
 PENDING_MAX = 100_000  # messages kept while Redis is away; beyond, the oldest drop
 RECENT_MAX = 500  # delivered messages kept for joins while Redis is away
 RETRY_S = 0.5  # how often the writer retries a lost Redis
+WRITTEN_TTL_S = 86_400  # how long Redis remembers our last written seq (retries take seconds)
 
 
 class RedisStore(History):
@@ -205,26 +207,15 @@ class RedisStore(History):
         pipe = self.redis.client.pipeline(transaction=False)
         for p in batch:
             self._xadd(pipe, p, p.id or "*")
-        retry = []
-        for p, result in zip(batch, pipe.execute(raise_on_error=False), strict=True):
-            if isinstance(result, redis.ConnectionError | redis.TimeoutError):
-                raise result
-            if isinstance(result, redis.ResponseError):
-                retry.append(p)  # another server wrote past our outage id: take a new one
-        if retry:
-            pipe = self.redis.client.pipeline(transaction=False)
-            for p in retry:
-                self._xadd(pipe, p, "*")
-            pipe.execute()
+        pipe.execute()
 
     def _xadd(self, pipe, p: Pending, entry_id: str) -> None:
-        """A lobby message: one XADD. Another room's: the bus and its history, one id."""
+        """Write one message once (redis_lua.WRITE): a retry after a lost reply is a no-op."""
         fields = p.fields(self.server_id)
-        if p.room == LOBBY:
-            pipe.xadd(STREAM_KEY, fields, id=entry_id, maxlen=self._max_messages, approximate=True)
-            return
-        args = [self._max_messages, entry_id, *(v for pair in fields.items() for v in pair)]
-        self.redis.run("append", [followed_key(p.room), history_key(p.room)], args, pipe)
+        keys = [followed_key(p.room), history_key(p.room), written_key(self.server_id)]
+        args = [self._max_messages, entry_id, p.seq, WRITTEN_TTL_S]
+        args += [value for pair in fields.items() for value in pair]
+        self.redis.run("write", keys, args, pipe)
 
     def _go_offline(self, error, waiting: int) -> None:
         """Redis is lost. Alone: deliver what waits, with our own ids. Shared: refuse."""
