@@ -196,7 +196,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
     def _limit_joins(self, context) -> None:
         """Step 2b: an address that joins too often waits (reconnect loops, floods)."""
-        address = context.peer().rpartition(":")[0]  # "ipv4:127.0.0.1:5000" -> "ipv4:127.0.0.1"
+        address = perhost.peer_address(context)
         buckets = self._join_buckets
         wait_s = buckets.try_take(address) if buckets is not None else 0.0
         if wait_s:
