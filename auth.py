@@ -45,7 +45,7 @@ from pathlib import Path
 import grpc
 
 import metrics
-from perhost import peer_address
+from caps import peer_address, rewrapped
 from ratelimit import Buckets
 from users import NOBODY_HASH, UsersFileError, read_users, verify_password
 
@@ -166,7 +166,7 @@ class Guard(grpc.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method in OPEN_METHODS or method.startswith(OPEN_SERVICES):
             return handler
-        return _wrapped(handler, self._admitted)
+        return rewrapped(handler, self._admitted)
 
     def may_join(self, context, name: str) -> bool:
         """session.py: may this call join as `name`? (Its credentials were checked already.)"""
@@ -195,18 +195,6 @@ class Guard(grpc.ServerInterceptor):
         log.info("refused a call from %s: bad credentials", address)
         metrics.refused("auth")
         context.abort(grpc.StatusCode.UNAUTHENTICATED, self._check.refusal)
-
-
-def _wrapped(handler, wrap):
-    """The same handler, its behaviour (whichever of the four kinds) passed through `wrap`."""
-    shapes = ("unary", "stream")
-    kind = f"{shapes[handler.request_streaming]}_{shapes[handler.response_streaming]}"
-    make = getattr(grpc, f"{kind}_rpc_method_handler")
-    return make(
-        wrap(getattr(handler, kind)),
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
 
 
 def from_flags(token: str | None, users: Path | None):

@@ -50,16 +50,15 @@ import chat_pb2 as pb
 import chat_pb2_grpc
 import launch
 import session
+from caps import LongCallLimit, StreamsPerAddress
 from hub import Hub
-from longcalls import LongCallLimit
-from perhost import StreamsPerAddress
 from timers import Timers
 from users import UsersFileError, add_user_command
 
 log = logging.getLogger("server")
 
 # Pool threads beyond --max-clients: up to LONG_CALLS_MAX reflection/watch
-# streams (longcalls.py), and the rest for health checks and refusals.
+# streams (caps.py), and the rest for health checks and refusals.
 UNARY_HEADROOM_THREADS = 16
 SHUTDOWN_GRACE_S = 2.0  # after SIGTERM, streams get this long to drain before cancel
 MAX_INBOUND_BYTES = 64 * 1024  # bigger requests are refused by gRPC itself

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 
 import grpc
 
+import caps
 import chat_pb2 as pb
 import chat_pb2_grpc
 import hub as hubs
 import member
 import metrics
-import perhost
 from auth import Anyone
 from events import message_event, system_event
 from hub import Hub, NameTaken, ShuttingDown
@@ -55,7 +55,7 @@ class Settings:
     join_rate: float = 2.0  # joins per second per client address (off with `rate` None)
     join_burst: int = 20
     max_clients: int = 512
-    max_streams_per_address: int = perhost.MAX_STREAMS_PER_ADDRESS  # open Chats, joined or not
+    max_streams_per_address: int = caps.MAX_STREAMS_PER_ADDRESS  # open Chats, joined or not
     typing_silence_s: float = hubs.TYPING_SILENCE_S
     join_timeout_s: float = JOIN_TIMEOUT_S
     queue_max_events: int = member.QUEUE_MAX_EVENTS  # a client this far behind is evicted
@@ -196,7 +196,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
     def _limit_joins(self, context) -> None:
         """Step 2b: an address that joins too often waits (reconnect loops, floods)."""
-        address = perhost.peer_address(context)
+        address = caps.peer_address(context)
         buckets = self._join_buckets
         wait_s = buckets.try_take(address) if buckets is not None else 0.0
         if wait_s:

@@ -16,7 +16,7 @@ from wire import Conn, health, join, join_event
 
 import chat_pb2 as pb
 import chat_pb2_grpc
-from longcalls import LONG_CALLS_MAX
+from caps import LONG_CALLS_MAX
 
 pytestmark = pytest.mark.timeout(60)
 

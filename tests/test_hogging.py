@@ -1,4 +1,4 @@
-"""No cheap hogging: open streams capped per address (perhost.py), typing floods capped (hub.py)."""
+"""No cheap hogging: open streams capped per address (caps.py), typing floods capped (hub.py)."""
 
 import socket
 import threading
