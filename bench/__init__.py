@@ -13,5 +13,8 @@ Not part of the chat program: a tool that measures it. `make bench` (or
   room, and the workers' figures merged;
 - `load.py`: the clients, many per worker process on grpc.aio;
 - `report.py`: latency histograms, the progress line and the final table;
-- `peers/`: the baselines server.py is measured against in the same run.
+- `peers/`: the baselines server.py is measured against in the same run;
+- `redis_layout.py`: apart from the rest, `python -m bench.redis_layout`
+  measures the Redis layouts rooms could use (the README's "Why this
+  layout").
 """
