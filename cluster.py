@@ -40,6 +40,7 @@ Redis call. Without `--redis-url` the server uses `remote.Alone` instead.
 import logging
 import queue
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -64,6 +65,10 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0  # how often a server says it is alive, reaps the dead, re-claims
 ALIVE_TTL_MS = 10_000  # a server silent this long is dead: its users are gone in <= ~12 s
+# For its first seconds a server assumes others share its Redis, whatever its first
+# heartbeat saw: servers started together (a deployment, --processes) meet only at
+# their next heartbeats, and an id made here meanwhile might not hold.
+UNSURE_AT_START_S = 5.0
 OUTBOX_MAX_EVENTS = 10_000  # typing events waiting for Redis; beyond, dropped
 KICK_TEXT = "{} is online on another server: this session ends"
 
@@ -88,6 +93,8 @@ class Cluster(LiveEvents):
         self._link = link
         self.server_id = server_id
         self._hub = None
+        self._started = time.monotonic()  # reset by start()
+        self._seen_peers = False  # another server has used this Redis since we started
         self._names = threading.Condition()  # guards the four fields below
         self._claims: dict[str, Claim] = {}  # name -> claim, for our online clients
         self._unreleased: dict[str, str] = {}  # token -> name: releases Redis has not had
@@ -105,6 +112,7 @@ class Cluster(LiveEvents):
 
     def start(self, hub) -> None:
         self._hub = hub
+        self._started = time.monotonic()
         self._heartbeat()  # before the first join: are we alone on this Redis?
         self._follower.start()  # resyncs first: who is online elsewhere
         for thread in self._threads:
@@ -236,7 +244,11 @@ class Cluster(LiveEvents):
         peers, reaped = self._run_keys("heartbeat", [*PRESENCE_KEYS, SERVERS_KEY], args)
         # Sticky: once another server has shared this Redis, an outage here must
         # never deliver with our own ids (it may be back at any moment).
-        self._link.shared = self._link.shared or peers > 0
+        self._seen_peers = self._seen_peers or peers > 0
+        unsure = time.monotonic() - self._started < UNSURE_AT_START_S
+        if self._link.shared and not (self._seen_peers or unsure):
+            log.info("alone on this Redis: during an outage, chat goes on live")
+        self._link.shared = self._seen_peers or unsure
         self._link.mark_up()
         for dead, freed in zip(reaped[::2], reaped[1::2], strict=False):
             log.warning("server %s is gone: %d users left with it", dead, freed)

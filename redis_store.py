@@ -18,14 +18,15 @@ server. History is read from the room's own stream (redis_history.py).
 Threads: the hub's callers append to `_pending`; the *writer* (owned here)
 is the only one that removes from it; the *follower* is the only one that
 reads the stream for delivery. `_lock` guards `_pending`, `_dropped`,
-`_online`, `_delivered_seq`, `_ids` and `_recent`; it is never held during
-a Redis call, nor while calling the hub.
+`_online`, `_delivered_seq`, `_unfollowed`, `_followed_own`, `_ids` and
+`_recent`; it is never held during a Redis call, nor while calling the hub.
 
 When Redis is lost, what happens depends on whether we are alone on it
 (`link.shared`, which the cluster's heartbeat keeps):
 
-- **alone**: chat goes on live. The writer delivers what is waiting itself,
-  with ids made here, and `append` hands each new message straight back to
+- **alone**: chat goes on live. The writer delivers what is waiting itself
+  (written ones the follower had not read yet with their stream ids, the
+  rest with ids made here), and `append` hands each new message straight back to
   the hub. They wait in `_pending` (bounded) and are written, in order and
   under those ids, as soon as Redis answers again.
 - **shared**: an id made here would not hold (another server may give a
@@ -38,6 +39,7 @@ entry delivered during an outage, or written twice because a reply was lost,
 is delivered once.
 """
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -94,6 +96,10 @@ class RedisStore(History):
         self._dropped = 0  # overflowed `_pending` since last reported
         self._online = True  # False once the writer found Redis lost, until a write succeeds
         self._delivered_seq = 0  # highest own seq already delivered by us
+        # (seq, message) written and answered, not yet read back by the follower: if
+        # Redis goes now, a server alone on it delivers these itself (going offline).
+        self._unfollowed: deque[tuple[int, Pending]] = deque()
+        self._followed_own: dict[str, int] = {}  # followed stream -> our highest seq read back
         self._recent: deque[Message] = deque(maxlen=RECENT_MAX)  # delivered, newest last
         # (followed stream, origin) -> highest seq delivered from it (follower only)
         self._seen: dict[tuple[str, str], int] = {}
@@ -183,7 +189,7 @@ class RedisStore(History):
             if dropped:
                 log.error("history buffer full: %d messages dropped unwritten", dropped)
             try:
-                self._write(batch)
+                written = self._write(batch)
             except redis.RedisError as error:
                 self.redis.mark_down()
                 if outage_since is None:
@@ -198,16 +204,24 @@ class RedisStore(History):
                 while self._pending and self._pending[0].seq <= batch[-1].seq:
                     self._pending.popleft()
                 self._online = True
+                for p, entry_id in zip(batch, written, strict=True):
+                    read_back = p.seq <= self._followed_own.get(followed_key(p.room), 0)
+                    if entry_id and p.id is None and not read_back:  # the follower will
+                        self._ids.advance_past(entry_id)
+                        self._unfollowed.append((p.seq, dataclasses.replace(p, id=entry_id)))
             if outage_since is not None:
                 lost_s, outage_since = time.monotonic() - outage_since, None
                 log.warning("Redis back after %.1f s: writing %d waiting messages", lost_s, waiting)
 
-    def _write(self, batch: list[Pending]) -> None:
-        """XADD a batch in one round trip; ids already delivered are kept if the stream allows."""
+    def _write(self, batch: list[Pending]) -> list:
+        """Write a batch in one round trip: each one's new id, or None if written before.
+
+        Ids already delivered (an outage, alone) are kept if the stream allows.
+        """
         pipe = self.redis.client.pipeline(transaction=False)
         for p in batch:
             self._xadd(pipe, p, p.id or "*")
-        pipe.execute()
+        return pipe.execute()
 
     def _xadd(self, pipe, p: Pending, entry_id: str) -> None:
         """Write one message once (redis_lua.WRITE): a retry after a lost reply is a no-op."""
@@ -231,13 +245,17 @@ class RedisStore(History):
             self._deliver(stranded)
 
     def _strand_locked(self) -> list[Message]:
-        """Go offline: give every undelivered message an id of ours; return them."""
+        """Go offline: every undelivered message, written ones first; ours get our ids."""
         self._online = False
+        messages = [p.message() for _, p in self._unfollowed]  # their ids are the stream's
+        if self._unfollowed:
+            self._delivered_seq = max(self._delivered_seq, self._unfollowed[-1][0])
+            self._unfollowed.clear()
         stranded = [p for p in self._pending if p.id is None]
         for p in stranded:
             p.id = self._ids.next()
             self._delivered_seq = p.seq
-        messages = [p.message() for p in stranded]
+        messages += [p.message() for p in stranded]
         self._recent.extend(messages)
         return messages
 
@@ -260,7 +278,7 @@ class RedisStore(History):
         with self._lock:
             self._ids.advance_past(entries[-1][0])  # outage ids stay above the stream
             delivered_seq = self._delivered_seq
-        fresh = []
+        fresh, ours, own_high = [], set(), {}
         for entry_id, fields in entries:
             source, seq = origin(entry_id, fields)
             if seq:  # one of our servers: dedupe by (stream, server, seq)
@@ -268,9 +286,16 @@ class RedisStore(History):
                 if seq <= self._seen.get(stream, 0):
                     continue  # written twice (a lost reply); delivered already
                 self._seen[stream] = seq
+                if source == self.server_id:
+                    ours.add(seq)
+                    own_high[stream[0]] = seq
                 if source == self.server_id and seq <= delivered_seq:
                     continue  # we delivered it ourselves during an outage
             fresh.append(to_message(entry_id, fields))
+        with self._lock:
+            self._followed_own.update(own_high)
+            if ours and self._unfollowed:  # read back: no longer ours to deliver
+                self._unfollowed = deque(w for w in self._unfollowed if w[0] not in ours)
         if fresh:
             with self._lock:
                 self._recent.extend(fresh)

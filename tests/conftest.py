@@ -94,7 +94,11 @@ def server(server_factory):
 
 
 class ServerProcess:
-    """`python server.py` as a subprocess, on `port` or a free one."""
+    """`python server.py` as a subprocess, on `port` or a free one.
+
+    Its log (stderr) is read at the end with `proc.stderr.read()`, or, after
+    `watch_log()`, collected as it comes by a thread (`wait_for_log`).
+    """
 
     def __init__(self, *args: str, env: dict | None = None, port: int | None = None):
         self.port = port or free_port()  # a given port lets a server come back in place
@@ -119,6 +123,17 @@ class ServerProcess:
         if "listening" not in self.banner:
             self.proc.kill()
             raise AssertionError(f"server did not start: {self.banner}{self.proc.stderr.read()}")
+
+    def watch_log(self) -> None:
+        self.log_lines: list[str] = []
+        threading.Thread(target=self._collect_log, daemon=True).start()
+
+    def _collect_log(self) -> None:
+        for line in self.proc.stderr:
+            self.log_lines.append(line)
+
+    def wait_for_log(self, text: str, timeout: float = 15) -> bool:
+        return wait_until(lambda: any(text in line for line in list(self.log_lines)), timeout)
 
     def signal(self, sig=signal.SIGTERM) -> None:
         self.proc.send_signal(sig)
