@@ -108,10 +108,13 @@ def supervise(plan: Plan, build, count: int) -> None:
     when a child exits) and on a pipe the signal handler writes to.
     """
     wake_read, wake_write = os.pipe()  # the signal handler's way to wake the wait below
+    # Held open by the parent alone: a child reading it sees EOF when the parent is
+    # gone, however it went (a SIGKILL included), and stops rather than live on orphaned.
+    alive = os.pipe()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: os.write(wake_write, b"x"))
     forks = multiprocessing.get_context("fork")
-    children = [_start(forks, plan, build, i) for i in range(count)]
+    children = [_start(forks, plan, build, i, alive) for i in range(count)]
     for i, (process, started) in enumerate(children):
         if not started.wait(CHILD_START_TIMEOUT_S):
             _stop_all([p for p, _ in children])
@@ -127,28 +130,39 @@ def supervise(plan: Plan, build, count: int) -> None:
             log.error("process %d (pid %d) died with code %s: restarting", i, dead.pid,
                       dead.exitcode)  # fmt: skip
             time.sleep(RESTART_BACKOFF_S)  # a child that dies at once is not restarted in a loop
-            children[i] = _start(forks, plan, build, i)
+            children[i] = _start(forks, plan, build, i, alive)
     log.info("stopping %d processes", count)
     failed = _stop_all([p for p, _ in children])
     if failed:
         raise click.ClickException(f"{failed} processes did not stop cleanly")
 
 
-def _start(forks, plan: Plan, build, index: int):
+def _start(forks, plan: Plan, build, index: int, alive):
     started = forks.Event()
-    process = forks.Process(target=_child, args=(plan, build, index, started), name=f"chat-{index}")
+    process = forks.Process(
+        target=_child, args=(plan, build, index, started, alive), name=f"chat-{index}"
+    )
     process.start()
     log.info("process %d started (pid %d)", index, process.pid)
     return process, started
 
 
-def _child(plan: Plan, build, index: int, started) -> None:
+def _child(plan: Plan, build, index: int, started, alive) -> None:
     """A child's body, after the fork: one server process, like `python server.py` alone."""
+    alive_read, alive_write = alive
+    os.close(alive_write)  # only the parent's copy may keep the pipe open
+    threading.Thread(target=_stop_with_parent, args=(alive_read,), daemon=True).start()
     try:
         serve(plan, build, index, ready=started.set)
     except click.ClickException as error:
         log.error("process %d (pid %d): %s", index, os.getpid(), error.message)
         raise SystemExit(1) from None
+
+
+def _stop_with_parent(alive_read: int) -> None:
+    """A child's watcher thread: when the parent is gone, stop as on SIGTERM."""
+    os.read(alive_read, 1)  # blocks until EOF: the parent's end closed with it
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _stop_all(processes) -> int:

@@ -129,8 +129,11 @@ class ServerProcess:
         threading.Thread(target=self._collect_log, daemon=True).start()
 
     def _collect_log(self) -> None:
-        for line in self.proc.stderr:
-            self.log_lines.append(line)
+        try:
+            for line in self.proc.stderr:
+                self.log_lines.append(line)
+        except ValueError:  # stop() closed the pipe
+            pass
 
     def wait_for_log(self, text: str, timeout: float = 15) -> bool:
         return wait_until(lambda: any(text in line for line in list(self.log_lines)), timeout)

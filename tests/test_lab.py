@@ -60,6 +60,7 @@ def test_third_client_is_refused_by_max_clients_2(lab):
 def test_redis_killed_and_restarted_buffers_then_flushes(lab):
     """When Redis stops, chat goes on; when it is back, the waiting message is history."""
     lab.run("redis")
+    lab.check("redis")  # the server knows it is alone on this Redis
     lab.run("redis-down")
     lab.check("redis-down")
     lab.run("redis-back")

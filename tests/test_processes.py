@@ -6,18 +6,19 @@ The processes are told apart by their log lines, which carry the pid with
 
 import re
 import signal
-import threading
 import urllib.request
 
+import grpc
 import psutil
 import pytest
 from conftest import ServerProcess, free_port, wait_until
-from wire import EVENT_TIMEOUT_S, health, join
+from wire import EVENT_TIMEOUT_S, Conn, health, join, join_event
 
 import chat_pb2 as pb
 
 pytestmark = pytest.mark.timeout(90)
 
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # a channel's own TCP connection
 JOINED = re.compile(r"\[(\d+)\] INFO (\S+) joined")
 
 
@@ -26,16 +27,21 @@ class Supervised(ServerProcess):
 
     def __init__(self, *args):
         super().__init__(*args)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.watch_log()
 
-    def _read(self):
-        for line in self.proc.stderr:
-            self.lines.append(line)
+    def stop(self) -> None:
+        """SIGTERM, as an operator would; whatever is left after that is killed."""
+        family = [self.proc.pid, *self.children()] if self.proc.poll() is None else []
+        if family:
+            self.signal(signal.SIGTERM)
+            self.proc.wait(20)
+        for pid in family:
+            if psutil.pid_exists(pid):
+                psutil.Process(pid).kill()
+        super().stop()
 
     def pid_of(self, name: str) -> int | None:
-        for line in list(self.lines):
+        for line in list(self.log_lines):
             if (found := JOINED.search(line)) and found[2] == name:
                 return int(found[1])
         return None
@@ -45,19 +51,27 @@ class Supervised(ServerProcess):
 
 
 def join_on_each_process(server: Supervised, prefix: str, wanted: int = 2) -> dict[int, object]:
-    """Join new users until the log shows `wanted` processes serving them: pid -> conn."""
-    by_pid, extra = {}, []
+    """Join new users until the log shows `wanted` processes serving them: pid -> conn.
+
+    Each user gets a TCP connection of its own (gRPC would otherwise share
+    one between channels to the same address), since the kernel spreads
+    connections, not streams, over the processes.
+    """
+    by_pid = {}
     for n in range(40):
-        conn = join(server.address, f"{prefix}{n}")
-        assert wait_until(lambda name=f"{prefix}{n}": server.pid_of(name) is not None)
-        pid = server.pid_of(f"{prefix}{n}")
-        (extra if pid in by_pid else by_pid.setdefault(pid, [])).append(conn)
+        name = f"{prefix}{n}"
+        channel = grpc.insecure_channel(server.address, options=OWN_CONNECTION)
+        conn = Conn(server.address, join_event(name), channel=channel)
+        conn.next_event("user_event", where=lambda e, name=name: e.username == name)
+        assert wait_until(lambda name=name: server.pid_of(name) is not None)
+        pid = server.pid_of(name)
+        if pid in by_pid:
+            conn.close()
+            continue
+        by_pid[pid] = conn
         if len(by_pid) == wanted:
-            break
-    for conn in extra:
-        conn.close()
-    assert len(by_pid) == wanted, "new connections never reached every process"
-    return {pid: conns[0] for pid, conns in by_pid.items()}
+            return by_pid
+    raise AssertionError("new connections never reached every process")
 
 
 @pytest.fixture
@@ -102,13 +116,22 @@ def test_a_killed_process_is_restarted_and_new_clients_get_in(supervised):
     server = supervised()
     victim = server.children()[0]
     psutil.Process(victim).kill()
-    assert wait_until(lambda: any("died" in line for line in server.lines), timeout=10)
+    assert server.wait_for_log("died", timeout=10)
     assert wait_until(lambda: len(server.children()) == 2 and victim not in server.children(),
                       timeout=15)  # fmt: skip
     for n in range(4):  # wherever the kernel sends them
         conn = join(server.address, f"late{n}")
         conn.close()
     assert health(server.address).status == "SERVING"
+
+
+def test_children_stop_when_the_parent_is_killed(supervised):
+    """When the parent dies without a word (SIGKILL), its children stop too: no orphans."""
+    server = supervised()
+    children = server.children()
+    psutil.Process(server.proc.pid).kill()
+    gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in children], timeout=15)
+    assert not alive, f"orphaned children still running: {[p.pid for p in alive]}"
 
 
 def test_processes_without_redis_is_a_clear_start_up_error():
