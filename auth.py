@@ -159,7 +159,9 @@ class Guard(grpc.ServerInterceptor):
 
     def __init__(self, check, failures: Buckets | None = None):
         self._check = check  # a SharedToken or Accounts
-        self._failures = failures or Buckets(FAILURES_PER_MINUTE / 60, FAILURE_BURST)  # by address
+        if failures is None:  # by address
+            failures = Buckets(FAILURES_PER_MINUTE / 60, FAILURE_BURST)
+        self._failures = failures
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)

@@ -94,10 +94,6 @@ class Buckets:
             if bucket is not None:
                 bucket.give_back()
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._buckets)
-
     def _prune(self, now: float) -> None:
         for key in [k for k, used in self._last_used.items() if now - used >= self._full_after_s]:
             del self._buckets[key], self._last_used[key]

@@ -7,7 +7,7 @@ import time
 import grpc
 import pytest
 from clients import CLIENT_ENV, run_client
-from conftest import ROOT, ServerProcess
+from conftest import ROOT, ServerProcess, wait_until
 from wire import EVENT_TIMEOUT_S, Conn, health, join_event
 
 import auth
@@ -58,10 +58,11 @@ def chat_code(address: str, header: str, name: str = "alice") -> grpc.StatusCode
     """Join as `name` with `header`: OK once joined, else the code the stream ended with."""
     conn = Conn(address, join_event(name), channel=channel(address, header))
     try:
+        assert wait_until(lambda: conn.ended.is_set() or not conn.events.empty())
+        if conn.ended.is_set() and conn.events.empty():
+            return conn.wait_end()  # refused
         conn.next_event("user_event", where=lambda e: e.username == name)
         return grpc.StatusCode.OK
-    except AssertionError:
-        return conn.wait_end()
     finally:
         conn.close()
 
