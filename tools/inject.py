@@ -29,7 +29,7 @@ import chat_pb2_grpc  # noqa: E402
 # Clear the screen (ESC [2J), cursor home (ESC [H), then a forged line of
 # alice's on a line of its own, and a right-to-left override (U+202E).
 PAYLOAD = "\x1b[2J\x1b[Hhello\r\n[alice] I owe mallory 100 EUR\u202e"
-ECHO_TIMEOUT_S = 10.0
+ECHO_TIMEOUT_S = 20.0
 
 
 def requests(name: str, done: threading.Event):
