@@ -40,15 +40,10 @@ class Reader:
         self._max_chars = max_chars  # longest message, after cleaning
         self._buckets = buckets  # ratelimit.Buckets by user name; None: no limit
 
-    def run(self, client: Client, request_iterator, call_active) -> None:
-        """The reader thread's body: owns `request_iterator` and `refusals`.
-
-        `call_active()` (the call's `context.is_active`) tells a half-close,
-        after which the call lives on, from a call that is over: gRPC may end
-        the iterator quietly rather than raise when a dead peer is dropped.
-        """
+    def run(self, client: Client, request_iterator) -> None:
+        """The reader thread's body: owns `request_iterator` and `refusals`."""
         refusals = RefusalLog(client.name)
-        ending = member.GONE
+        ending = member.DRAIN  # the client half-closed: deliver what is queued
         try:
             for event in request_iterator:
                 kind = event.WhichOneof("event")
@@ -56,8 +51,6 @@ class Reader:
                 refusal = handler(client, event)
                 if refusal is not None:
                     refusals.note(refusal)
-            if call_active():
-                ending = member.DRAIN  # the client half-closed: deliver what is queued
         except grpc.RpcError:
             ending = member.GONE  # cancelled or connection lost
         except Exception:  # a bug must not leave the client registered

@@ -135,7 +135,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         try:
             threading.Thread(
                 target=self._reader.run,
-                args=(client, request_iterator, context.is_active),
+                args=(client, request_iterator),
                 name=f"reader-{client.name}",
             ).start()
             yield from self._drain(client, context)
