@@ -13,7 +13,12 @@ answered, by its echo (accepted) or by a refusal, and prints the tally.
 Others joining and leaving meanwhile are printed as client.py prints them.
 
     python tools/flood.py --name mallory --count 20
-    python tools/flood.py --name loud --count 1500 --size 1000
+    python tools/flood.py --name loud --count 1500 --size 1000 --batch 100
+
+With `--batch N` it sends N at a time and waits for their answers before
+the next N: its own echoes then never pile up on the server (whose queue
+per client holds 1024 events), while a client that never reads still
+gets all of them.
 """
 
 import sys
@@ -31,16 +36,36 @@ import chat_pb2_grpc  # noqa: E402
 DEADLINE_S = 60.0  # the whole flood, answers included; then the call is cancelled
 
 
-def requests(name: str, count: int, size: int, answered):
-    """The request stream: the join, every message at once, then silence until answered."""
+def requests(name: str, count: int, size: int, batch: int, answers):
+    """The request stream: the join, the messages (`batch` at a time), then silence."""
     yield pb.ClientEvent(user_event=pb.UserEvent(type=pb.USER_JOINED, username=name))
     for i in range(1, count + 1):
+        if batch and i > 1 and (i - 1) % batch == 0 and not answers.reach(i - 1):
+            return  # no answers for DEADLINE_S: give up
         text = f"flood {i} ".ljust(size, ".")
         yield pb.ClientEvent(chat_message=pb.ChatMessageEvent(message=text))
-    answered.wait()  # returning would half-close the stream: the server would end it
+    answers.reach(count + 1)  # returning would half-close the stream: the server would end it
 
 
-def tally(call, name: str, count: int) -> tuple[int, Counter, str]:
+class Answers:
+    """How many messages were answered: the reading thread sets it, the sender waits."""
+
+    def __init__(self):
+        self._count = 0
+        self._changed = threading.Condition()  # guards _count
+
+    def set(self, count: int) -> None:
+        with self._changed:
+            self._count = count
+            self._changed.notify_all()
+
+    def reach(self, count: int) -> bool:
+        """Wait until `count` are answered, or the call is over (`set` to a huge number)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._count >= count, DEADLINE_S)
+
+
+def tally(call, name: str, count: int, answers: Answers) -> tuple[int, Counter, str]:
     """Read until `count` answers: (accepted, refusals by code, the first refusal's text)."""
     accepted, refused, first = 0, Counter(), ""
     for event in call:
@@ -53,6 +78,7 @@ def tally(call, name: str, count: int) -> tuple[int, Counter, str]:
         elif kind == "user_event" and event.user_event.username != name:
             verb = "joined" if event.user_event.type == pb.USER_JOINED else "left"
             click.echo(f"* {event.user_event.username} {verb} the chat")
+        answers.set(accepted + refused.total())
         if accepted + refused.total() == count:
             break
     return accepted, refused, first
@@ -63,19 +89,20 @@ def tally(call, name: str, count: int) -> tuple[int, Counter, str]:
 @click.option("--address", envvar="CHAT_ADDRESS", default="localhost:8080", show_default=True)
 @click.option("--count", default=20, show_default=True, help="Messages to send at once.")
 @click.option("--size", default=0, show_default=True, help="Pad each message to this length.")
-def main(name, address, count, size):
+@click.option("--batch", default=0, show_default=True, help="Wait for answers every N (0: never).")
+def main(name, address, count, size, batch):
     """Send --count messages at once on one stream; print how many got through."""
-    answered = threading.Event()
+    answers = Answers()
     with grpc.insecure_channel(address) as channel:
         stub = chat_pb2_grpc.ChatServiceStub(channel)
-        call = stub.Chat(requests(name, count, size, answered), timeout=DEADLINE_S)
+        call = stub.Chat(requests(name, count, size, batch, answers), timeout=DEADLINE_S)
         try:
             click.echo(f"sent {count} messages without waiting")
-            accepted, refused, first = tally(call, name, count)
+            accepted, refused, first = tally(call, name, count, answers)
         except grpc.RpcError as error:
             raise click.ClickException(f"{error.code().name}: {error.details()}") from None
         finally:
-            answered.set()
+            answers.set(count + 1)  # the sender stops waiting
             call.cancel()
     codes = f" ({', '.join(refused)})" if refused else ""
     click.echo(f"accepted {accepted}, refused {refused.total()}{codes}")
