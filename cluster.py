@@ -68,6 +68,9 @@ ALIVE_TTL_MS = 10_000  # a server silent this long is dead: its users are gone i
 # For its first seconds a server assumes others share its Redis, whatever its first
 # heartbeat saw: servers started together (a deployment, --processes) meet only at
 # their next heartbeats, and an id made here meanwhile might not hold.
+# NOTE: a server alone for longer learns of a newcomer at its next heartbeat
+# (<= HEARTBEAT_S): an outage of exactly that server in that window still
+# delivers with ids of its own.
 UNSURE_AT_START_S = 5.0
 OUTBOX_MAX_EVENTS = 10_000  # typing events waiting for Redis; beyond, dropped
 KICK_TEXT = "{} is online on another server: this session ends"
