@@ -237,7 +237,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         A `Replay` mark in the queue (a join, a move) is replaced by that
         room's history. Messages of the room posted between the mark and
         the history read are then in both: the queued copies are skipped,
-        once, by id (a direct message has no id and is never skipped).
+        once, by id (a direct message has no id and is never skipped). The
+        first newer message of that room ends the skipping: the rest of the
+        stream pays nothing for it.
         """
         skip_up_to = None  # (room, id key): queued messages of that room up to it were sent
         while True:
@@ -252,16 +254,20 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 last_id = yield from self._replay(client, context, event)
                 skip_up_to = (event.room, id_key(last_id)) if last_id else None
             elif event is not member.WAKE:
-                if skip_up_to is not None and already_sent(event, skip_up_to):
-                    continue
+                if skip_up_to is not None:
+                    sent = already_sent(event, skip_up_to)
+                    if sent:
+                        continue
+                    if sent is False:
+                        skip_up_to = None  # live from here on
                 yield event
             if client.ending is not None and client.queue.empty():
                 return  # DRAIN: everything queued was delivered
 
 
-def already_sent(event, skip_up_to: tuple[str, tuple[int, int]]) -> bool:
-    """True for a queued message of the replayed room that the replay already held."""
+def already_sent(event, skip_up_to: tuple[str, tuple[int, int]]) -> bool | None:
+    """For a queued message of the replayed room: was it in the replay? None for others."""
     message = event.chat_message if event.WhichOneof("event") == "chat_message" else None
     if message is None or not message.id or message.room != skip_up_to[0]:
-        return False
+        return None
     return id_key(message.id) <= skip_up_to[1]
