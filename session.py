@@ -132,13 +132,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         )
         self._join(client, context, joined.last_seen_id)
         context.add_callback(lambda: self.hub.leave(client, member.GONE))
+        reader = threading.Thread(
+            target=self._reader.run, args=(client, request_iterator), name=f"reader-{client.name}"
+        )
         try:
-            threading.Thread(
-                target=self._reader.run,
-                args=(client, request_iterator),
-                name=f"reader-{client.name}",
-            ).start()
-            yield from self._drain(client, context)
+            yield from self._drain(client, context, start_reader=reader.start)
         finally:
             self.hub.leave(client, member.GONE)  # a no-op if the reader or hub got there first
             self.hub.cluster.release(client.name, client.claim)
@@ -231,8 +229,12 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, RESUME_LATER)
         return last_id
 
-    def _drain(self, client: Client, context):
-        """Step 5: yield the client's queue until it ends.
+    def _drain(self, client: Client, context, start_reader):
+        """Steps 4 and 5: yield the client's queue until it ends.
+
+        The join's history comes first, and only then does `start_reader()`
+        start step 4: what the joiner says is an answer to what it has seen,
+        never a message of its own that it would first meet as history.
 
         A `Replay` mark in the queue (a join, a move) is replaced by that
         room's history. Messages of the room posted between the mark and
@@ -253,6 +255,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             if isinstance(event, Replay):
                 last_id = yield from self._replay(client, context, event)
                 skip_up_to = (event.room, id_key(last_id)) if last_id else None
+                if start_reader is not None:  # the join's replay is over
+                    start_reader()
+                    start_reader = None
             elif event is not member.WAKE:
                 if skip_up_to is not None:
                     sent = already_sent(event, skip_up_to)
