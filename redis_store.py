@@ -296,9 +296,8 @@ class RedisStore(History):
             self._followed_own.update(own_high)
             if ours and self._unfollowed:  # read back: no longer ours to deliver
                 self._unfollowed = deque(w for w in self._unfollowed if w[0] not in ours)
+            self._recent.extend(fresh)
         if fresh:
-            with self._lock:
-                self._recent.extend(fresh)
             self._deliver(fresh)
 
 
