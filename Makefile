@@ -67,10 +67,11 @@ bench: $(VENV)/.installed-dev  ## python -m bench $(ARGS): server.py against the
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) tools/lint_imports.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis __pycache__ tests/__pycache__
-	rm -rf bench/__pycache__ bench/peers/__pycache__
+	rm -rf bench/__pycache__ bench/peers/__pycache__ cluster/__pycache__ access/__pycache__ terminal/__pycache__
 
 wc:  ## lines per file: each should read in one sitting
-	@wc -l *.proto $$(ls *.py | grep -v _pb2) tests/*.py bench/*.py bench/peers/*.py | sort -n
+	@wc -l *.proto $$(ls *.py | grep -v _pb2) cluster/*.py access/*.py terminal/*.py tests/*.py bench/*.py bench/peers/*.py | sort -n

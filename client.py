@@ -2,10 +2,10 @@
 
 This file is the session: joining, rejoining after a drop (on another
 server if there are several, in the room we were in), what each event
-means to us, and the command line. link.py is one Chat call and its
-receive thread; commands.py runs what the user types; lines.py keeps what
-the user said until the server confirms it; render.py is how events look;
-roster.py who is in our room; prompt.py (terminal) and piped.py (piped
+means to us, and the command line. terminal/link.py is one Chat call and its
+receive thread; terminal/commands.py runs what the user types; terminal/lines.py keeps what
+the user said until the server confirms it; terminal/render.py is how events look;
+terminal/roster.py who is in our room; terminal/prompt.py (terminal) and terminal/piped.py (piped
 input) read lines.
 
     main thread:    input --> Commands.enter --> Lines --> send thread --> Link.outbox --> server
@@ -44,9 +44,11 @@ import click
 import grpc
 
 import chat_pb2 as pb
-from dial import Dialer, Servers, basic, bearer
-from lines import DEFAULT_MAX_MESSAGE_CHARS, Lines, echo_key, moved_key
-from link import (
+from sanitize import LOBBY, NAME_RULE, ROOM_RULE, is_valid_name, room_name
+from store import id_key
+from terminal.dial import Dialer, Servers, basic, bearer
+from terminal.lines import DEFAULT_MAX_MESSAGE_CHARS, Lines, echo_key, moved_key
+from terminal.link import (
     END,
     STAY_CODES,
     ChatError,
@@ -57,12 +59,10 @@ from link import (
     dropped,
     split_addresses,
 )
-from piped import run_pipe
-from prompt import Prompt
-from render import OutputClosed, Renderer, ask_name, use_colour
-from roster import Roster
-from sanitize import LOBBY, NAME_RULE, ROOM_RULE, is_valid_name, room_name
-from store import id_key
+from terminal.piped import run_pipe
+from terminal.prompt import Prompt
+from terminal.render import OutputClosed, Renderer, ask_name, use_colour
+from terminal.roster import Roster
 
 DEFAULT_ADDRESS = "localhost:8080"
 CONNECT_TIMEOUT_S = 3.0  # no connection by then: "cannot reach" (or the next address)
@@ -77,7 +77,7 @@ class Chat:
         self, addresses, name, renderer, max_chars=DEFAULT_MAX_MESSAGE_CHARS, dial=None, room=LOBBY
     ):
         self.name, self.renderer = name, renderer
-        self.dial = dial or Dialer()  # address -> channel: TLS and credentials (dial.py)
+        self.dial = dial or Dialer()  # address -> channel: TLS and credentials (terminal/dial.py)
         self.max_chars = max_chars
         self.on_down = lambda: None  # called on the receive thread when a call ends
         self.on_settled = lambda: None  # called when every line is confirmed

@@ -36,10 +36,10 @@ import threading
 
 import chat_pb2 as pb
 import metrics
+from cluster.remote import Alone, RemoteUsers
 from events import direct_event, message_event, now_s, system_event, typing_event, user_event
 from member import DRAIN, EVICTED, Client, Replay
 from ratelimit import Buckets
-from remote import Alone, RemoteUsers
 from rooms import Directory
 from store import Message
 from timers import Timers
@@ -69,7 +69,7 @@ class NotOnline(Exception):
 class Hub(RemoteUsers):
     """The registry of online clients and the fan-out to their queues.
 
-    Its methods for the other servers' users are in remote.py.
+    Its methods for the other servers' users are in cluster/remote.py.
     """
 
     def __init__(
@@ -81,7 +81,7 @@ class Hub(RemoteUsers):
         evict_grace_s: float = EVICT_GRACE_S,
     ):
         self.store = store
-        self.cluster = cluster or Alone()  # the other servers, if any (cluster.py)
+        self.cluster = cluster or Alone()  # the other servers, if any (cluster/presence.py)
         self._timers = timers
         self._typing_silence_s = typing_silence_s
         self._evict_grace_s = evict_grace_s
@@ -120,7 +120,7 @@ class Hub(RemoteUsers):
     def join(self, client: Client, last_seen_id: str = "") -> None:
         """Register `client` in its room: history, then USER_JOINED, then who is there.
 
-        The other servers heard of the join from the name's claim (cluster.py).
+        The other servers heard of the join from the name's claim (cluster/presence.py).
         """
         with self._lock:
             if self._closing:

@@ -30,7 +30,7 @@ import click
 
 import metrics
 import session
-from store import StoreUnavailable, open_store
+from store import MemoryStore, StoreUnavailable
 
 log = logging.getLogger("server")
 
@@ -48,9 +48,18 @@ class Plan:
     port: int
     redis_url: str | None
     history_max: int
-    gate: object  # auth.py: who may call
+    gate: object  # access/auth.py: who may call
     tls: object | None  # grpc.ServerCredentials, or None for plaintext
     metrics_port: int | None = None
+
+
+def open_store(redis_url: str | None, max_messages: int):
+    """The store the flags ask for. Raises StoreUnavailable if Redis is down."""
+    if redis_url:
+        from cluster.store import RedisStore  # only a server with Redis loads redis
+
+        return RedisStore(redis_url, max_messages)
+    return MemoryStore(max_messages)
 
 
 def serve(plan: Plan, build, index: int = 0, ready=None) -> None:
@@ -68,7 +77,7 @@ def serve(plan: Plan, build, index: int = 0, ready=None) -> None:
         raise click.ClickException(without_password(str(error))) from None
     cluster = None
     if plan.redis_url:  # every server on this Redis is one chat server
-        from cluster import Cluster
+        from cluster.presence import Cluster
 
         cluster = Cluster(store.redis, store.server_id)
     address = f"{plan.host}:{plan.port}"

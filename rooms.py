@@ -6,7 +6,7 @@ lock, so the directory has no lock of its own. It answers the hub's one
 hot question, "whose queues get this room's event?", with the room's own
 member dict: a room of ten costs ten puts, however many rooms there are.
 
-Users of other servers (known from cluster.py's events) are kept apart as
+Users of other servers (known from cluster/presence.py's events) are kept apart as
 `Remote` entries: the hub never puts into their queues, but they count in
 "who is in #rust", `ListRooms` and `ListUsers`.
 """

@@ -45,20 +45,20 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-import auth
 import chat_pb2 as pb
 import chat_pb2_grpc
 import launch
 import session
-from caps import LongCallLimit, StreamsPerAddress
+from access import auth
+from access.caps import LongCallLimit, StreamsPerAddress
+from access.users import UsersFileError, add_user_command
 from hub import Hub
 from timers import Timers
-from users import UsersFileError, add_user_command
 
 log = logging.getLogger("server")
 
 # Pool threads beyond --max-clients: up to LONG_CALLS_MAX reflection/watch
-# streams (caps.py), and the rest for health checks and refusals.
+# streams (access/caps.py), and the rest for health checks and refusals.
 UNARY_HEADROOM_THREADS = 16
 SHUTDOWN_GRACE_S = 2.0  # after SIGTERM, streams get this long to drain before cancel
 MAX_INBOUND_BYTES = 64 * 1024  # bigger requests are refused by gRPC itself
@@ -126,8 +126,8 @@ def create_server(
     """Build a chat server on `address` (port 0 picks a free port); do not start it.
 
     `options` override SERVER_OPTIONS key by key (tests shorten keepalive).
-    `cluster` shares names and live events with other servers (cluster.py).
-    `gate` says who may call (auth.py; default: anyone); with `tls`
+    `cluster` shares names and live events with other servers (cluster/presence.py).
+    `gate` says who may call (access/auth.py; default: anyone); with `tls`
     (`tls_credentials`) the port speaks TLS only.
     """
     gate = gate or auth.Anyone()

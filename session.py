@@ -6,7 +6,7 @@ life of one `Chat` call:
 
 1. take a client slot (`--max-clients`), else RESOURCE_EXHAUSTED at once;
 2. read the first event: it must be a valid USER_JOINED, else
-   INVALID_ARGUMENT; a name other than the signed-in one (auth.py) is
+   INVALID_ARGUMENT; a name other than the signed-in one (access/auth.py) is
    PERMISSION_DENIED; an address joining too often is RESOURCE_EXHAUSTED;
 3. claim the name (ALREADY_EXISTS if it is online), register with the
    hub, then replay history page by page (the `replay` flag set);
@@ -23,13 +23,13 @@ from dataclasses import dataclass
 
 import grpc
 
-import caps
 import chat_pb2 as pb
 import chat_pb2_grpc
 import hub as hubs
 import member
 import metrics
-from auth import Anyone
+from access import caps
+from access.auth import Anyone
 from events import message_event, system_event
 from hub import Hub, NameTaken, ShuttingDown
 from member import Client, Replay
@@ -67,7 +67,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
     def __init__(self, hub: Hub, timers, settings: Settings, auth=None):
         self.hub = hub
-        self._auth = auth or Anyone()  # who may join as whom (auth.py)
+        self._auth = auth or Anyone()  # who may join as whom (access/auth.py)
         self._timers = timers
         self._settings = settings
         self._slots = threading.BoundedSemaphore(settings.max_clients)  # one per open Chat

@@ -12,7 +12,7 @@ store.history(limit, after_id)`. `start(deliver)` hands the store the hub's deli
 Two stores, one interface:
 
 - `MemoryStore` (here): a bounded deque. Lost when the process exits.
-- `RedisStore` (redis_store.py): a Redis Stream, loaded only with `--redis-url`.
+- `RedisStore` (cluster/store.py): a Redis Stream, loaded only with `--redis-url`.
 
 Ids look like Redis stream ids, "<milliseconds>-<sequence>", in both.
 """
@@ -169,12 +169,3 @@ class MemoryStore:
 
     def close(self, timeout: float = 5.0) -> None:
         pass
-
-
-def open_store(redis_url: str | None, max_messages: int):
-    """The store the flags ask for. Raises StoreUnavailable if Redis is down."""
-    if redis_url:
-        from redis_store import RedisStore  # only a server with Redis loads redis
-
-        return RedisStore(redis_url, max_messages)
-    return MemoryStore(max_messages)

@@ -1,7 +1,7 @@
 """How to lay rooms out in Redis: four layouts measured at 1 and 1,000 rooms.
 
 Not part of the chat program: the measurement behind the layout in
-redis_keys.py (the README's "Running more than one server" quotes it). Run
+cluster/keys.py (the README's "Running more than one server" quotes it). Run
 `python -m bench.redis_layout` from the repository's top level; it starts a
 private redis-server and prints one table. For each layout and room count:
 
@@ -31,10 +31,10 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the chat's modules
 
 from bench.servers import PrivateRedis  # noqa: E402
-from redis_lua import APPEND  # noqa: E402 - the script the store runs
+from cluster.lua import APPEND  # noqa: E402 - the script the store runs
 
 MESSAGES = 20_000
-BATCH = 200  # messages per pipelined round trip, as redis_store.WRITE_BATCH_MAX
+BATCH = 200  # messages per pipelined round trip, as cluster.store.WRITE_BATCH_MAX
 HISTORY_MAX = 10_000  # --history-max's default: MAXLEN ~ of every stream
 HISTORY = 50  # --history's default
 WAKES = 300  # follower reads measured

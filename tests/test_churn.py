@@ -138,7 +138,7 @@ def test_server_process_threads_return_to_baseline_after_churn(server_process):
 # -- garbage ---------------------------------------------------------------------
 
 # Ours, and grpc._server, which logs exceptions escaping a handler.
-OUR_LOGGERS = ("server", "session", "hub", "store", "redis_store", "timers", "grpc._server")
+OUR_LOGGERS = ("server", "session", "hub", "store", "cluster.store", "timers", "grpc._server")
 MAX_INBOUND_TEXT_BYTES = 60_000  # under gRPC's 64 KiB limit with room for the envelope
 
 int32s = st.integers(-(2**31), 2**31 - 1)  # enums are open: any int32 goes on the wire

@@ -5,10 +5,10 @@ import threading
 import pytest
 
 import chat_pb2 as pb
-from commands import parse
-from lines import Lines, echo_key, message_line, move_line, moved_key
-from render import BELL, MENTION, Renderer, mentions
-from roster import Roster
+from terminal.commands import parse
+from terminal.lines import Lines, echo_key, message_line, move_line, moved_key
+from terminal.render import BELL, MENTION, Renderer, mentions
+from terminal.roster import Roster
 
 # -- what a line is ---------------------------------------------------------------------
 

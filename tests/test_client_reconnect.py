@@ -11,7 +11,7 @@ from wire import join
 
 import chat_pb2 as pb
 
-# Keepalive (link.py): a ping every 10 s, 10 s for its ack. Beyond this, a
+# Keepalive (terminal/link.py): a ping every 10 s, 10 s for its ack. Beyond this, a
 # dead connection went unnoticed.
 DEAD_NOTICED_WITHIN_S = 25.0
 

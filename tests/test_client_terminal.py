@@ -8,7 +8,7 @@ from clients import Terminal
 from wire import EVENT_TIMEOUT_S, join
 
 import chat_pb2 as pb
-from render import Renderer, name_colour, use_colour
+from terminal.render import Renderer, name_colour, use_colour
 
 # -- on a terminal -------------------------------------------------------------------
 

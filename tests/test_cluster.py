@@ -11,9 +11,9 @@ from proxy import Proxy
 from wire import Conn, join, join_event
 
 import chat_pb2 as pb
-from cluster import Cluster
-from redis_keys import NAMES_KEY, SERVERS_KEY, alive_key
-from redis_store import RedisStore
+from cluster.keys import NAMES_KEY, SERVERS_KEY, alive_key
+from cluster.presence import Cluster
+from cluster.store import RedisStore
 from server import create_server
 from session import Settings
 from store import id_key

@@ -16,7 +16,7 @@ from wire import Conn, health, join, join_event
 
 import chat_pb2 as pb
 import chat_pb2_grpc
-from caps import LONG_CALLS_MAX
+from access.caps import LONG_CALLS_MAX
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,7 +6,7 @@ from conftest import wait_until
 from wire import Conn, join, join_event
 
 import chat_pb2 as pb
-from redis_store import STREAM_KEY, RedisStore
+from cluster.store import STREAM_KEY, RedisStore
 from store import MemoryStore, id_key
 
 

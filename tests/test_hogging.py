@@ -1,4 +1,4 @@
-"""No cheap hogging: open streams capped per address (caps.py), typing floods capped (hub.py)."""
+"""No cheap hogging: streams capped per address (access/caps.py), typing floods capped (hub.py)."""
 
 import socket
 import threading

@@ -12,7 +12,7 @@ import threading
 import pytest
 from wire import Conn, join, join_event
 
-from redis_store import RedisStore
+from cluster.store import RedisStore
 from store import MemoryStore
 
 pytestmark = pytest.mark.timeout(30)

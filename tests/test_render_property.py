@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chat_pb2 as pb
-from render import DIM, MENTION, PALETTE, WARN, Renderer
+from terminal.render import DIM, MENTION, PALETTE, WARN, Renderer
 
 # The renderer's own styling, and nothing else, is allowed to be an escape.
 OWN_STYLE = re.compile(

@@ -11,8 +11,8 @@ import gc
 import pytest
 from wire import Conn, join_event
 
-from redis_keys import STREAM_KEY
-from redis_store import RECENT_MAX, RedisStore
+from cluster.keys import STREAM_KEY
+from cluster.store import RECENT_MAX, RedisStore
 from store import HISTORY_PAGE, Message
 
 pytestmark = pytest.mark.timeout(60)

@@ -13,7 +13,7 @@ from wire import EVENT_TIMEOUT_S, Conn, join, join_event, move_event
 
 import chat_pb2 as pb
 import chat_pb2_grpc
-from redis_store import RedisStore
+from cluster.store import RedisStore
 from store import MemoryStore
 
 pytestmark = pytest.mark.timeout(60)

@@ -17,8 +17,8 @@ from wire import EVENT_TIMEOUT_S, Conn, join, join_event, move_event
 
 import chat_pb2 as pb
 import chat_pb2_grpc
-from cluster import Cluster
-from redis_keys import EVENTS_KEY, WHERE_KEY, RedisLink
+from cluster.keys import EVENTS_KEY, WHERE_KEY, RedisLink
+from cluster.presence import Cluster
 
 pytestmark = pytest.mark.timeout(90)
 

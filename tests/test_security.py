@@ -1,4 +1,4 @@
-"""Who may talk to us (auth.py, users.py): a shared token or accounts, and guessing limited."""
+"""Who may talk to us (access/): a shared token or accounts, and guessing limited."""
 
 import subprocess
 import sys
@@ -10,16 +10,16 @@ from clients import CLIENT_ENV, run_client
 from conftest import ROOT, ServerProcess, wait_until
 from wire import EVENT_TIMEOUT_S, Conn, health, join_event
 
-import auth
 import chat_pb2 as pb
 import chat_pb2_grpc
-from dial import Authorization, basic, bearer
+from access import auth
+from access.users import add_user
 from launch import without_password
 from ratelimit import Buckets
 from server import create_server
 from session import Settings
 from store import MemoryStore
-from users import add_user
+from terminal.dial import Authorization, basic, bearer
 
 pytestmark = pytest.mark.timeout(30)
 TOKEN = "correct-horse-battery-staple"

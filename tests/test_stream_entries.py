@@ -8,10 +8,10 @@ import redis
 from conftest import stored, wait_until
 from wire import Conn, join, join_event
 
-from redis_entries import MAX_TIMESTAMP_S, UNKNOWN_USER, to_message
-from redis_follow import FOLLOW_BATCH_MAX, StreamFollower
-from redis_keys import STREAM_KEY, RedisLink
-from redis_store import RedisStore
+from cluster.entries import MAX_TIMESTAMP_S, UNKNOWN_USER, to_message
+from cluster.follow import FOLLOW_BATCH_MAX, StreamFollower
+from cluster.keys import STREAM_KEY, RedisLink
+from cluster.store import RedisStore
 from store import HISTORY_PAGE, MemoryStore
 
 

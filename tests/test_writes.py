@@ -2,15 +2,15 @@
 
 When Redis takes an XADD but its reply is lost (a reset connection, Redis
 killed right after its fsync), the writer cannot know and sends the batch
-again. The write script (redis_lua.WRITE) remembers the last seq each server
+again. The write script (cluster.lua.WRITE) remembers the last seq each server
 wrote, so the second copy is a no-op: history never holds a message twice.
 """
 
 import pytest
 
-from redis_entries import Pending
-from redis_keys import BUS_KEY, STREAM_KEY, history_key
-from redis_store import RedisStore
+from cluster.entries import Pending
+from cluster.keys import BUS_KEY, STREAM_KEY, history_key
+from cluster.store import RedisStore
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,10 +1,10 @@
 """How the client reaches the server: which one, and a channel with TLS and credentials.
 
 client.py calls a `Dialer` for every attempt to join (the first and each
-rejoin), and link.py opens its Chat call on the channel it returns.
+rejoin), and terminal/link.py opens its Chat call on the channel it returns.
 `Servers` picks the address: with several (`--address a,b`), the first
 that lets us in, and after a drop the next one first, with backoff.
-The Dialer is the client's half of auth.py:
+The Dialer is the client's half of access/auth.py:
 
 - TLS (`--tls`, or `--ca-cert PATH`, which implies it): the channel checks
   the server's certificate against the system's roots, or against the
@@ -12,7 +12,7 @@ The Dialer is the client's half of auth.py:
   the channel is plaintext, as the server is by default.
 - Credentials (`--token`, or `--password` for the accounts of `--users`):
   an `authorization` header on every call, added by a client interceptor,
-  so the calls themselves (link.py) know nothing of it.
+  so the calls themselves (terminal/link.py) know nothing of it.
 
 NOTE: a token or password sent without TLS crosses the network in clear.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import grpc
 
-from link import CHANNEL_OPTIONS, ChatError, Unreachable
+from terminal.link import CHANNEL_OPTIONS, ChatError, Unreachable
 
 RECONNECT_FIRST_WAIT_S = 0.25  # backoff before the first attempt, doubling each time
 RECONNECT_MAX_WAIT_S = 5.0  # ... up to this

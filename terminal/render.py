@@ -4,8 +4,8 @@ client.py is the protocol side (the Chat call, rejoining, pending lines);
 this file is what the user sees. `Renderer.show` turns each event into one
 line: `[alice] hi`, `[you -> bob] psst`, `* alice waves`, `* bob joined
 #rust`; a message that mentions our name is highlighted, with the
-terminal's bell on a terminal. commands.py runs what the user types;
-prompt.py is the input line on a terminal, piped.py reads piped input.
+terminal's bell on a terminal. terminal/commands.py runs what the user types;
+terminal/prompt.py is the input line on a terminal, terminal/piped.py reads piped input.
 
 The receive thread calls `Renderer.show` for every event while the main
 thread reads input, so the renderer's lock serialises output and guards the

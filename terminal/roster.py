@@ -8,7 +8,7 @@ receive thread:
     "in #rust (2): alice, carol"  --> the server's list, sent after each join
     USER_JOINED / USER_LEFT       --> one name more or less, if in our room
 
-and commands.py's `/who` hands it the answer of ListUsers. prompt.py's
+and terminal/commands.py's `/who` hands it the answer of ListUsers. terminal/prompt.py's
 completer reads `names()` on the main thread.
 
 NOTE: `_lock` guards `room` and `_names`; nothing blocks while holding it.

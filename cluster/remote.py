@@ -1,6 +1,6 @@
 """The other servers, as the hub sees them: none (`Alone`), or their users.
 
-With Redis, cluster.py follows what the other servers' users do and calls
+With Redis, cluster/presence.py follows what the other servers' users do and calls
 the hub with it from its own thread: `remote_event` (joined, moved, left,
 typed), `resync_remote` (after a gap: everyone, at once), `remote_direct`
 (a direct message for one of ours) and `kick` (our user's name is held

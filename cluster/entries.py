@@ -1,8 +1,8 @@
 """Message entries in Redis streams: what our servers write, and reading back anything.
 
-redis_store.py writes each accepted message as one entry (`Pending.fields`)
+cluster/store.py writes each accepted message as one entry (`Pending.fields`)
 and reads entries in two places, the follower (live delivery) and history
-(joins, redis_history.py). Both turn each entry into a `Message` here.
+(joins, cluster/history.py). Both turn each entry into a `Message` here.
 Our servers write `username`, `message`, `timestamp`, `server` and `seq`,
 plus `room` outside the lobby and `action` for /me; another tool may write
 anything (`redis-cli XADD chat:messages '*' text hi`). An entry is never

@@ -6,7 +6,7 @@ the server, arrives. A line is a message to the room, a `/me` action or a
 `/msg` to one user (its echo carries `to`), or a move to another room
 (`/join`, `/part`: its echo is our own USER_JOINED with that room). Moves
 queue with the messages, so `/join #ops` then `deployed` posts to #ops.
-commands.py adds lines (`add`); client.py says when a call is joined or
+terminal/commands.py adds lines (`add`); client.py says when a call is joined or
 has ended (`up`, `down`); the receive thread reports the server's answers
 (`confirm`, `refused`); the send thread, started here, puts the oldest line
 on the current call when it may go.

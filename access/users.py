@@ -1,6 +1,6 @@
 """The users file of `--users`: one `name:hash` line per account, and `add-user`.
 
-auth.py reads this file to check HTTP Basic credentials (and re-reads it
+access/auth.py reads this file to check HTTP Basic credentials (and re-reads it
 when it changes); `python server.py add-user NAME` writes it. A line is
 
     alice:scrypt$16384$8$1$<salt>$<hash>

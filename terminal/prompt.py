@@ -1,11 +1,11 @@
 """The input line on a terminal: what the user types, with incoming lines above it.
 
-client.py runs `Prompt` when stdin and stdout are a terminal (piped.py
+client.py runs `Prompt` when stdin and stdout are a terminal (terminal/piped.py
 otherwise). It reads lines with prompt_toolkit and hands each to
-`Commands.enter` (commands.py); render.py prints what arrives, above the
+`Commands.enter` (terminal/commands.py); terminal/render.py prints what arrives, above the
 input line, and the typing line just over it. The prompt names the room
 (`#lobby> `), redrawn when the server confirms a move. Tab completes a
-command after "/", and a name online in the room (roster.py) at the start
+command after "/", and a name online in the room (terminal/roster.py) at the start
 of a word: `/msg b<Tab>`, `@al<Tab>`. While the user types, this file tells the server:
 TYPING_START on the first keystroke, again every TYPING_REPEAT_S while the
 keys keep coming (the server takes 5 s of silence as a stop), and
@@ -22,7 +22,7 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.patch_stdout import patch_stdout
 
-from commands import COMMANDS, Commands
+from terminal.commands import COMMANDS, Commands
 
 PROMPT = "> "  # after the room: "#lobby> "
 TYPING_IDLE_S = 2.0  # no keystroke for this long: we stopped typing

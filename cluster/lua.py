@@ -3,8 +3,8 @@
 Each script runs atomically in Redis, so a name, its room and the event that
 announces them (in `chat:events`) can never disagree, and a message of a
 room other than the lobby is in the bus and in the room's history under
-one id. redis_keys.py registers them on its `RedisLink`; cluster.py and
-redis_store.py run them by name (`link.run("claim", keys, args)`).
+one id. cluster/keys.py registers them on its `RedisLink`; cluster/presence.py and
+cluster/store.py run them by name (`link.run("claim", keys, args)`).
 
 NOTE: the scripts touch keys they compute (`chat:server:<id>:alive`): fine
 on one Redis, not on Redis Cluster (one Redis is the distributed engine here).

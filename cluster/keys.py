@@ -1,6 +1,6 @@
 """The Redis vocabulary: every key, and the link all the Redis modules share.
 
-redis_store.py (messages) and cluster.py (names, rooms, presence, live
+cluster/store.py (messages) and cluster/presence.py (names, rooms, presence, live
 events) talk to one Redis through one `RedisLink`. Only they and their
 redis_*.py helpers import `redis`. Every change to who is online, or in
 which room, is one Lua script that changes the names *and* appends the
@@ -16,7 +16,7 @@ The message layout (measured in bench/redis_layout.py; the README says why):
 Every server follows two streams, whatever the number of rooms; a room's
 history is its own stream, so a quiet room's is never pushed out by a busy one.
 
-The Lua scripts themselves are in redis_lua.py; `RedisLink.run` runs them by name.
+The Lua scripts themselves are in cluster/lua.py; `RedisLink.run` runs them by name.
 """
 
 import threading
@@ -25,7 +25,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from redis_lua import SCRIPTS
+from cluster.lua import SCRIPTS
 from sanitize import LOBBY
 from store import StoreUnavailable
 

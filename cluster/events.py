@@ -1,10 +1,10 @@
 """Live events between servers: typing out, everyone's joins, moves, leaves and dms in.
 
-Part of the cluster (cluster.py keeps names, rooms and liveness). Every
+Part of the cluster (cluster/presence.py keeps names, rooms and liveness). Every
 change of presence is appended to `chat:events` by the Lua script that
-makes it (redis_keys.py); typing and direct messages are appended here. The
+makes it (cluster/keys.py); typing and direct messages are appended here. The
 stream is capped, and every server follows it from the last id it has seen
-(redis_follow.py), skipping the events about its own users:
+(cluster/follow.py), skipping the events about its own users:
 
 - **joined / moved / left** (with the room) -> `hub.remote_event`, which
   announces only changes, so an event seen twice is shown once;
@@ -37,7 +37,7 @@ import queue
 
 import redis
 
-from redis_keys import EVENTS_KEY, EVENTS_MAX, NOT_SENT_TEXT, PRESENCE_KEYS, QUICK_TIMEOUT_S
+from cluster.keys import EVENTS_KEY, EVENTS_MAX, NOT_SENT_TEXT, PRESENCE_KEYS, QUICK_TIMEOUT_S
 from sanitize import LOBBY, room_name
 from store import NotSent
 

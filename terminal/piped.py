@@ -3,8 +3,8 @@
 client.py runs this when stdin or stdout is not a terminal (a script, a
 test, `echo hi | python client.py --name ci`). Each line is data: it is
 sent as text unless it is a known command (`/join #ops`, `/msg bob hi`,
-`/quit`: commands.py), and `//x` sends `/x`, so `/var/lib/db is 91% full`
-goes out as written. Every line is kept until its echo (lines.py resends
+`/quit`: terminal/commands.py), and `//x` sends `/x`, so `/var/lib/db is 91% full`
+goes out as written. Every line is kept until its echo (terminal/lines.py resends
 after a rate limit, a NOT_SENT or a rejoin), and moves queue with them, so
 `/join #ops` then `deployed` posts to #ops; at the end of input the client
 waits for the last echoes, leaves and exits 0.
@@ -19,7 +19,7 @@ import queue
 import sys
 import threading
 
-from commands import Commands
+from terminal.commands import Commands
 
 EOF = object()  # from read_lines: the input has ended
 DOWN = object()  # a call ended: look at it, rejoin

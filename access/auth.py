@@ -26,7 +26,7 @@ and a good one gives it back, so only failures count: FAILURE_BURST at
 once, then FAILURES_PER_MINUTE. Past that the address is refused at once
 with RESOURCE_EXHAUSTED, right credentials or not, without a check.
 
-The users file (users.py) is re-read when it changes (its mtime, size or
+The users file (access/users.py) is re-read when it changes (its mtime, size or
 inode, looked at on each check), so `python server.py add-user` takes
 effect on the next call without a restart or a signal.
 
@@ -45,9 +45,9 @@ from pathlib import Path
 import grpc
 
 import metrics
-from caps import peer_address, rewrapped
+from access.caps import peer_address, rewrapped
+from access.users import NOBODY_HASH, UsersFileError, read_users, verify_password
 from ratelimit import Buckets
-from users import NOBODY_HASH, UsersFileError, read_users, verify_password
 
 log = logging.getLogger("server")
 

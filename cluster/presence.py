@@ -1,8 +1,8 @@
 """Presence and live events shared between servers through Redis.
 
 Several `server.py` processes on one Redis behave as one chat server.
-Messages travel through the message stream (redis_store.py); this module
-carries the rest, each change one Lua script (redis_keys.py), so a name and
+Messages travel through the message stream (cluster/store.py); this module
+carries the rest, each change one Lua script (cluster/keys.py), so a name and
 the event that announces it can never disagree:
 
 - **Names and rooms.** `claim` is HSETNX of the name and its room + a
@@ -14,7 +14,7 @@ the event that announces it can never disagree:
 - **Live events** (joins, moves, leaves, typing, direct messages) go to
   the capped stream `chat:events`, which every server follows; that half of
   the cluster, and how a server that missed events resyncs, is in
-  redis_events.py.
+  cluster/events.py.
 - **Liveness.** Every HEARTBEAT_S one script refreshes our alive key, counts
   the live peers (so the store knows whether it is `shared`), and reaps
   every server whose key expired: its names go, with one `left` each, in
@@ -31,7 +31,7 @@ and someone else claimed it), the one who holds it in Redis wins: our user
 is told and disconnected (`hub.kick`).
 
 Threads (all owned here): the *publisher* and the *follower* of live events
-(redis_events.py); the *heartbeat* beats, reaps, retries releases and
+(cluster/events.py); the *heartbeat* beats, reaps, retries releases and
 moves, and re-claims. `_names` guards `_claims` (and each `Claim`'s
 fields), `_unreleased`, `_inflight` and `_closing`, never held during a
 Redis call. Without `--redis-url` the server uses `remote.Alone` instead.
@@ -46,9 +46,9 @@ from dataclasses import dataclass
 
 import redis
 
-from redis_events import LiveEvents
-from redis_follow import StreamFollower
-from redis_keys import (
+from cluster.events import LiveEvents
+from cluster.follow import StreamFollower
+from cluster.keys import (
     ALIVE_PREFIX,
     ALIVE_SUFFIX,
     EVENTS_KEY,
@@ -89,7 +89,7 @@ class Claim:
 class Cluster(LiveEvents):
     """Names, rooms, presence and live events shared through Redis; see the module docstring.
 
-    Its live events (typing, direct messages, following the others) are in redis_events.py.
+    Its live events (typing, direct messages, following the others) are in cluster/events.py.
     """
 
     def __init__(self, link: RedisLink, server_id: str):

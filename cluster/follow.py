@@ -1,7 +1,7 @@
 """One thread that reads Redis streams in order, from where it left off, and never dies.
 
-The message streams (redis_store.py: the lobby's and the bus of the other
-rooms) and the events stream (cluster.py) are each followed by a
+The message streams (cluster/store.py: the lobby's and the bus of the other
+rooms) and the events stream (cluster/presence.py) are each followed by a
 `StreamFollower`. It hands batches of entries to its owner's
 `handle(entries)`, each batch from one stream, in that stream's order,
 each entry once. It reads in two modes:
@@ -31,7 +31,7 @@ import threading
 
 import redis
 
-from redis_keys import FOLLOW_BLOCK_MS, RedisLink, entry_fields
+from cluster.keys import FOLLOW_BLOCK_MS, RedisLink, entry_fields
 from store import id_key
 
 log = logging.getLogger(__name__)

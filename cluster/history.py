@@ -2,10 +2,10 @@
 
 The Chat handler (session.py) asks `store.history(limit, after_id, room)`
 when a client joins or moves. These methods are part of `RedisStore`
-(redis_store.py), kept in this file so each reads in one sitting: they use
+(cluster/store.py), kept in this file so each reads in one sitting: they use
 its link, its lock and what it holds in memory.
 
-Each room's history is a stream of its own (`redis_keys.history_key`: the
+Each room's history is a stream of its own (`cluster.keys.history_key`: the
 lobby's is `chat:messages`), so a quiet room's last 50 is one short
 XREVRANGE however busy the other rooms are. A resume reads a page at a time
 (`XRANGE ... COUNT`) and holds only that page. Messages delivered but not
@@ -20,8 +20,8 @@ from collections.abc import Iterator
 
 import redis
 
-from redis_entries import origin, to_message
-from redis_keys import history_key
+from cluster.entries import origin, to_message
+from cluster.keys import history_key
 from store import HISTORY_PAGE, HistoryUnavailable, Message, id_key, messages_after, pages
 
 log = logging.getLogger(__name__)

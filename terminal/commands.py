@@ -1,10 +1,10 @@
 """The client's commands: what a line the user entered does, in IRC's words.
 
-prompt.py (a terminal) and piped.py (piped input) hand every line to
+terminal/prompt.py (a terminal) and terminal/piped.py (piped input) hand every line to
 `Commands.enter` on the main thread. A line whose first word is a known
 command runs it; any other line is text for the room. Commands that say
 something (`/msg`, `/me`) and moves (`/join`, `/part`) become lines of
-lines.py, kept until the server confirms them and sent in the order typed;
+terminal/lines.py, kept until the server confirms them and sent in the order typed;
 the queries (`/rooms`, `/who`) are unary calls, answered here.
 
     /join #rust   JOIN     a UserEvent USER_JOINED with the room
@@ -16,7 +16,7 @@ the queries (`/rooms`, `/who`) are unary calls, answered here.
 
 A query waits first (QUERY_TIMEOUT_S at most) for the lines typed before it
 to be confirmed, so `/join #ops` then `/who` lists #ops. It uses the open
-Chat call's channel: same server, same TLS and credentials (dial.py), and a
+Chat call's channel: same server, same TLS and credentials (terminal/dial.py), and a
 deadline, so it never blocks for good.
 """
 
@@ -24,9 +24,9 @@ import grpc
 
 import chat_pb2 as pb
 import chat_pb2_grpc
-from lines import message_line, move_line, refusal
-from link import describe
 from sanitize import LOBBY, NAME_RULE, ROOM_RULE, clean_text, is_valid_name, room_name
+from terminal.lines import message_line, move_line, refusal
+from terminal.link import describe
 
 QUERY_TIMEOUT_S = 5.0  # deadline of /rooms and /who, and their wait for earlier lines
 ESCAPE = "//"  # a line starting with it is text starting with "/"

@@ -7,13 +7,13 @@ mechanism, however many servers share the Redis:
 
     hub.post -> append() -> _pending -> writer thread --XADD--> stream
                                                                   |
-    hub.deliver <------ follower (redis_follow.py) <--XREAD BLOCK-+
+    hub.deliver <------ follower (cluster/follow.py) <--XREAD BLOCK-+
 
 A lobby message is one XADD to `chat:messages`; a message of another room
 is one script that XADDs it to `chat:bus` and to the room's own history
-stream under one id (redis_keys.py has the layout). The follower reads the
+stream under one id (cluster/keys.py has the layout). The follower reads the
 two followed streams, so each room has one order, its stream's, on every
-server. History is read from the room's own stream (redis_history.py).
+server. History is read from the room's own stream (cluster/history.py).
 
 Threads: the hub's callers append to `_pending`; the *writer* (owned here)
 is the only one that removes from it; the *follower* is the only one that
@@ -49,10 +49,10 @@ from collections import deque
 
 import redis
 
-from redis_entries import Pending, origin, to_message
-from redis_follow import StreamFollower
-from redis_history import History
-from redis_keys import (
+from cluster.entries import Pending, origin, to_message
+from cluster.follow import StreamFollower
+from cluster.history import History
+from cluster.keys import (
     FOLLOWED_KEYS,
     NOT_SENT_TEXT,
     STREAM_KEY,
@@ -76,12 +76,12 @@ WRITTEN_TTL_S = 86_400  # how long Redis remembers our last written seq (retries
 class RedisStore(History):
     """Redis Streams as history and bus; see the module docstring.
 
-    Its history reads (`history`) are in redis_history.py.
+    Its history reads (`history`) are in cluster/history.py.
     """
 
     def __init__(self, url: str, max_messages: int = 10_000, pending_max: int = PENDING_MAX):
         self.description = f"in Redis at {url} (stream {STREAM_KEY})"
-        self.redis = RedisLink(url)  # shared with cluster.py; raises StoreUnavailable
+        self.redis = RedisLink(url)  # shared with cluster/presence.py; raises StoreUnavailable
         self.server_id = uuid.uuid4().hex[:12]
         self._max_messages = max_messages
         self._pending_max = pending_max
@@ -224,7 +224,7 @@ class RedisStore(History):
         return pipe.execute()
 
     def _xadd(self, pipe, p: Pending, entry_id: str) -> None:
-        """Write one message once (redis_lua.WRITE): a retry after a lost reply is a no-op."""
+        """Write one message once (cluster.lua.WRITE): a retry after a lost reply is a no-op."""
         fields = p.fields(self.server_id)
         keys = [followed_key(p.room), history_key(p.room), written_key(self.server_id)]
         args = [self._max_messages, entry_id, p.seq, WRITTEN_TTL_S]

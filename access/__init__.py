@@ -1,0 +1,19 @@
+"""Access control: who may talk to the server, and how much. Skip it on a first reading.
+
+Off by default (a sandbox to learn in), one flag away from safe to expose
+(README, "Exposing it"). Read in this order:
+
+1. `caps.py`: caps on calls, before any handler runs (streams per client
+   network, idle tool streams), as gRPC server interceptors.
+2. `auth.py`: the credentials a call must carry (`--token` or `--users`),
+   checked by an interceptor before any handler runs, with failed
+   attempts limited per client network. `Anyone` is the open default, a
+   null object, so the open path has no "is auth on?" branches.
+3. `users.py`: the users file of `--users` (scrypt hashes) and
+   `python server.py add-user NAME`.
+
+Where it plugs into the core: server.py (`create_server`) puts the
+interceptors in front of the servicer, and the session (session.py) asks
+the same `auth` object one question at join time: may this caller take
+this name? Nothing here imports the session, the hub or the cluster.
+"""
