@@ -63,7 +63,7 @@ class ServerEvent(_message.Message):
     def __init__(self, chat_message: _Optional[_Union[ChatMessageEvent, _Mapping]] = ..., typing_event: _Optional[_Union[TypingEvent, _Mapping]] = ..., system_event: _Optional[_Union[SystemEvent, _Mapping]] = ..., user_event: _Optional[_Union[UserEvent, _Mapping]] = ...) -> None: ...
 
 class ChatMessageEvent(_message.Message):
-    __slots__ = ("message", "username", "timestamp", "id", "replay", "room", "to", "action")
+    __slots__ = ("message", "username", "timestamp", "id", "replay", "room", "to", "action", "key")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     USERNAME_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class ChatMessageEvent(_message.Message):
     ROOM_FIELD_NUMBER: _ClassVar[int]
     TO_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
     message: str
     username: str
     timestamp: int
@@ -80,7 +81,8 @@ class ChatMessageEvent(_message.Message):
     room: str
     to: str
     action: bool
-    def __init__(self, message: _Optional[str] = ..., username: _Optional[str] = ..., timestamp: _Optional[int] = ..., id: _Optional[str] = ..., replay: _Optional[bool] = ..., room: _Optional[str] = ..., to: _Optional[str] = ..., action: _Optional[bool] = ...) -> None: ...
+    key: str
+    def __init__(self, message: _Optional[str] = ..., username: _Optional[str] = ..., timestamp: _Optional[int] = ..., id: _Optional[str] = ..., replay: _Optional[bool] = ..., room: _Optional[str] = ..., to: _Optional[str] = ..., action: _Optional[bool] = ..., key: _Optional[str] = ...) -> None: ...
 
 class UserEvent(_message.Message):
     __slots__ = ("type", "username", "timestamp", "last_seen_id", "room")
@@ -157,12 +159,14 @@ class ListUsersRequest(_message.Message):
     def __init__(self, room: _Optional[str] = ...) -> None: ...
 
 class User(_message.Message):
-    __slots__ = ("username", "room")
+    __slots__ = ("username", "room", "rooms")
     USERNAME_FIELD_NUMBER: _ClassVar[int]
     ROOM_FIELD_NUMBER: _ClassVar[int]
+    ROOMS_FIELD_NUMBER: _ClassVar[int]
     username: str
     room: str
-    def __init__(self, username: _Optional[str] = ..., room: _Optional[str] = ...) -> None: ...
+    rooms: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, username: _Optional[str] = ..., room: _Optional[str] = ..., rooms: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListUsersResponse(_message.Message):
     __slots__ = ("users",)
