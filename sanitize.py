@@ -6,7 +6,8 @@ just before it reaches the terminal, because a client must
 not trust whatever server it talks to. The goal is that a chat line can
 neither move the terminal's cursor (escape sequences, carriage returns) nor
 forge a line that looks like someone else's (newlines, bidirectional
-overrides, zero-width characters).
+overrides, zero-width characters, runs of blanks that push text to the next
+row).
 """
 
 import re
@@ -21,6 +22,20 @@ _BREAKS_TO_SPACE = "\t\n\r\v\f\u0085\u2028\u2029"
 # as valid UTF-8 but are cheap to drop.
 _REMOVED_CATEGORIES = frozenset({"Cc", "Cf", "Cs"})
 
+# Blank characters: every run of them becomes one space, so that no message can
+# pad itself to the end of a terminal row and start a forged line on the next.
+# Unicode's space separators (category Zs; tests/test_sanitize.py checks the list
+# against unicodedata) and letters or symbols that draw nothing: Hangul fillers
+# (U+115F, U+1160, U+3164, U+FFA0), Khmer inherent vowels (U+17B4, U+17B5), the
+# blank Braille pattern (U+2800).
+_SPACES = " \u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u202f\u205f\u3000"
+_BLANK_LOOKING = "\u115f\u1160\u17b4\u17b5\u2800\u3164\uffa0"
+_BLANKS = frozenset(_BREAKS_TO_SPACE + _SPACES + _BLANK_LOOKING)
+# A combining mark (categories Mn, Me) on a blank draws nothing either (U+034F,
+# variation selectors): it is dropped, or " \u034f" pairs would pad a row.
+_MARKS = frozenset({"Mn", "Me"})
+_SPACE_RUN = re.compile(" {2,}")
+
 NAME_MAX_CHARS = 32
 NAME_RULE = "1-32 characters of letters, digits, '_', '-' or '.'"
 # ASCII only on purpose: Unicode letters would let "аlice" (Cyrillic а)
@@ -34,16 +49,26 @@ _ROOM_PATTERN = re.compile(r"[a-z0-9_\-]{1,32}")
 
 
 def clean_text(text: str) -> str:
-    """Return `text` safe to print on one terminal line, trimmed of spaces."""
-    if text.isprintable():  # the common case, checked in C: nothing to remove
-        return text.strip()
+    """Return `text` safe to print on one terminal line: blanks folded, trimmed.
+
+    Empty if nothing visible is left (a message of only blanks).
+    """
+    if text.isascii() and text.isprintable():  # the common case, checked in C
+        return _SPACE_RUN.sub(" ", text).strip(" ")
     kept = []
+    after_blank = True  # leading blanks are dropped
     for char in text:
-        if char in _BREAKS_TO_SPACE:
-            kept.append(" ")
-        elif unicodedata.category(char) not in _REMOVED_CATEGORIES:
-            kept.append(char)
-    return "".join(kept).strip()
+        if char in _BLANKS:
+            if not after_blank:
+                kept.append(" ")
+            after_blank = True
+            continue
+        category = unicodedata.category(char)
+        if category in _REMOVED_CATEGORIES or (after_blank and category in _MARKS):
+            continue
+        kept.append(char)
+        after_blank = False
+    return "".join(kept).rstrip(" ")
 
 
 def is_valid_name(name: str) -> bool:
