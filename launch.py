@@ -20,7 +20,6 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import re
 import signal
 import threading
 import time
@@ -30,6 +29,7 @@ import click
 
 import metrics
 import session
+from sanitize import without_secrets
 from store import MemoryStore, StoreUnavailable
 
 log = logging.getLogger("server")
@@ -74,7 +74,7 @@ def serve(plan: Plan, build, index: int = 0, ready=None) -> None:
     try:
         store = open_store(plan.redis_url, plan.history_max)
     except StoreUnavailable as error:
-        raise click.ClickException(without_password(str(error))) from None
+        raise click.ClickException(without_secrets(str(error), plan.redis_url)) from None
     cluster = None
     if plan.redis_url:  # every server on this Redis is one chat server
         from cluster.presence import Cluster
@@ -99,7 +99,7 @@ def serve(plan: Plan, build, index: int = 0, ready=None) -> None:
             raise click.ClickException(f"cannot serve metrics: {error}") from None
     server.start()
     if ready is None:
-        history = without_password(store.description)
+        history = without_secrets(store.description, plan.redis_url)
         click.echo(f"chat server listening on {plan.host}:{server.port}; history {history}")
     else:
         ready()
@@ -187,8 +187,3 @@ def _stop_all(processes) -> int:
             process.join(5)
         failed += process.exitcode != 0
     return failed
-
-
-def without_password(text: str) -> str:
-    """Mask a password inside a URL: redis://:secret@host:6379/0 -> redis://:***@host:6379/0."""
-    return re.sub(r"(://[^/@:\s]*:)[^@\s]*@", r"\1***@", text)

@@ -1,5 +1,8 @@
 """Text cleaning and the rules for user and room names, shared by server and client.
 
+And, for the server's own lines, a Redis URL as it may be printed: without
+its credentials (`shown_url`, `without_secrets`).
+
 Everything a person typed passes through `clean_text` twice: once on the
 server before it is stored and fanned out, and once more in the client
 just before it reaches the terminal, because a client must
@@ -12,6 +15,7 @@ row).
 
 import re
 import unicodedata
+from urllib.parse import parse_qsl, urlsplit
 
 # Whitespace that would break a line or jump the cursor: becomes one space.
 _BREAKS_TO_SPACE = "\t\n\r\v\f\u0085\u2028\u2029"
@@ -80,3 +84,52 @@ def room_name(text: str) -> str | None:
     """The room `text` names ("#Rust" -> "rust"; "" -> the lobby), or None if invalid."""
     name = text.lower().removeprefix("#") if text else LOBBY
     return name if _ROOM_PATTERN.fullmatch(name) else None
+
+
+# -- what of a Redis URL may be printed ----------------------------------------------
+
+_SECRET_QUERY_KEYS = frozenset({"password", "username", "user"})
+
+
+def shown_url(url: str) -> str:
+    """A Redis URL as it may be printed: scheme, host, port and db only.
+
+    Whatever the credentials' form (user-info, `?password=`, an unencoded
+    `@` inside the password): the URL is parsed, and only those parts kept.
+    """
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:
+        return "(a Redis URL that cannot be parsed)"
+    if parts.scheme == "unix":
+        where = parts.path  # the socket's path
+    else:
+        where = f"[{host}]" if ":" in host else host
+        where += f":{port}" if port is not None else ""
+    query = dict(parse_qsl(parts.query))
+    db = parts.path.strip("/") if parts.scheme != "unix" else query.get("db", "")
+    db = db if db.isdigit() else ""
+    if parts.scheme == "unix":
+        return f"unix://{where}" + (f"?db={db}" if db else "")
+    return f"{parts.scheme}://{where}" + (f"/{db}" if db else "")
+
+
+def without_secrets(text: str, url: str | None) -> str:
+    """`text` (an error, a log line) with `url` shown as `shown_url` and its secrets masked."""
+    if not url:
+        return text
+    text = text.replace(url, shown_url(url))
+    for secret in _secrets_of(url):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _secrets_of(url: str) -> list[str]:
+    """The user-info and the credential query values of `url`, longest first."""
+    netloc = url.partition("://")[2].split("/", 1)[0].split("?", 1)[0]
+    user_info = netloc.rpartition("@")[0]
+    secrets = [user_info, *user_info.split(":", 1), *user_info.replace(":", "@").split("@")]
+    query = url.partition("?")[2]
+    secrets += [v for k, v in parse_qsl(query) if k.lower() in _SECRET_QUERY_KEYS]
+    return sorted((s for s in secrets if len(s) > 1), key=len, reverse=True)

@@ -26,7 +26,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from cluster.lua import SCRIPTS
-from sanitize import LOBBY
+from sanitize import LOBBY, shown_url, without_secrets
 from store import StoreUnavailable
 
 # Every Redis key of the project, in one place.
@@ -122,7 +122,8 @@ def _connect(url: str, timeout_s: float) -> redis.Redis:
     try:
         client.ping()
     except redis.RedisError as error:
-        raise StoreUnavailable(f"cannot reach Redis at {url}: {error}") from error
+        error = without_secrets(str(error), url)
+        raise StoreUnavailable(f"cannot reach Redis at {shown_url(url)}: {error}") from None
     return client
 
 

@@ -61,7 +61,7 @@ from cluster.keys import (
     history_key,
     written_key,
 )
-from sanitize import LOBBY
+from sanitize import LOBBY, shown_url
 from store import IdClock, Message, NotSent, StoreUnavailable, id_key
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class RedisStore(History):
     """
 
     def __init__(self, url: str, max_messages: int = 10_000, pending_max: int = PENDING_MAX):
-        self.description = f"in Redis at {url} (stream {STREAM_KEY})"
+        self.description = f"in Redis at {shown_url(url)} (stream {STREAM_KEY})"
         self.redis = RedisLink(url)  # shared with cluster/presence.py; raises StoreUnavailable
         self.server_id = uuid.uuid4().hex[:12]
         self._max_messages = max_messages

@@ -4,10 +4,10 @@ import sys
 import unicodedata
 
 import pytest
+from wire import join
 
 import chat_pb2 as pb
 from sanitize import clean_text
-from tests.wire import join
 
 
 @pytest.mark.parametrize(
