@@ -175,7 +175,7 @@ class Chat:
             if not self._is_new(message):
                 return  # shown before the reconnect
             if message.username == self.name:
-                self.lines.confirm(echo_key(message))  # replayed ones count too
+                self.lines.confirm(echo_key(message), message.key)  # replayed ones count too
         elif kind == "user_event":
             joined = event.user_event
             if joined.type == pb.USER_JOINED and joined.username == self.name:

@@ -11,6 +11,10 @@ has ended (`up`, `down`); the receive thread reports the server's answers
 (`confirm`, `refused`); the send thread, started here, puts the oldest line
 on the current call when it may go.
 
+Every message line carries a `key` (random, made once), sent again with it
+on every resend: a server that already took the line (its echo was lost)
+answers with the echo of the first copy instead of delivering it twice.
+
 One line is in flight at a time, moves included. The server answers each
 event of a stream in order, with its echo or a refusal (a move can be rate
 limited too), so with one in flight a refusal is always about that line.
@@ -30,6 +34,7 @@ unbounded queue, and is called outside it anyway).
 """
 
 import re
+import secrets
 import threading
 import time
 from collections import deque
@@ -46,12 +51,18 @@ NOT_SENT_RETRY_S = 1.0  # resend after NOT_SENT: the server is reconnecting to t
 # keepalive needs to find a dead connection (~20 s): a dead call ends first,
 # and the line is sent again after the rejoin.
 ECHO_TIMEOUT_S = 30.0
+# Each message line carries a key of this many random bytes (hex on the
+# wire), the same on every resend, so a server that took it once (its echo
+# was lost) does not deliver it again. 128 bits: two lines never share one.
+KEY_BYTES = 16
 _RETRY_IN = re.compile(r"retry in (\d+(?:\.\d+)?) s")
 
 
 def message_line(text: str, to: str = "", action: bool = False) -> "Line":
     """A line of text for the room, or for `to` alone; `action` for /me."""
-    message = pb.ChatMessageEvent(message=text, to=to, action=action)
+    message = pb.ChatMessageEvent(
+        message=text, to=to, action=action, key=secrets.token_hex(KEY_BYTES)
+    )
     return Line(pb.ClientEvent(chat_message=message), echo_key(message), text)
 
 
@@ -153,10 +164,17 @@ class Lines:
             if self._link is link:
                 self._link, self._in_flight = None, False
 
-    def confirm(self, key: tuple) -> None:
-        """Our own message came back (live, or replayed after a rejoin), or a move happened."""
+    def confirm(self, want: tuple, key: str = "") -> None:
+        """Our own message came back (live, or replayed after a rejoin), or a move happened.
+
+        `key` is the echo's own key, if the server sent it back: it must be
+        the line's too (the same text typed twice is two lines).
+        """
         with self._lock:
-            if not self._pending or self._pending[0].want != key:
+            if not self._pending:
+                return
+            head = self._pending[0]
+            if head.want != want or (key and key != head.event.chat_message.key):
                 return  # an older line, shown before
             self._pending.popleft()
             self._in_flight, self._not_before = False, 0.0

@@ -44,8 +44,9 @@ class Echoing(chat_pb2_grpc.ChatServiceServicer):
     """Confirms the join, then answers each message through `answer` (override it)."""
 
     def __init__(self):
-        self.lock = threading.Lock()  # guards received, stored and _ids
+        self.lock = threading.Lock()  # guards received, keys, stored and _ids
         self.received: list[str] = []  # every message text, each time it arrived
+        self.keys: list[str] = []  # the key of each, in the same order
         self.stored: list[pb.ChatMessageEvent] = []
         self._ids = itertools.count(1)
 
@@ -57,6 +58,7 @@ class Echoing(chat_pb2_grpc.ChatServiceServicer):
             if event.WhichOneof("event") == "chat_message":
                 with self.lock:
                     self.received.append(event.chat_message.message)
+                    self.keys.append(event.chat_message.key)
                 answer = self.answer(join.username, event.chat_message.message, context)
                 if answer is not None:
                     yield answer
@@ -103,6 +105,17 @@ class DropsBeforeTheEcho(Echoing):
             replayed.CopyFrom(message)
             replayed.replay = True
             yield pb.ServerEvent(chat_message=replayed)
+
+
+class DropsTheFirstLine(Echoing):
+    """Ends the call when the first message arrives, before storing it; echoes after that."""
+
+    def answer(self, name, text, context):
+        with self.lock:
+            first = len(self.received) == 1
+        if first:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset")
+        return super().answer(name, text, context)
 
 
 class NeverAnswers(chat_pb2_grpc.ChatServiceServicer):

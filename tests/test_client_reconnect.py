@@ -1,11 +1,12 @@
 """The client when the server goes away: it rejoins and shows exactly what it missed."""
 
+import re
 import signal
 
 import pytest
 from clients import RECONNECT_WITHIN_S
 from conftest import free_port
-from fakes import DropsBeforeTheEcho, NotSentOnce, serving
+from fakes import DropsBeforeTheEcho, DropsTheFirstLine, NotSentOnce, serving
 from proxy import Proxy
 from wire import join
 
@@ -134,3 +135,31 @@ def test_line_typed_into_a_dead_connection_is_sent_after_the_rejoin(server, term
     finally:
         bob.close()
         proxy.close()
+
+
+def test_every_line_carries_its_own_key_the_same_on_each_resend(pipe_client):
+    """When a line is sent again (NOT_SENT), it carries the key it first had; each line its own."""
+    servicer = NotSentOnce()
+    with serving(servicer) as address:
+        alice = pipe_client(address, "alice")
+        for text in ("one", "two", "one"):
+            alice.send(text)
+        assert alice.finish() == 0
+    assert servicer.received == ["one", "one", "two", "two", "one"]
+    keys = servicer.keys
+    assert all(re.fullmatch(r"[0-9a-f]{32}", key) for key in keys), keys
+    assert keys[0] == keys[1] != keys[2] == keys[3], keys
+    assert keys[4] not in keys[:4]  # the same text typed again is another line
+
+
+def test_line_sent_again_after_a_rejoin_keeps_its_key(pipe_client):
+    """When the call drops before a line was taken, it is sent again after the rejoin, same key."""
+    servicer = DropsTheFirstLine()
+    with serving(servicer) as address:
+        alice = pipe_client(address, "alice")
+        alice.send("hello")
+        alice.expect("* reconnecting...")
+        alice.expect("[you] hello")
+        assert alice.finish() == 0
+    assert servicer.received == ["hello", "hello"]
+    assert servicer.keys[0] and servicer.keys[0] == servicer.keys[1]
