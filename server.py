@@ -51,6 +51,7 @@ import launch
 import session
 from access import auth
 from access.caps import LongCallLimit, StreamsPerAddress
+from access.undecodable import UndecodableRequests
 from access.users import UsersFileError, add_user_command
 from hub import Hub
 from timers import Timers
@@ -147,6 +148,7 @@ def create_server(
         options=list({**dict(SERVER_OPTIONS), **dict(options or [])}.items()),
         maximum_concurrent_rpcs=pool_threads,  # beyond: RESOURCE_EXHAUSTED, never a wait
         interceptors=[  # in this order, each before the handler runs
+            UndecodableRequests(timers),  # bad bytes: no traceback, a few lines a second
             LongCallLimit(),  # reflection and watches cannot take every spare thread
             per_address,  # nor one host every chat slot
             gate,  # credentials

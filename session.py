@@ -173,6 +173,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             return None  # cancelled: by the client, or by the join timeout
         finally:
             timeout.cancel()
+        if first is None and not context.is_active():
+            return None  # ended by gRPC: a request it could not decode (access/undecodable.py)
         if first is None or first.WhichOneof("event") != "user_event":
             self._refuse(context, "the first event must be a UserEvent USER_JOINED")
         joined = first.user_event

@@ -11,6 +11,8 @@ Off by default (a sandbox to learn in), one flag away from safe to expose
    null object, so the open path has no "is auth on?" branches.
 3. `users.py`: the users file of `--users` (scrypt hashes) and
    `python server.py add-user NAME`.
+4. `undecodable.py`: requests gRPC cannot decode, refused without a
+   traceback in the log, a few lines a second at most.
 
 Where it plugs into the core: server.py (`create_server`) puts the
 interceptors in front of the servicer, and the session (session.py) asks

@@ -52,14 +52,17 @@ def peer_address(context) -> str:
     return context.peer().rpartition(":")[0]
 
 
-def rewrapped(handler, wrap):
-    """The same handler, its behaviour (whichever of the four kinds) passed through `wrap`."""
+def rewrapped(handler, wrap, request_deserializer=None):
+    """The same handler, its behaviour (whichever of the four kinds) passed through `wrap`.
+
+    `request_deserializer`, if given, replaces the handler's.
+    """
     shapes = ("unary", "stream")
     kind = f"{shapes[handler.request_streaming]}_{shapes[handler.response_streaming]}"
     make = getattr(grpc, f"{kind}_rpc_method_handler")
     return make(
         wrap(getattr(handler, kind)),
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=request_deserializer or handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
 
