@@ -10,7 +10,7 @@ NAME   ?=
 REDIS_PORT ?= 6379
 ARGS   ?=
 
-.PHONY: gen redis server client cert test soak bench lint clean wc
+.PHONY: gen redis sentinel sentinel-stop server client cert test soak bench lint clean wc
 
 # The virtualenv: .installed once requirements.txt is in it (what the programs
 # need), .installed-dev once requirements-dev.txt is too (tests and tools);
@@ -37,6 +37,14 @@ redis:  ## start a local Redis on REDIS_PORT: Docker if it runs, else redis-serv
 		redis-server --port $(REDIS_PORT) --appendonly yes --daemonize yes --dir /tmp; \
 	fi
 	@echo "Redis on redis://localhost:$(REDIS_PORT)/0"
+
+# A master, a replica and three sentinels on this machine (deploy/sentinel/),
+# in run/sentinel; the servers' URL is the script's last line.
+sentinel:  ## Redis under Sentinel: master :6380, replica :6381, sentinels :26379-26381
+	deploy/sentinel/start.sh
+
+sentinel-stop:  ## stop what make sentinel started
+	deploy/sentinel/stop.sh
 
 server: $(VENV)/.installed  ## python server.py --port $(PORT) $(ARGS)
 	$(PY) server.py --port $(PORT) $(ARGS)

@@ -182,7 +182,8 @@ def tls_credentials(cert_path: Path, key_path: Path) -> grpc.ServerCredentials:
 @click.option(
     "--redis-url",
     envvar="REDIS_URL",
-    help="Keep history in this Redis (redis://host:port/db). Default: in memory.",
+    help="Keep history in this Redis (redis://host:port/db, or through Sentinel: "
+    "redis+sentinel://host:26379,host2:26379/mymaster/db). Default: in memory.",
 )
 @click.option("--history", default=50, show_default=True, help="Messages replayed on join.")
 @click.option("--history-max", default=10_000, show_default=True, help="Messages kept.")

@@ -17,13 +17,23 @@ Every server follows two streams, whatever the number of rooms; a room's
 history is its own stream, so a quiet room's is never pushed out by a busy one.
 
 The Lua scripts themselves are in cluster/lua.py; `RedisLink.run` runs them by name.
+
+A URL `redis+sentinel://h1:26379,h2:26379/mymaster/0` reaches the master of
+`mymaster` through Redis Sentinel, with redis-py's own `Sentinel`: every new
+connection asks a sentinel where the master is, and a connection to a master
+that died or was demoted fails, so the next call (the writer's and the
+followers' retries, the heartbeat) lands on the promoted replica by itself.
+A Lua script the new master never saw is loaded again by redis-py's `Script`
+(NOSCRIPT, then SCRIPT LOAD), in pipelines too.
 """
 
 import threading
+from urllib.parse import unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from cluster.lua import SCRIPTS
 from sanitize import LOBBY, shown_url, without_secrets
@@ -45,6 +55,7 @@ QUICK_TIMEOUT_S = 1.0  # claims, history, heartbeat: a partition costs a join at
 SLOW_TIMEOUT_S = 2.0  # writes of a batch, and the margin beyond an XREAD's block
 NOT_SENT_TEXT = "cut off from the Redis the other servers share"  # what NotSent says
 FOLLOW_BLOCK_MS = 1000  # XREAD waits this long for news, then loops (to see close())
+SENTINEL_SCHEME = "redis+sentinel"  # redis+sentinel://h1:26379,h2:26379/service/db
 
 
 def alive_key(server_id: str) -> str:
@@ -83,8 +94,9 @@ class RedisLink:
 
     def __init__(self, url: str):
         self.url = url
-        self.client = _connect(url, SLOW_TIMEOUT_S + FOLLOW_BLOCK_MS / 1000)
-        self.quick = _connect(url, QUICK_TIMEOUT_S)
+        self._sentinel = _sentinel(url) if url.startswith(SENTINEL_SCHEME + "://") else None
+        self.client = _connect(url, SLOW_TIMEOUT_S + FOLLOW_BLOCK_MS / 1000, self._sentinel)
+        self.quick = _connect(url, QUICK_TIMEOUT_S, self._sentinel)
         self._reachable = threading.Event()  # thread-safe flag: no lock needed
         self._reachable.set()
         self.shared = False  # a plain bool, written by the heartbeat thread only
@@ -107,24 +119,60 @@ class RedisLink:
     def close(self) -> None:
         self.client.close()
         self.quick.close()
+        if self._sentinel is not None:
+            for sentinel in self._sentinel[0].sentinels:
+                sentinel.close()
 
 
-def _connect(url: str, timeout_s: float) -> redis.Redis:
-    """A client whose every call gives up after `timeout_s`; strings decoded here."""
-    client = redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        encoding_errors="replace",  # bytes another tool wrote never make a read fail
-        socket_timeout=timeout_s,
-        socket_connect_timeout=QUICK_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0),  # we retry ourselves, visibly
-    )
+def _connect(url: str, timeout_s: float, sentinel=None) -> redis.Redis:
+    """A client whose every call gives up after `timeout_s`; strings decoded here.
+
+    With `sentinel` ((Sentinel, service, db, password), from `_sentinel`), the
+    client of the service's master, whichever server that is at each connect.
+    """
+    options = {
+        "decode_responses": True,
+        "encoding_errors": "replace",  # bytes another tool wrote never make a read fail
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": QUICK_TIMEOUT_S,
+        "retry": Retry(NoBackoff(), 0),  # we retry ourselves, visibly
+    }
+    if sentinel is None:
+        client = redis.Redis.from_url(url, **options)
+    else:
+        manager, service, db, password = sentinel
+        client = manager.master_for(service, db=db, password=password, **options)
     try:
         client.ping()
     except redis.RedisError as error:
         error = without_secrets(str(error), url)
         raise StoreUnavailable(f"cannot reach Redis at {shown_url(url)}: {error}") from None
     return client
+
+
+def _sentinel(url: str) -> tuple[Sentinel, str, int, str | None]:
+    """redis+sentinel://[:password@]h1:26379,h2:26379/service[/db]: the sentinels' client.
+
+    The password is the master's; the sentinels are asked without one.
+    """
+    parts = urlsplit(url)
+    hosts = parts.netloc.rpartition("@")[2]
+    password = unquote(parts.password) if parts.password else None
+    path = [part for part in parts.path.split("/") if part]
+    if not hosts or not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise StoreUnavailable(f"not a Sentinel URL (want {SENTINEL_SCHEME}://h:26379/name/0)")
+    addresses = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":") if ":" in host else (host, "", "26379")
+        if not port.isdigit():
+            raise StoreUnavailable(f"not a Sentinel address: {host}")
+        addresses.append((name.strip("[]"), int(port)))
+    sentinel_options = {
+        "socket_timeout": QUICK_TIMEOUT_S,
+        "socket_connect_timeout": QUICK_TIMEOUT_S,
+    }
+    manager = Sentinel(addresses, sentinel_kwargs=sentinel_options)
+    return manager, path[0], int(path[1]) if len(path) == 2 else 0, password
 
 
 def entry_fields(flat: list) -> dict:
