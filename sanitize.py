@@ -97,6 +97,12 @@ def shown_url(url: str) -> str:
     Whatever the credentials' form (user-info, `?password=`, an unencoded
     `@` inside the password): the URL is parsed, and only those parts kept.
     """
+    if url.startswith("redis+sentinel://"):  # several host:port, then /service/db
+        hosts, _, path = url.partition("://")[2].rpartition("@")[2].partition("/")
+        if not re.fullmatch(r"[\w.\-\[\]:,]+", hosts):
+            return "(a Redis URL that cannot be parsed)"
+        service_db = "/".join(re.findall(r"[\w.\-]+", path.split("?", 1)[0])[:2])
+        return f"redis+sentinel://{hosts}/{service_db}"
     try:
         parts = urlsplit(url)
         host, port = parts.hostname or "", parts.port
