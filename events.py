@@ -40,14 +40,17 @@ def message_event(m: Message, replay: bool = False) -> pb.ServerEvent:
             replay=replay,
             room=m.room,
             action=m.action,
+            key=m.key,
         )
     )
 
 
-def direct_event(sender: str, to: str, text: str, timestamp: int, action: bool) -> pb.ServerEvent:
+def direct_event(
+    sender: str, to: str, text: str, timestamp: int, action: bool, key: str = ""
+) -> pb.ServerEvent:
     """A direct message: no room, no id (it is never stored), `to` set."""
     return pb.ServerEvent(
         chat_message=pb.ChatMessageEvent(
-            message=text, username=sender, timestamp=timestamp, to=to, action=action
+            message=text, username=sender, timestamp=timestamp, to=to, action=action, key=key
         )
     )

@@ -38,10 +38,10 @@ import chat_pb2 as pb
 import metrics
 from cluster.remote import Alone, RemoteUsers
 from events import direct_event, message_event, now_s, system_event, typing_event, user_event
-from member import DRAIN, EVICTED, Client, Replay
+from member import DRAIN, EVICTED, Client, Echo, Replay
 from ratelimit import Buckets
 from rooms import Directory
-from store import Message
+from store import Duplicate, Message, Recent
 from timers import Timers
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,8 @@ class Hub(RemoteUsers):
         self._closing = False  # shut_down() has begun: joins are refused
         # Typing changes, by name (a reconnect refills nothing); its own lock, taken inside ours.
         self._typing_changes = Buckets(TYPING_CHANGES_PER_S, TYPING_CHANGES_BURST)
+        # (sender, key) -> the echo of a direct message taken (messages: the store's). Under _lock.
+        self._directs = Recent()
 
     def count(self) -> int:
         with self._lock:
@@ -184,10 +186,12 @@ class Hub(RemoteUsers):
         with self._lock:
             self._put_or_evict_locked(client, event)
 
-    def post(self, client: Client, text: str, action: bool = False) -> bool:
+    def post(self, client: Client, text: str, action: bool = False, key: str = "") -> bool:
         """Store an accepted message and send it to its room, sender included.
 
         Returns False, storing nothing, if the sender is no longer online.
+        A line whose `key` was taken already is echoed to its sender alone,
+        with the id it had then.
         """
         with self._lock:
             if self._dir.clients.get(client.name) is not client:
@@ -195,10 +199,22 @@ class Hub(RemoteUsers):
             self._stop_typing_locked(client)
             # In memory: this message. With Redis: usually none, the stream
             # delivers it in order; during an outage, what the store holds.
-            for message in self.store.append(client.name, text, now_s(), client.room, action):
+            try:
+                ready = self.store.append(client.name, text, now_s(), client.room, action, key)
+            except Duplicate as duplicate:
+                self._put_or_evict_locked(client, Echo(message_event(duplicate.first)))
+                return True
+            for message in ready:
                 self._broadcast_locked(message_event(message), message.room)
         metrics.ACCEPTED.inc()
         return True
+
+    def echo(self, message: Message) -> None:
+        """Store thread: `message` was sent again; its sender alone gets it (its first id)."""
+        with self._lock:
+            client = self._dir.clients.get(message.username)
+            if client is not None:
+                self._put_or_evict_locked(client, Echo(message_event(message)))
 
     def deliver(self, messages: list[Message]) -> None:
         """Store thread: fan out messages that came back from the stream, in order."""
@@ -206,22 +222,31 @@ class Hub(RemoteUsers):
             for message in messages:
                 self._broadcast_locked(message_event(message), message.room)
 
-    def direct(self, client: Client, to: str, text: str, action: bool = False) -> None:
+    def direct(
+        self, client: Client, to: str, text: str, action: bool = False, key: str = ""
+    ) -> None:
         """Send `text` to `to` alone, wherever they are, and echo it to the sender.
 
         Raises NotOnline if `to` is online nowhere we know of. Never stored.
+        A line whose `key` was taken already only gets its echo again.
         """
         timestamp = now_s()
-        event = direct_event(client.name, to, text, timestamp, action)
+        event = direct_event(client.name, to, text, timestamp, action, key)
         with self._lock:
+            first = self._directs.get(client.name, key) if key else None
+            if first is not None:
+                self._put_or_evict_locked(client, first)
+                return
             recipient = self._dir.clients.get(to)
             if recipient is None and to not in self._dir.remote:
                 raise NotOnline(to)
             if recipient is not None and recipient is not client:
                 self._put_or_evict_locked(recipient, event)
         if recipient is None:  # on another server: through Redis (may raise NotSent)
-            self.cluster.direct(client.name, to, text, timestamp, action)
-        self.tell(client, event)
+            self.cluster.direct(client.name, to, text, timestamp, action, key)
+        with self._lock:
+            self._directs.remember(client.name, key, event)
+            self._put_or_evict_locked(client, event)
         metrics.DIRECT.inc()
 
     # -- typing here ------------------------------------------------------------

@@ -32,6 +32,19 @@ class Replay:
         self.after_id = after_id  # "": the last N messages
 
 
+class Echo:
+    """A line sent again, answered to its sender alone with what it first became.
+
+    Its id may be one the sender has seen as history already: the Chat
+    handler sends it whatever the replay skipped (it is an answer, not news).
+    """
+
+    __slots__ = ("event",)
+
+    def __init__(self, event):
+        self.event = event  # a ServerEvent: the chat message, with its first id
+
+
 class Client:
     """One joined user. The hub's lock guards `room`, `typing_timer` and `ending`.
 

@@ -30,6 +30,7 @@ from store import NotSent
 log = logging.getLogger("session")
 
 REFUSALS_LOGGED_PER_S = 3  # refusal lines per client per second; beyond, one summary
+KEY_MAX_CHARS = 64  # a line's key (a client sends 32 hex digits); longer ones are refused
 
 
 class Reader:
@@ -73,13 +74,15 @@ class Reader:
             return self._reject(
                 client, pb.INVALID_EVENT, f"message too long: {len(text)} characters, max {limit}"
             )
+        if len(message.key) > KEY_MAX_CHARS:
+            return self._reject(client, pb.INVALID_EVENT, f"key too long: max {KEY_MAX_CHARS}")
         if (refusal := self._take_token(client)) is not None:
             return refusal
         try:
             if message.to:
-                self.hub.direct(client, message.to, text, message.action)
+                self.hub.direct(client, message.to, text, message.action, message.key)
             else:
-                self.hub.post(client, text, message.action)
+                self.hub.post(client, text, message.action, message.key)
         except NotSent:  # cut off from the other servers: no id would hold
             if self._buckets is not None:
                 self._buckets.give_back(client.name)  # sending it again costs nothing

@@ -32,8 +32,9 @@ hub.post (id, store, fan-out to every queue) -> each generator -> clients.
 
 import logging
 import os
+import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Before grpc loads, or its core logs every failed TLS handshake (a client
@@ -63,6 +64,9 @@ log = logging.getLogger("server")
 UNARY_HEADROOM_THREADS = 16
 SHUTDOWN_GRACE_S = 2.0  # after SIGTERM, streams get this long to drain before cancel
 MAX_INBOUND_BYTES = 64 * 1024  # bigger requests are refused by gRPC itself
+# grpc.health.v1 answers for the server ("") and the chat service alike.
+HEALTH_SERVICES = ("", pb.DESCRIPTOR.services_by_name["ChatService"].full_name)
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 # Transport options, all in one place. Keepalive finds peers that vanished
 # without closing their connection (docs/PROTOCOL.md: Leave): the server pings an idle
@@ -95,12 +99,27 @@ class ChatServer:
     health: health.HealthServicer
     port: int
     per_address: StreamsPerAddress  # open chat streams by client address
+    _serving: bool = True  # what health says now; guarded by _health_lock
+    _health_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> None:
         hub = self.servicer.hub
-        hub.store.start(hub.deliver)  # Redis: the writer and the stream follower
+        hub.store.watch(self._follow_health)  # NOT_SERVING while messages cannot be taken
+        hub.store.start(hub.deliver, hub.echo)  # Redis: the writer and the stream follower
         hub.cluster.start(hub)  # Redis: presence and live events of other servers
         self.grpc_server.start()
+
+    def _follow_health(self) -> None:
+        """Any thread: the store's `accepting()` may have changed; say it to load balancers."""
+        with self._health_lock:  # one thread at a time: the last answer is the one set
+            accepting = self.servicer.hub.store.accepting()
+            if accepting == self._serving:
+                return
+            self._serving = accepting
+            status = health_pb2.HealthCheckResponse.SERVING if accepting else NOT_SERVING
+            for service in HEALTH_SERVICES:
+                self.health.set(service, status)  # ignored once shutting down
+        log.warning("health: %s", "SERVING" if accepting else "NOT_SERVING (cut off from Redis)")
 
     def stop(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
         """Tell every client, refuse new calls, drain, flush the store."""
@@ -156,7 +175,7 @@ def create_server(
     )
     chat_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
-    for service in ("", pb.DESCRIPTOR.services_by_name["ChatService"].full_name):
+    for service in HEALTH_SERVICES:
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

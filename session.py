@@ -32,7 +32,7 @@ from access import caps
 from access.auth import Anyone
 from events import message_event, system_event
 from hub import Hub, NameTaken, ShuttingDown
-from member import Client, Replay
+from member import Client, Echo, Replay
 from ratelimit import Buckets
 from reader import Reader, round_up
 from sanitize import NAME_RULE, ROOM_RULE, is_valid_name, room_name
@@ -81,7 +81,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
     def HealthCheck(self, request, context):
         return pb.HealthCheckResponse(
-            status="SERVING",
+            status="SERVING" if self.hub.store.accepting() else "NOT_SERVING",
             active_clients=self.hub.count(),
             uptime_seconds=int(time.monotonic() - self._started),
         )
@@ -260,6 +260,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 if start_reader is not None:  # the join's replay is over
                     start_reader()
                     start_reader = None
+            elif isinstance(event, Echo):
+                yield event.event  # an answer to a line sent again: never skipped
             elif event is not member.WAKE:
                 if skip_up_to is not None:
                     sent = already_sent(event, skip_up_to)

@@ -15,6 +15,12 @@ Two stores, one interface:
 - `RedisStore` (cluster/store.py): a Redis Stream, loaded only with `--redis-url`.
 
 Ids look like Redis stream ids, "<milliseconds>-<sequence>", in both.
+
+A message may carry its sender's `key` (one per line the client sends).
+Both stores accept one message per sender and key for KEY_TTL_S: `append`
+raises `Duplicate` with the first one (the hub echoes it to the sender
+alone). `Recent` is that memory here; with Redis, a key in Redis
+(cluster/lua.py's WRITE) makes it hold across servers.
 """
 
 import bisect
@@ -22,7 +28,7 @@ import itertools
 import re
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,6 +36,10 @@ _ID_PATTERN = re.compile(r"(\d+)(?:-(\d+))?")
 
 
 HISTORY_PAGE = 200  # messages per page of history: a join never holds more at once
+# A line sent again with its key within this long is not taken twice. A client
+# resends for seconds (a reconnect, a failover); ten minutes is the promise.
+KEY_TTL_S = 900.0
+RECENT_KEYS_MAX = 50_000  # (sender, key) pairs remembered here; beyond, the oldest go
 
 
 class StoreUnavailable(Exception):
@@ -48,6 +58,14 @@ class HistoryUnavailable(Exception):
     """A resume cannot be answered whole now (Redis is away): the client should retry."""
 
 
+class Duplicate(Exception):
+    """This sender's line with this key was taken already: `first` is what it became."""
+
+    def __init__(self, first):
+        super().__init__("sent already")
+        self.first = first
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """One accepted chat message, as stored."""
@@ -58,6 +76,7 @@ class Message:
     timestamp: int  # Unix seconds
     room: str = "lobby"
     action: bool = False  # "/me waves"
+    key: str = ""  # the sender's key for this line ("": none given)
 
 
 def id_key(message_id: str) -> tuple[int, int]:
@@ -89,6 +108,37 @@ class IdClock:
         self._last_ms = max(self._last_ms, id_key(message_id)[0])
 
 
+class Recent:
+    """What became of each (sender, key) seen in the last KEY_TTL_S, bounded in number.
+
+    Not thread-safe: its owner calls it under its own lock.
+    """
+
+    def __init__(self, ttl_s: float = KEY_TTL_S, max_keys: int = RECENT_KEYS_MAX):
+        self._ttl_s = ttl_s
+        self._max_keys = max_keys
+        self._seen: OrderedDict[tuple[str, str], tuple[float, object]] = OrderedDict()
+
+    def get(self, sender: str, key: str, default=None):
+        """What `remember` was given for this pair, if it is recent; else `default`."""
+        self._expire()
+        seen = self._seen.get((sender, key))
+        return default if seen is None else seen[1]
+
+    def remember(self, sender: str, key: str, value) -> None:
+        if not key:
+            return
+        self._seen[(sender, key)] = (time.monotonic(), value)
+        self._seen.move_to_end((sender, key))
+        if len(self._seen) > self._max_keys:
+            self._seen.popitem(last=False)
+
+    def _expire(self) -> None:
+        cutoff = time.monotonic() - self._ttl_s
+        while self._seen and next(iter(self._seen.values()))[0] < cutoff:
+            self._seen.popitem(last=False)
+
+
 def messages_after(messages, after_id: str | None, limit: int) -> list[Message]:
     """From `messages` (oldest first): all after `after_id`, else the last `limit`."""
     if after_id:
@@ -112,12 +162,19 @@ class MemoryStore:
         self._max_messages = max_messages
         self._lock = threading.Lock()  # guards _rooms (append vs. history)
         self._rooms: dict[str, deque[Message]] = {}  # room -> its last messages
+        self._keys = Recent()  # (sender, key) -> the Message it became; under _lock too
 
-    def start(self, deliver) -> None:
+    def start(self, deliver, echo=None) -> None:
         pass  # the hub delivers what append() returns; nothing arrives from elsewhere
 
     def reachable(self) -> bool:
         return True  # nothing to lose touch with
+
+    def accepting(self) -> bool:
+        return True  # every message gets an id that holds
+
+    def watch(self, callback) -> None:
+        pass  # accepting() never changes
 
     def pending_writes(self) -> int:
         return 0  # every message is stored as it is appended
@@ -126,12 +183,24 @@ class MemoryStore:
         return True  # everything kept is here
 
     def append(
-        self, username: str, text: str, timestamp: int, room: str = "lobby", action=False
+        self,
+        username: str,
+        text: str,
+        timestamp: int,
+        room: str = "lobby",
+        action=False,
+        key: str = "",
     ) -> list[Message]:
-        """Store a message; return it for the hub to deliver now (always, here)."""
+        """Store a message; return it for the hub to deliver now (always, here).
+
+        Raises Duplicate if this sender's `key` was taken already.
+        """
         with self._lock:
-            message = Message(self._ids.next(), username, text, timestamp, room, action)
+            if key and (first := self._keys.get(username, key)) is not None:
+                raise Duplicate(first)
+            message = Message(self._ids.next(), username, text, timestamp, room, action, key)
             self._room_locked(room).append(message)
+            self._keys.remember(username, key, message)
         return [message]
 
     def history(

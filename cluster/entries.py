@@ -49,9 +49,12 @@ class Pending:
     room: str = LOBBY
     action: bool = False
     id: str | None = None
+    key: str = ""  # the sender's key for this line ("": none)
 
     def message(self) -> Message:
-        return Message(self.id, self.username, self.text, self.timestamp, self.room, self.action)
+        return Message(
+            self.id, self.username, self.text, self.timestamp, self.room, self.action, self.key
+        )
 
     def fields(self, server_id: str) -> dict:
         """The entry's fields; a lobby message's are what they were before rooms."""
@@ -61,6 +64,8 @@ class Pending:
             fields["room"] = self.room
         if self.action:
             fields["action"] = 1
+        if self.key:
+            fields["key"] = self.key
         return fields
 
 
@@ -84,7 +89,8 @@ def to_message(entry_id: str, fields: dict) -> Message:
     if problems:
         _warn_once(entry_id, problems)
     action = fields.get("action") in ("1", "true")
-    return Message(entry_id, username, text, timestamp, room or LOBBY, action)
+    key = fields.get("key", "")
+    return Message(entry_id, username, text, timestamp, room or LOBBY, action, key)
 
 
 def origin(entry_id: str, fields: dict) -> tuple[str, int]:

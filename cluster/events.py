@@ -80,7 +80,7 @@ class LiveEvents:
             self._stopped.wait(QUICK_TIMEOUT_S)
             return False
 
-    def direct(self, sender: str, to: str, text: str, timestamp: int, action: bool) -> None:
+    def direct(self, sender, to, text, timestamp: int, action: bool, key: str = "") -> None:
         """Hand a direct message for another server's user to Redis, or raise NotSent.
 
         Every server reads it; the one that holds `to` delivers it. Never stored.

@@ -48,6 +48,7 @@ NAMES_KEY = "chat:names"  # hash: online username -> claim token "<server id>:<s
 WHERE_KEY = "chat:where"  # hash: online username -> the room they are in
 SERVERS_KEY = "chat:servers"  # set: ids of servers that may hold names
 ALIVE_PREFIX, ALIVE_SUFFIX = "chat:server:", ":alive"  # string with a TTL, per live server
+SENT_PREFIX = "chat:sent:"  # string with a TTL per (sender, key): the id a line became
 PRESENCE_KEYS = [NAMES_KEY, EVENTS_KEY, WHERE_KEY]  # KEYS[1..3] of every presence script
 
 EVENTS_MAX = 10_000  # events kept (MAXLEN ~): a server cut off longer than this resyncs
@@ -65,6 +66,11 @@ def alive_key(server_id: str) -> str:
 def written_key(server_id: str) -> str:
     """Up to which seq this server's messages are written (a retry after a lost reply)."""
     return f"{ALIVE_PREFIX}{server_id}:written"
+
+
+def sent_key(sender: str, key: str) -> str:
+    """What this sender's line with this key became (its id), on every server."""
+    return f"{SENT_PREFIX}{sender}:{key}"
 
 
 def history_key(room: str) -> str:
@@ -89,7 +95,8 @@ class RedisLink:
     redis-py advises). `reachable` is cleared by any failed call and set by
     any answer; while it is clear the join path skips Redis. `shared` is set
     by the cluster's heartbeat once other live servers use this Redis, and
-    stays set.
+    stays set. `watch(callback)`: called (on the thread that saw it) when
+    either changes, so health can follow.
     """
 
     def __init__(self, url: str):
@@ -99,18 +106,41 @@ class RedisLink:
         self.quick = _connect(url, QUICK_TIMEOUT_S, self._sentinel)
         self._reachable = threading.Event()  # thread-safe flag: no lock needed
         self._reachable.set()
-        self.shared = False  # a plain bool, written by the heartbeat thread only
+        self._shared = False  # a plain bool, written by the heartbeat thread only
+        self._watchers: list = []  # callbacks, added before the threads start
         self.scripts = {name: self.quick.register_script(lua) for name, lua in SCRIPTS.items()}
 
     @property
     def reachable(self) -> bool:
         return self._reachable.is_set()
 
+    @property
+    def shared(self) -> bool:
+        return self._shared
+
+    @shared.setter
+    def shared(self, value: bool) -> None:
+        changed, self._shared = value != self._shared, value
+        if changed:
+            self.changed()
+
     def mark_up(self) -> None:
-        self._reachable.set()
+        if not self._reachable.is_set():
+            self._reachable.set()
+            self.changed()
 
     def mark_down(self) -> None:
-        self._reachable.clear()
+        if self._reachable.is_set():
+            self._reachable.clear()
+            self.changed()
+
+    def watch(self, callback) -> None:
+        self._watchers.append(callback)
+
+    def changed(self) -> None:
+        """Something the watchers may care about changed: tell them."""
+        for callback in self._watchers:
+            callback()
 
     def run(self, script: str, keys: list, args: list, client=None):
         """Run one of our Lua scripts (on `quick` unless told otherwise)."""

@@ -121,28 +121,38 @@ return freed
 
 # KEYS[1] = the stream the servers follow (the lobby's, or the bus), KEYS[2] = the
 # room's history stream (the same key for the lobby), KEYS[3] = this server's
-# "written up to" key. ARGV: maxlen, id ('*' or one given during an outage), seq,
-# ttl s, then the entry's fields and values. A seq at or below the one written last
-# is a retry whose reply was lost: written already, so nothing happens (false).
-# Otherwise the followed stream makes the id (the one given, if the stream is not
-# past it; else a fresh one), and for the bus (every non-lobby room's
+# "written up to" key, KEYS[4] (if the line has a key) = its sender's key's key.
+# ARGV: maxlen, id ('*' or one given during an outage), seq, ttl s, key ttl s, then
+# the entry's fields and values. A seq at or below the one written last is a retry
+# whose reply was lost: written already, so nothing happens (false). A line whose
+# key is held was sent before (on any server): nothing is written, and {first id}
+# is returned. Otherwise the followed stream makes the id (the one given, if the
+# stream is not past it; else a fresh one), and for the bus (every non-lobby room's
 # messages pass through it, so the id is above the room's last), the room's history
-# gets the same id, and the id is returned. (A history stream another tool wrote past
-# gets a fresh id there.)
+# gets the same id, the key (if any) is held for its ttl with the id, and the id is
+# returned. (A history stream another tool wrote past gets a fresh id there.)
 WRITE = """
 local last = tonumber(redis.call('GET', KEYS[3]) or '0')
 if tonumber(ARGV[3]) <= last then return false end
-local id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[2], unpack(ARGV, 5))
+if KEYS[4] then
+  local first = redis.call('GET', KEYS[4])
+  if first then
+    redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
+    return {first}
+  end
+end
+local id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[2], unpack(ARGV, 6))
 if type(id) == 'table' and id.err then  -- another server wrote past our outage id
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 5))
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 6))
 end
 if KEYS[2] ~= KEYS[1] then
-  local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id, unpack(ARGV, 5))
+  local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id, unpack(ARGV, 6))
   if type(ok) == 'table' and ok.err then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 5))
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 6))
   end
 end
 redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
+if KEYS[4] then redis.call('SET', KEYS[4], id, 'EX', ARGV[5]) end
 return id
 """
 

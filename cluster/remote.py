@@ -37,7 +37,7 @@ class Alone:
     def publish_typing(self, name: str, kind) -> None:
         pass
 
-    def direct(self, sender: str, to: str, text: str, timestamp: int, action: bool) -> None:
+    def direct(self, sender, to, text, timestamp: int, action: bool, key: str = "") -> None:
         pass  # never called: with no other servers, no recipient is remote
 
     def start(self, hub) -> None:

@@ -18,8 +18,8 @@ server. History is read from the room's own stream (cluster/history.py).
 Threads: the hub's callers append to `_pending`; the *writer* (owned here)
 is the only one that removes from it; the *follower* is the only one that
 reads the stream for delivery. `_lock` guards `_pending`, `_dropped`,
-`_online`, `_delivered_seq`, `_unfollowed`, `_followed_own`, `_ids` and
-`_recent`; it is never held during a Redis call, nor while calling the hub.
+`_online`, `_delivered_seq`, `_unfollowed`, `_followed_own`, `_ids`,
+`_recent` and `_keys`; it is never held during a Redis call, nor while calling the hub.
 
 When Redis is lost, what happens depends on whether we are alone on it
 (`link.shared`, which the cluster's heartbeat keeps):
@@ -37,6 +37,12 @@ When Redis is lost, what happens depends on whether we are alone on it
 Every entry carries its origin server and a per-server sequence number, so an
 entry delivered during an outage, or written twice because a reply was lost,
 is delivered once.
+
+A line sent again with its key (its echo was lost) is taken once: here,
+`_keys` remembers what each recent key became (or that it is on its way);
+across servers, WRITE holds the key in Redis with the first id, and a line
+whose key is held is not written: the writer echoes the first to its sender
+(`echo`, the hub's) instead.
 """
 
 import dataclasses
@@ -59,10 +65,11 @@ from cluster.keys import (
     RedisLink,
     followed_key,
     history_key,
+    sent_key,
     written_key,
 )
 from sanitize import LOBBY, shown_url
-from store import IdClock, Message, NotSent, StoreUnavailable, id_key
+from store import KEY_TTL_S, Duplicate, IdClock, Message, NotSent, Recent, StoreUnavailable, id_key
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +78,7 @@ PENDING_MAX = 100_000  # messages kept while Redis is away; beyond, the oldest d
 RECENT_MAX = 500  # delivered messages kept for joins while Redis is away
 RETRY_S = 0.5  # how often the writer retries a lost Redis
 WRITTEN_TTL_S = 86_400  # how long Redis remembers our last written seq (retries take seconds)
+ON_ITS_WAY = "on its way"  # in `_keys`: a line taken here, not delivered yet
 
 
 class RedisStore(History):
@@ -86,6 +94,7 @@ class RedisStore(History):
         self._max_messages = max_messages
         self._pending_max = pending_max
         self._deliver = None  # the hub's callback, given to start()
+        self._echo = None  # the hub's callback for a line sent again, given to start()
         self._start_at = self._tails()  # key -> (last id, entries added): the follower starts there
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)  # the writer waits here for work
@@ -101,6 +110,7 @@ class RedisStore(History):
         self._unfollowed: deque[tuple[int, Pending]] = deque()
         self._followed_own: dict[str, int] = {}  # followed stream -> our highest seq read back
         self._recent: deque[Message] = deque(maxlen=RECENT_MAX)  # delivered, newest last
+        self._keys = Recent()  # (sender, key) -> its Message once delivered, else ON_ITS_WAY
         # (followed stream, origin) -> highest seq delivered from it (follower only)
         self._seen: dict[tuple[str, str], int] = {}
         self._closing = False
@@ -116,30 +126,55 @@ class RedisStore(History):
             self.redis.close()
             raise StoreUnavailable(f"cannot read the stream in Redis: {error}") from error
 
-    def start(self, deliver) -> None:
-        """Begin writing and following; `deliver(messages)` fans out, in order."""
+    def start(self, deliver, echo=None) -> None:
+        """Begin writing and following; `deliver(messages)` fans out, in order.
+
+        `echo(message)` tells its sender alone that a line sent again was `message`.
+        """
         self._deliver = deliver
+        self._echo = echo or (lambda message: None)
         self._writer.start()
         self._follower.start_at(self._start_at)
 
     def reachable(self) -> bool:
         return self.redis.reachable
 
+    def accepting(self) -> bool:
+        """Can a message be taken now? Not while cut off from a Redis others share."""
+        return not (self.redis.shared and not (self._online and self.redis.reachable))
+
+    def watch(self, callback) -> None:
+        """`callback()` whenever `accepting()` may have changed (any thread)."""
+        self.redis.watch(callback)
+
     def pending_writes(self) -> int:
         with self._lock:
             return len(self._pending)
 
     def append(
-        self, username: str, text: str, timestamp: int, room: str = LOBBY, action=False
+        self,
+        username: str,
+        text: str,
+        timestamp: int,
+        room: str = LOBBY,
+        action=False,
+        key: str = "",
     ) -> list[Message]:
         """Queue a message for the stream; return what the caller must deliver now.
 
         Normally nothing: the follower delivers it from the stream. Alone on
         a lost Redis: this message, and if the buffer fills before the writer
         noticed the loss, everything still waiting, so what overflows was at
-        least delivered. Raises NotSent if cut off from a shared Redis.
+        least delivered. Raises NotSent if cut off from a shared Redis, and
+        Duplicate if this sender's `key` was delivered already (a line still
+        on its way is taken once: nothing to do).
         """
         with self._lock:
+            first = self._keys.get(username, key) if key else None
+            if first == ON_ITS_WAY:
+                return []
+            if first is not None:
+                raise Duplicate(first)
             shared = self.redis.shared
             if shared and not (self._online and self.redis.reachable):
                 raise NotSent(NOT_SENT_TEXT)
@@ -152,11 +187,14 @@ class RedisStore(History):
                 self._pending.popleft()
                 self._dropped += 1
             pending = Pending(next(self._seq), username, text, timestamp, room, bool(action))
+            pending.key = key
+            self._keys.remember(username, key, ON_ITS_WAY)
             if not self._online:  # alone, Redis away: deliver now, write later
                 pending.id = self._ids.next()
                 self._delivered_seq = pending.seq
                 deliver_now.append(pending.message())
                 self._recent.append(deliver_now[-1])
+                self._keys.remember(username, key, deliver_now[-1])
             self._pending.append(pending)
             self._wake.notify()
         return deliver_now
@@ -200,15 +238,25 @@ class RedisStore(History):
                     return
                 continue
             self.redis.mark_up()
+            echoes = []  # lines sent again: their senders get the first
             with self._lock:
                 while self._pending and self._pending[0].seq <= batch[-1].seq:
                     self._pending.popleft()
-                self._online = True
+                was_online, self._online = self._online, True
                 for p, entry_id in zip(batch, written, strict=True):
+                    if isinstance(entry_id, list):  # its key was held: sent before
+                        first = dataclasses.replace(p, id=entry_id[0]).message()
+                        self._keys.remember(p.username, p.key, first)
+                        echoes.append(first)
+                        continue
                     read_back = p.seq <= self._followed_own.get(followed_key(p.room), 0)
                     if entry_id and p.id is None and not read_back:  # the follower will
                         self._ids.advance_past(entry_id)
                         self._unfollowed.append((p.seq, dataclasses.replace(p, id=entry_id)))
+            for first in echoes:
+                self._echo(first)
+            if not was_online:
+                self.redis.changed()
             if outage_since is not None:
                 lost_s, outage_since = time.monotonic() - outage_since, None
                 log.warning("Redis back after %.1f s: writing %d waiting messages", lost_s, waiting)
@@ -227,7 +275,9 @@ class RedisStore(History):
         """Write one message once (cluster.lua.WRITE): a retry after a lost reply is a no-op."""
         fields = p.fields(self.server_id)
         keys = [followed_key(p.room), history_key(p.room), written_key(self.server_id)]
-        args = [self._max_messages, entry_id, p.seq, WRITTEN_TTL_S]
+        if p.key:
+            keys.append(sent_key(p.username, p.key))
+        args = [self._max_messages, entry_id, p.seq, WRITTEN_TTL_S, int(KEY_TTL_S)]
         args += [value for pair in fields.items() for value in pair]
         self.redis.run("write", keys, args, pipe)
 
@@ -237,6 +287,7 @@ class RedisStore(History):
             shared = self.redis.shared
             self._online = False
             stranded = [] if shared else self._strand_locked()
+        self.redis.changed()
         if shared:
             log.error("Redis lost (%s): refusing messages, %d to write", error, waiting)
         else:
@@ -257,6 +308,8 @@ class RedisStore(History):
             self._delivered_seq = p.seq
         messages += [p.message() for p in stranded]
         self._recent.extend(messages)
+        for message in messages:
+            self._keys.remember(message.username, message.key, message)
         return messages
 
     def _sleep_unless_closing(self, wait_s: float) -> bool:
@@ -293,6 +346,8 @@ class RedisStore(History):
                     continue  # we delivered it ourselves during an outage
             fresh.append(to_message(entry_id, fields))
         with self._lock:
+            for message in fresh:
+                self._keys.remember(message.username, message.key, message)
             self._followed_own.update(own_high)
             if ours and self._unfollowed:  # read back: no longer ours to deliver
                 self._unfollowed = deque(w for w in self._unfollowed if w[0] not in ours)
