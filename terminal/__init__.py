@@ -13,9 +13,12 @@ order:
 4. `commands.py`: what a line does (`/join`, `/msg`, `/who`, ...), in
    IRC's words.
 5. `render.py`: how each server event looks (one line, cleaned, coloured
-   on a terminal only); `roster.py`: who is where, for Tab completion.
-6. `prompt.py` (a terminal: prompt_toolkit) and `piped.py` (stdin piped:
-   one line per event), the two ways of running it.
+   on a terminal only); `view.py`: on a terminal, the current room's lines
+   shown, the other rooms' kept and counted; `roster.py`: who is in our
+   rooms.
+6. `prompt.py` (a terminal: prompt_toolkit, with `complete.py` for Tab)
+   and `piped.py` (stdin piped: one line per event), the two ways of
+   running it.
 
 Where it plugs in: client.py imports these; nothing here imports the
 server's modules (only the shared vocabulary: chat_pb2, sanitize.py and

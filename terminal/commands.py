@@ -2,7 +2,8 @@
 
 terminal/prompt.py (a terminal) and terminal/piped.py (piped input) hand every line to
 `Commands.enter` on the main thread. A line whose first word is a known
-command runs it; any other line is text for the room. Commands that say
+command (any case, IRC's aliases too: `/J`, `/j`, `/leave`, `/names`)
+runs it; any other line is text for the room. Commands that say
 something (`/msg`, `/me`) and moves (`/join`, `/part`) become lines of
 terminal/lines.py, kept until the server confirms them and sent in the order typed;
 the queries (`/rooms`, `/who`) are unary calls, answered here.
@@ -31,17 +32,37 @@ from terminal.link import describe
 QUERY_TIMEOUT_S = 5.0  # deadline of /rooms and /who, and their wait for earlier lines
 ESCAPE = "//"  # a line starting with it is text starting with "/"
 QUIT = object()  # a command's answer: leave
-# name: (arguments, what it does), in the order /help lists them.
+# name: (arguments, what it does), in the order /help lists them. An argument
+# in [brackets] may be left out; "" takes none.
 COMMANDS = {
     "/join": ("#room", "go to a room (anyone may open one)"),
     "/part": ("", "leave the room, back to #lobby"),
-    "/rooms": ("", "list the rooms and how many are in each"),
-    "/who": ("", "list who is in this room"),
+    "/rooms": ("", "list the rooms and how many are in each, yours marked"),
+    "/who": ("[#room]", "list who is in this room, or in the one named"),
     "/msg": ("name text", "send text to one person, wherever they are"),
     "/me": ("text", "an action: /me waves shows * you waves"),
     "/help": ("", "list these commands"),
     "/quit": ("", "leave the chat (Ctrl-D does too)"),
 }
+# IRC's other words for them (irssi, weechat): alias -> command.
+ALIASES = {"/j": "/join", "/leave": "/part", "/list": "/rooms", "/names": "/who", "/exit": "/quit"}
+WORDS = sorted([*COMMANDS, *ALIASES])  # every command word, for Tab
+
+
+def command_of(word: str) -> str | None:
+    """The command a word names, in any case ("/J" -> "/join"), or None."""
+    word = word.lower()
+    return word if word in COMMANDS else ALIASES.get(word)
+
+
+def takes(command: str, rest: str) -> bool:
+    """Do the arguments fit the command's form? (A missing required one is a usage error.)"""
+    arguments = COMMANDS[command][0]
+    if not arguments:
+        return rest == ""
+    if arguments.lstrip("[").startswith("#room"):
+        return " " not in rest  # one room name
+    return True  # the rest of the line
 
 
 def parse(line: str) -> tuple[str, str, str]:
@@ -55,8 +76,8 @@ def parse(line: str) -> tuple[str, str, str]:
     stripped = line.strip()
     word, _, rest = stripped.partition(" ")
     rest = rest.strip()
-    if word in COMMANDS and (rest == "" or COMMANDS[word][0]):
-        return "command", word, rest
+    if (command := command_of(word)) is not None and takes(command, rest):
+        return "command", command, rest
     if stripped.startswith(ESCAPE):
         return "text", "", stripped[1:]
     if word.startswith("/"):
@@ -77,7 +98,12 @@ class Commands:
         if kind == "command":
             return getattr(self, f"do_{word[1:]}")(rest) is not QUIT
         if kind == "unknown" and interactive:
-            usage = f"{word} takes no arguments" if word in COMMANDS else "try /help"
+            command = command_of(word)
+            usage = (
+                f"{command} takes {COMMANDS[command][0] or 'no arguments'}"
+                if command
+                else "try /help"
+            )
             self.renderer.problem(f"unknown command {word}: {usage} ({ESCAPE}x sends /x)")
         else:
             self._say(message_line(rest))
@@ -99,13 +125,15 @@ class Commands:
             return
         if (answer := self._call(link, "/rooms", "ListRooms", pb.ListRoomsRequest())) is None:
             return
-        rooms = [f"#{clean_text(r.name)} ({r.members})" for r in answer.rooms]
+        rooms = [self._listed(clean_text(r.name), r.members) for r in answer.rooms]
         self.renderer.notice(f"rooms ({len(rooms)}): {', '.join(rooms)}")
 
     def do_who(self, rest: str):
+        if rest and (named := room_name(rest)) is None:
+            return self._usage("/who", f"a room is {ROOM_RULE}")
         if (link := self._settled("/who")) is None:
             return
-        room = self.chat.room  # after the wait: where the lines before led
+        room = named if rest else self.chat.room  # after the wait: where the lines before led
         request = pb.ListUsersRequest(room=room)
         if (answer := self._call(link, "/who", "ListUsers", request)) is None:
             return
@@ -128,11 +156,19 @@ class Commands:
 
     def do_help(self, rest: str):
         for name, (arguments, what) in COMMANDS.items():
-            self.renderer.notice(f"{f'{name} {arguments}':<16} {what}")
-        self.renderer.notice(f"{f'{ESCAPE}text':<16} send a line that starts with /")
+            also = [alias for alias, command in ALIASES.items() if command == name]
+            what += f" (also {', '.join(also)})" if also else ""
+            self.renderer.notice(f"{f'{name} {arguments}':<18} {what}")
+        self.renderer.notice(f"{f'{ESCAPE}text':<18} send a line that starts with /")
+        self.renderer.notice(f"{'Alt-A':<18} go to the next room with unread lines")
+        self.renderer.notice(f"{'Tab':<18} complete a command, a #room, or a name (after /msg, @)")
 
     def do_quit(self, rest: str):
         return QUIT
+
+    def switch(self, room: str) -> None:
+        """Put `room`, one we are in, on screen: what was missed there, then its lines."""
+        self.renderer.enter_room(room)
 
     # -- what they share -----------------------------------------------------------
 
@@ -149,6 +185,11 @@ class Commands:
         if room == self.chat.heading():
             return self.renderer.notice(f"already in #{room}")
         self.chat.lines.add(move_line(room, label))
+
+    def _listed(self, room: str, members: int) -> str:
+        """ "#rust (3)", or "#rust (3, here)" for the room we are in."""
+        here = ", here" if room == self.chat.room else ""
+        return f"#{room} ({members}{here})"
 
     def _usage(self, name: str, why: str = "") -> None:
         arguments = COMMANDS[name][0]

@@ -3,10 +3,12 @@
 client.py runs `Prompt` when stdin and stdout are a terminal (terminal/piped.py
 otherwise). It reads lines with prompt_toolkit and hands each to
 `Commands.enter` (terminal/commands.py); terminal/render.py prints what arrives, above the
-input line, and the typing line just over it. The prompt names the room
-(`#lobby> `), redrawn when the server confirms a move. Tab completes a
-command after "/", and a name online in the room (terminal/roster.py) at the start
-of a word: `/msg b<Tab>`, `@al<Tab>`. While the user types, this file tells the server:
+input line, through terminal/view.py (only the current room's lines; the
+others' are kept and counted), and the typing line just over it. The prompt
+names the current room and every other room with unread lines
+(`#lobby [#rust 3, #go 1!]> `), redrawn as they come; Alt-A goes to the
+next room with unread lines, as in irssi. Tab completes commands, rooms and
+names (terminal/complete.py). While the user types, this file tells the server:
 TYPING_START on the first keystroke, again every TYPING_REPEAT_S while the
 keys keep coming (the server takes 5 s of silence as a stop), and
 TYPING_STOP after TYPING_IDLE_S without a key, on a sent line or a cleared
@@ -19,12 +21,15 @@ import signal
 import time
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.completion import Completer, Completion
+from prompt_toolkit.key_binding import KeyBindings
 from prompt_toolkit.patch_stdout import patch_stdout
 
-from terminal.commands import COMMANDS, Commands
+from terminal.commands import Commands
+from terminal.complete import Completions
+from terminal.view import View
 
-PROMPT = "> "  # after the room: "#lobby> "
+PROMPT = "> "  # after the rooms: "#lobby [#rust 3]> "
+NEXT_UNREAD_KEY = ("escape", "a")  # Alt-A (Meta-A), as in irssi
 TYPING_IDLE_S = 2.0  # no keystroke for this long: we stopped typing
 # While typing goes on, repeat TYPING_START this often: with keys at most
 # TYPING_IDLE_S apart, the server hears from us within 4.5 s, under its 5 s.
@@ -34,30 +39,6 @@ LEAVE_FLUSH_S = 2.0  # on /quit or Ctrl-D, wait this long for lines not yet echo
 
 class Interrupted(Exception):
     """A read was ended from another thread (the chat call ended)."""
-
-
-class Names(Completer):
-    """Tab: a command for the first word after "/", else a name in the room.
-
-    prompt_toolkit asks on the main thread; the roster has its own lock.
-    """
-
-    def __init__(self, roster):
-        self._roster = roster
-
-    def get_completions(self, document, complete_event):
-        before = document.text_before_cursor
-        word = before.rpartition(" ")[2]
-        if word == before and word.startswith("/"):
-            options = [command for command in COMMANDS if command.startswith(word)]
-        elif word or before.strip() == "/msg":
-            typed = word.removeprefix("@").lower()
-            options = [n for n in self._roster.names() if n.lower().startswith(typed)]
-            word = word.removeprefix("@")
-        else:
-            options = []  # Tab on nothing: no list of everyone
-        for option in options:
-            yield Completion(option, start_position=-len(word))
 
 
 class Prompt:
@@ -87,17 +68,23 @@ class Prompt:
         self._ctrl_c = False  # SIGINT came between reads
         self._connecting = False  # in chat.connect() or chat.recover()
         renderer = chat.renderer
+        ring = lambda: renderer.emit("", ring=True, end="")  # noqa: E731
+        self._view = renderer.view = View(renderer.emit, ring, chat.room)
+        keys = KeyBindings()
+        keys.add(*NEXT_UNREAD_KEY)(lambda event: self._next_unread())
         # The typing line sits just above the input line, part of the prompt.
         # NOTE: not prompt_toolkit's bottom_toolbar, which is only drawn once
         # the terminal has answered a cursor-position query; some never do.
         self._session = PromptSession(
-            lambda: f"{renderer.typing_line()}\n#{chat.room}{PROMPT}",
+            lambda: f"{renderer.typing_line()}\n{self._view.prompt(PROMPT)}",
             erase_when_done=True,
-            completer=Names(chat.roster),
+            completer=Completions(chat),
             complete_while_typing=False,  # Tab only: no menu popping up over the chat
+            key_bindings=keys,
         )
         self._session.default_buffer.on_text_changed += self._text_changed
         renderer.on_typing_change = self._session.app.invalidate  # thread-safe repaint
+        self._view.on_change = self._session.app.invalidate
 
     def run(self) -> None:
         """Join, then read lines until /quit, sending each.
@@ -155,6 +142,11 @@ class Prompt:
             return None
         finally:
             self._set_typing(False)
+
+    def _next_unread(self) -> None:
+        """Alt-A, on the prompt's loop: go to the next room with unread lines, if any."""
+        if (room := self._view.next_unread()) is not None:
+            self._commands.switch(room)
 
     def _connect(self, step) -> None:
         self._connecting = True

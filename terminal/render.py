@@ -3,8 +3,12 @@
 client.py is the protocol side (the Chat call, rejoining, pending lines);
 this file is what the user sees. `Renderer.show` turns each event into one
 line: `[alice] hi`, `[you -> bob] psst`, `* alice waves`, `* bob joined
-#rust`; a message that mentions our name is highlighted, with the
-terminal's bell on a terminal. terminal/commands.py runs what the user types;
+#rust`; a direct message to us, and a message that mentions our name, is
+highlighted, with the terminal's bell on a terminal. On a terminal a line
+of a room goes to terminal/view.py, which prints it if that room is the
+current one and keeps and counts it otherwise; piped, every line is
+printed, a message of a room other than the lobby after its room (`#rust
+[alice] hi`). terminal/commands.py runs what the user types;
 terminal/prompt.py is the input line on a terminal, terminal/piped.py reads piped input.
 
 The receive thread calls `Renderer.show` for every event while the main
@@ -85,7 +89,8 @@ class Renderer:
         self.timestamps = timestamps
         self.show_typing = show_typing  # off when piped: a plain stream cannot unprint
         self.bell = bell  # ring on a mention: on a terminal only
-        self.room = LOBBY  # whose typing is shown; receive thread only
+        self.room = LOBBY  # whose typing is shown (a reference, replaced whole on a switch)
+        self.view = None  # a terminal's view.View (set by the Prompt); None when piped
         self.on_typing_change = lambda: None  # the Prompt sets this to repaint
         self._lock = threading.Lock()  # serialises printing; guards _typing and _closed
         self._typing: dict[str, None] = {}  # names typing now, first starter first
@@ -119,9 +124,11 @@ class Renderer:
         return f"* {', '.join(names)} typing..." if names else ""
 
     def enter_room(self, room: str) -> None:
-        """We are in `room` now (receive thread): its typing only, and a new prompt."""
+        """`room` is on screen now: its typing only, what was missed there, a new prompt."""
         self.room = room
         self.clear_typing()
+        if self.view is not None:
+            self.view.switch(room)
 
     def clear_typing(self) -> None:
         """Forget who was typing (the call dropped: no TYPING_STOP will come)."""
@@ -133,10 +140,14 @@ class Renderer:
 
     def _show_chat_message(self, m: pb.ChatMessageEvent) -> None:
         name, text = clean_text(m.username), clean_text(m.message)
-        named_us = name != self.me and mentions(self.me, text)
+        # For us: a direct message from someone else, or a message naming us.
+        named_us = name != self.me and (bool(m.to) or mentions(self.me, text))
         if named_us:
             text = self.paint(text, MENTION)
+        room = None if m.to else clean_text(m.room) or LOBBY  # a DM is in no room
         mark = self.paint(HISTORY_MARK, DIM) if m.replay else ""
+        if self.view is None and room not in (None, LOBBY):  # piped: say which room
+            mark = f"{self.paint(f'#{room}', DIM)} {mark}"
         if m.to:  # a direct message: "[alice -> you] psst", "[you -> bob] psst"
             to = clean_text(m.to)
             route = f"{self.who(name)} -> {self.who(to)}"
@@ -146,7 +157,8 @@ class Renderer:
         else:
             line = f"[{self.who(name)}] {text}"
         ring = named_us and self.bell and not m.replay  # history rings no bell
-        self._print(f"{mark}{line}", m.timestamp, ring)
+        how = {"news": name != self.me, "replay": m.replay, "mention": named_us and not m.replay}
+        self._print(f"{mark}{line}", m.timestamp, ring, room, **how)
 
     def who(self, name: str) -> str:
         """A name in brackets, in its colour: ours is "you"."""
@@ -162,13 +174,16 @@ class Renderer:
         name, room = clean_text(e.username), clean_text(e.room) or LOBBY
         if e.type == pb.USER_LEFT:
             self._set_typing(name, False)
+        if name == self.me and self.view is not None:  # ours show wherever we are
+            self.view.joined(room) if e.type == pb.USER_JOINED else self.view.left(room)
         where = "the chat" if room == LOBBY else f"#{room}"  # the lobby reads as before rooms
         star, what = self.paint("*", DIM), self.paint(f"{verb} {where}", DIM)
-        self._print(f"{star} {self.named(name)} {what}", e.timestamp)
+        line_room = None if name == self.me else room
+        self._print(f"{star} {self.named(name)} {what}", e.timestamp, False, line_room)
 
     def _show_typing_event(self, e: pb.TypingEvent) -> None:
-        if e.room and e.room != self.room:
-            return  # another room's (in flight while we moved)
+        if (e.room or LOBBY) != self.room:
+            return  # another room's: only the current room's typing shows
         self._set_typing(clean_text(e.username), e.type == pb.TYPING_START)
 
     def _show_system_event(self, e: pb.SystemEvent) -> None:
@@ -192,16 +207,28 @@ class Renderer:
                 del self._typing[name]
         self.on_typing_change()
 
-    def _print(self, line: str, timestamp: int = 0, ring: bool = False) -> None:
+    def _print(self, line: str, timestamp=0, ring=False, room: str | None = None, **how) -> None:
+        """Print a line now, or, on a terminal, hand a room's line to the view.
+
+        `room` is None for a line that shows whatever the room (a direct
+        message, a notice); `how` says what kind of line it is (View.place).
+        """
         if self.timestamps:
             line = f"{self.paint(clock(timestamp), DIM)} {line}"
+        if room is not None and self.view is not None:
+            self.view.place(room, line, ring=ring, **how)
+        else:
+            self.emit(line, ring)
+
+    def emit(self, line: str, ring: bool = False, end: str = "\n") -> None:
+        """Print one line above the input (with the bell after it when `ring`)."""
         if ring:
             line += BELL
         with self._lock:  # print looks up sys.stdout now: prompt_toolkit may have patched it
             if self._closed:
                 raise OutputClosed
             try:
-                print(line, flush=True)
+                print(line, end=end, flush=True)
             except BrokenPipeError:
                 self._closed = True
                 silence_stdout()

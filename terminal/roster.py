@@ -1,17 +1,19 @@
-"""Who is in our room, as far as the client knows: the names that Tab completes.
+"""Who is in our rooms, as far as the client knows: the names that Tab completes.
 
 The client is never sent a list of members to keep; it pieces one together
-from what passes by. client.py hands every event to `Roster.see` on the
-receive thread:
+from what passes by, for each room it is in. client.py hands every event
+to `Roster.see` on the receive thread:
 
-    our USER_JOINED with a room   --> a new room: forget the old names
+    our USER_JOINED with a room   --> a room of ours, names to learn
+    our USER_LEFT with a room     --> not ours any more: forget its names
     "in #rust (2): alice, carol"  --> the server's list, sent after each join
-    USER_JOINED / USER_LEFT       --> one name more or less, if in our room
+    USER_JOINED / USER_LEFT       --> one name more or less, in one of our rooms
 
-and terminal/commands.py's `/who` hands it the answer of ListUsers. terminal/prompt.py's
-completer reads `names()` on the main thread.
+and terminal/commands.py's `/who` hands it the answer of ListUsers.
+terminal/complete.py reads `names()` and `rooms()` when Tab is pressed,
+on a thread of prompt_toolkit's.
 
-NOTE: `_lock` guards `room` and `_names`; nothing blocks while holding it.
+NOTE: `_lock` guards `_rooms`; nothing blocks while holding it.
 """
 
 import re
@@ -25,23 +27,28 @@ PRESENT = re.compile(r"in #([a-z0-9_\-]+) \(\d+\): (.*)")
 
 
 class Roster:
-    """The names online in our current room (ours left out)."""
+    """The names online in each of our rooms (ours left out)."""
 
     def __init__(self, me: str, room: str = LOBBY):
         self.me = me
         self._lock = threading.Lock()
-        self.room = room  # the room the names are of
-        self._names: set[str] = set()
+        self._rooms: dict[str, set[str]] = {room: set()}  # our room -> the others in it
 
-    def names(self) -> list[str]:
+    def names(self, room: str | None = None) -> list[str]:
+        """Everyone in `room`, or in any of our rooms."""
         with self._lock:
-            return sorted(self._names, key=str.lower)
+            rooms = [self._rooms.get(room, set())] if room else list(self._rooms.values())
+            return sorted(set().union(*rooms), key=str.lower)
+
+    def rooms(self) -> list[str]:
+        with self._lock:
+            return sorted(self._rooms)
 
     def reset(self, room: str, names) -> None:
-        """Everyone in `room` now, if it is still ours (a ListUsers answer, say)."""
+        """Everyone in `room` now, if it is one of ours (a ListUsers answer, say)."""
         with self._lock:
-            if room == self.room:
-                self._names = {n for n in names if n != self.me and is_valid_name(n)}
+            if room in self._rooms:
+                self._rooms[room] = {n for n in names if n != self.me and is_valid_name(n)}
 
     def see(self, event: pb.ServerEvent) -> None:
         """Learn from one event (receive thread)."""
@@ -55,11 +62,13 @@ class Roster:
     def _see_user(self, e: pb.UserEvent) -> None:
         room = e.room or LOBBY
         with self._lock:
-            if e.username == self.me and e.type == pb.USER_JOINED:
-                if room != self.room:
-                    self.room, self._names = room, set()
-            elif room == self.room and is_valid_name(e.username):
+            if e.username == self.me:
                 if e.type == pb.USER_JOINED:
-                    self._names.add(e.username)
+                    self._rooms.setdefault(room, set())
                 elif e.type == pb.USER_LEFT:
-                    self._names.discard(e.username)
+                    self._rooms.pop(room, None)
+            elif room in self._rooms and is_valid_name(e.username):
+                if e.type == pb.USER_JOINED:
+                    self._rooms[room].add(e.username)
+                elif e.type == pb.USER_LEFT:
+                    self._rooms[room].discard(e.username)

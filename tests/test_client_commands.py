@@ -20,6 +20,14 @@ from terminal.roster import Roster
         ("  /msg bob  hi there ", ("command", "/msg", "bob  hi there")),
         ("/who", ("command", "/who", "")),
         ("/who is there?", ("unknown", "/who", "/who is there?")),
+        ("/who #rust", ("command", "/who", "#rust")),
+        ("/J #rust", ("command", "/join", "#rust")),
+        ("/j rust", ("command", "/join", "rust")),
+        ("/LEAVE", ("command", "/part", "")),
+        ("/names go", ("command", "/who", "go")),
+        ("/List", ("command", "/rooms", "")),
+        ("/exit", ("command", "/quit", "")),
+        ("/rooms are full", ("unknown", "/rooms", "/rooms are full")),
         ("/var/lib/db is 91% full", ("unknown", "/var/lib/db", "/var/lib/db is 91% full")),
         ("//help", ("text", "", "/help")),
         ("hello /join", ("text", "", "hello /join")),
@@ -94,18 +102,20 @@ def info(text):
     return pb.ServerEvent(system_event=pb.SystemEvent(message=text))
 
 
-def test_roster_follows_the_room_from_notices_joins_and_leaves():
-    """When events pass by, the roster holds the others in our room, and only those."""
+def test_roster_follows_our_rooms_from_notices_joins_and_leaves():
+    """When events pass by, the roster holds the others in each of our rooms, and only those."""
     roster = Roster("me")
     roster.see(info("in #lobby (3): me, bob, Carol"))
-    roster.see(user(pb.USER_JOINED, "dave", "rust"))  # another room
+    roster.see(user(pb.USER_JOINED, "dave", "rust"))  # not one of our rooms
     roster.see(user(pb.USER_LEFT, "bob"))
     assert roster.names() == ["Carol"]
-    roster.see(user(pb.USER_JOINED, "me", "rust"))  # we moved
-    assert roster.names() == []
+    roster.see(user(pb.USER_JOINED, "me", "rust"))  # a second room
     roster.see(info("in #rust (2): dave, me"))
     roster.see(user(pb.USER_JOINED, "erin", "rust"))
-    assert roster.names() == ["dave", "erin"]
+    assert roster.names("rust") == ["dave", "erin"] and roster.rooms() == ["lobby", "rust"]
+    assert roster.names() == ["Carol", "dave", "erin"]
+    roster.see(user(pb.USER_LEFT, "me", "lobby"))  # we left the lobby: its names go
+    assert roster.names() == ["dave", "erin"] and roster.rooms() == ["rust"]
 
 
 # -- renderings ------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def test_piped_room_flag_posts_to_that_room_only(server, pipe_client):
     ci.send("deployed")
     assert said(ops, "deployed").room == "ops"
     assert ci.finish() == 0
-    assert "* ci joined #ops" in ci.seen and "[you] deployed" in ci.seen
+    assert "* ci joined #ops" in ci.seen and "#ops [you] deployed" in ci.seen
     assert no_messages(lobby) == []
     ops.close()
     lobby.close()
@@ -76,8 +76,8 @@ def test_piped_moves_over_the_rate_limit_wait_their_turn(server_factory, pipe_cl
     assert [said(lobby, t).message for t in ("one", "three")] == ["one", "three"]
     assert said(ops, "two").room == "ops"
     assert any(line.startswith("! rate limited") for line in ci.seen), ci.seen
-    assert [line for line in ci.seen if line.startswith("[you]")] == [
-        "[you] one", "[you] two", "[you] three"
+    assert [line for line in ci.seen if "[you]" in line] == [
+        "[you] one", "#ops [you] two", "[you] three"
     ]  # fmt: skip
     ops.close()
     lobby.close()
@@ -102,12 +102,12 @@ def test_piped_msg_and_me_render_on_both_sides(server, pipe_client):
 
 
 def test_piped_rooms_lists_every_room_with_its_count(server, pipe_client):
-    """When ci pipes /rooms, it prints every room with how many are in it."""
+    """When ci pipes /rooms, it prints every room with how many are in it, its own marked."""
     conns = [join(server.address, name, room=room) for name, room in
              [("g", "go"), ("r1", "rust"), ("r2", "rust")]]  # fmt: skip
     ci = pipe_client(server.address, "ci")
     ci.send("/rooms")
-    ci.expect("* rooms (3): #go (1), #lobby (1), #rust (2)")
+    ci.expect("* rooms (3): #go (1), #lobby (1, here), #rust (2)")
     assert ci.finish() == 0
     for conn in conns:
         conn.close()

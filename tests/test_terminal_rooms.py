@@ -1,0 +1,56 @@
+"""The real client on a pseudo-terminal in several rooms: the prompt, switching, Tab, the bell.
+
+Each test runs `python client.py` on a pty (tests/clients.py's Terminal,
+driven by pexpect) against a real server, with wire clients (tests/wire.py)
+speaking in the rooms.
+"""
+
+from wire import join
+
+BELL = "\a"
+
+
+def test_terminal_commands_are_case_insensitive_with_irc_aliases(server, terminal):
+    """When alice types /J #rust, /NAMES and /EXIT, they run as /join, /who and /quit."""
+    carol = join(server.address, "carol", room="rust")
+    alice = terminal(server.address, "alice")
+    alice.send("/J #rust\r")
+    alice.expect_exact("* alice joined #rust")
+    alice.expect_exact("#rust>")
+    alice.send("/NAMES\r")
+    alice.expect_exact("* in #rust (2): alice, carol")
+    alice.send("/EXIT\r")
+    assert alice.exit_code() == 0
+    carol.close()
+
+
+def test_terminal_tab_completes_a_user_in_another_room(server, terminal):
+    """When carol is only in #rust and alice, in the lobby, types /msg ca<Tab>, it completes
+    to carol (the server's list of everyone online), and the message reaches her."""
+    carol = join(server.address, "carol", room="rust")
+    alice = terminal(server.address, "alice")
+    alice.send("/msg ca\t")
+    alice.expect_exact("/msg carol")
+    alice.send(" psst\r")
+    alice.expect_exact("[you -> carol] psst")
+    assert carol.next_event("chat_message").chat_message.to == "carol"
+    alice.send("@ca\t")
+    alice.expect_exact("@carol")
+    alice.send("\r")
+    alice.send("/quit\r")
+    assert alice.exit_code() == 0
+    carol.close()
+
+
+def test_terminal_direct_message_shows_in_any_room_and_rings(server, terminal):
+    """When bob, in the lobby, sends alice a direct message while she is in #rust, it shows
+    at once, with the bell."""
+    alice = terminal(server.address, "alice")
+    alice.send("/join #rust\r")
+    alice.expect_exact("#rust>")
+    bob = join(server.address, "bob")
+    bob.say("psst", to="alice")
+    alice.expect_exact(f"[bob -> you] psst{BELL}")
+    alice.send("/quit\r")
+    assert alice.exit_code() == 0
+    bob.close()
