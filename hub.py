@@ -33,15 +33,16 @@ in the stream's order.
 import logging
 import queue
 import threading
+import time
 
 import chat_pb2 as pb
 import metrics
 from cluster.remote import Alone, RemoteUsers
 from events import direct_event, message_event, now_s, system_event, typing_event, user_event
-from member import DRAIN, EVICTED, Client, Echo, Replay
+from member import DRAIN, EVICTED, Client, Echo, Replay, Timed
 from ratelimit import Buckets
 from rooms import Directory
-from store import Duplicate, Message, Recent
+from store import Duplicate, Message, Recent, id_key
 from timers import Timers
 
 log = logging.getLogger(__name__)
@@ -199,13 +200,14 @@ class Hub(RemoteUsers):
             self._stop_typing_locked(client)
             # In memory: this message. With Redis: usually none, the stream
             # delivers it in order; during an outage, what the store holds.
+            accepted = time.time()
             try:
                 ready = self.store.append(client.name, text, now_s(), client.room, action, key)
             except Duplicate as duplicate:
                 self._put_or_evict_locked(client, Echo(message_event(duplicate.first)))
                 return True
             for message in ready:
-                self._broadcast_locked(message_event(message), message.room)
+                self._broadcast_locked(Timed(message_event(message), accepted), message.room)
         metrics.ACCEPTED.inc()
         return True
 
@@ -220,7 +222,9 @@ class Hub(RemoteUsers):
         """Store thread: fan out messages that came back from the stream, in order."""
         with self._lock:
             for message in messages:
-                self._broadcast_locked(message_event(message), message.room)
+                # Accepted on some server: the time its id says Redis stored it.
+                accepted = id_key(message.id)[0] / 1000
+                self._broadcast_locked(Timed(message_event(message), accepted), message.room)
 
     def direct(
         self, client: Client, to: str, text: str, action: bool = False, key: str = ""

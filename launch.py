@@ -93,14 +93,18 @@ def serve(plan: Plan, build, index: int = 0, ready=None) -> None:
     if plan.metrics_port is not None:
         metrics.watch(server.servicer.hub)
         try:
-            metrics.serve(plan.metrics_port + index, plan.host.strip("[]").replace("::", ""))
+            if ready is None:  # one of N processes: the parent serves them all
+                metrics.serve(plan.metrics_port, _metrics_host(plan))
         except OSError as error:
             store.close()
             raise click.ClickException(f"cannot serve metrics: {error}") from None
     server.start()
     if ready is None:
         history = without_secrets(store.description, plan.redis_url)
-        click.echo(f"chat server listening on {plan.host}:{server.port}; history {history}")
+        click.echo(
+            f"chat server listening on {plan.host}:{server.port}; history {history}"
+            + _metrics_said(plan)
+        )
     else:
         ready()
     stop.wait()
@@ -122,13 +126,31 @@ def supervise(plan: Plan, build, count: int) -> None:
     alive = os.pipe()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: os.write(wake_write, b"x"))
+    shared = None  # the directory of the children's metrics, and whether we made it
+    if plan.metrics_port is not None:  # one endpoint, here, for every child
+        shared = metrics.shared_directory()
+        try:
+            metrics.serve_shared(plan.metrics_port, _metrics_host(plan), shared[0])
+        except OSError as error:
+            raise click.ClickException(f"cannot serve metrics: {error}") from None
+    try:
+        _supervise(plan, build, count, alive, wake_read, shared and shared[0])
+    finally:
+        if shared and shared[1]:
+            metrics.remove_directory(shared[0])
+
+
+def _supervise(plan: Plan, build, count: int, alive, wake_read: int, directory) -> None:
     forks = multiprocessing.get_context("fork")
-    children = [_start(forks, plan, build, i, alive) for i in range(count)]
+    children = [_start(forks, plan, build, i, alive, directory) for i in range(count)]
     for i, (process, started) in enumerate(children):
         if not started.wait(CHILD_START_TIMEOUT_S):
             _stop_all([p for p, _ in children])
             raise click.ClickException(f"process {i} did not start (exit code {process.exitcode})")
-    click.echo(f"chat server listening on {plan.host}:{plan.port}; {count} processes on one Redis")
+    click.echo(
+        f"chat server listening on {plan.host}:{plan.port}; {count} processes on one Redis"
+        + _metrics_said(plan)
+    )
     while True:
         sentinels = {process.sentinel: i for i, (process, _) in enumerate(children)}
         woken = multiprocessing.connection.wait([wake_read, *sentinels])
@@ -138,34 +160,51 @@ def supervise(plan: Plan, build, count: int) -> None:
             dead = children[i][0]
             log.error("process %d (pid %d) died with code %s: restarting", i, dead.pid,
                       dead.exitcode)  # fmt: skip
+            if directory:
+                metrics.process_dead(dead.pid, directory)
             time.sleep(RESTART_BACKOFF_S)  # a child that dies at once is not restarted in a loop
-            children[i] = _start(forks, plan, build, i, alive)
+            children[i] = _start(forks, plan, build, i, alive, directory)
     log.info("stopping %d processes", count)
     failed = _stop_all([p for p, _ in children])
     if failed:
         raise click.ClickException(f"{failed} processes did not stop cleanly")
 
 
-def _start(forks, plan: Plan, build, index: int, alive):
+def _start(forks, plan: Plan, build, index: int, alive, metrics_dir: str | None):
     started = forks.Event()
     process = forks.Process(
-        target=_child, args=(plan, build, index, started, alive), name=f"chat-{index}"
+        target=_child, args=(plan, build, index, started, alive, metrics_dir), name=f"chat-{index}"
     )
     process.start()
     log.info("process %d started (pid %d)", index, process.pid)
     return process, started
 
 
-def _child(plan: Plan, build, index: int, started, alive) -> None:
+def _child(plan: Plan, build, index: int, started, alive, metrics_dir: str | None) -> None:
     """A child's body, after the fork: one server process, like `python server.py` alone."""
     alive_read, alive_write = alive
     os.close(alive_write)  # only the parent's copy may keep the pipe open
+    if metrics_dir:  # before anything counts: this child's metrics go to the shared files
+        metrics.share_between_processes(metrics_dir)
     threading.Thread(target=_stop_with_parent, args=(alive_read,), daemon=True).start()
     try:
         serve(plan, build, index, ready=started.set)
     except click.ClickException as error:
         log.error("process %d (pid %d): %s", index, os.getpid(), error.message)
         raise SystemExit(1) from None
+
+
+def _metrics_host(plan: Plan) -> str:
+    return plan.host.strip("[]").replace("::", "")
+
+
+def _metrics_said(plan: Plan) -> str:
+    """The start-up line's last words: where metrics are served, if they are."""
+    if plan.metrics_port is None:
+        return ""
+    host = _metrics_host(plan) or "localhost"
+    host = f"[{host}]" if ":" in host else host
+    return f"; metrics at http://{host}:{plan.metrics_port}/metrics"
 
 
 def _stop_with_parent(alive_read: int) -> None:

@@ -45,6 +45,21 @@ class Echo:
         self.event = event  # a ServerEvent: the chat message, with its first id
 
 
+class Timed:
+    """A chat message in a queue, with when it was accepted (`time.time()`).
+
+    The hub puts one into every receiving queue; the Chat handler takes the
+    event out and counts how long it took to reach this stream (metrics.py's
+    delivery-time histogram) as it hands it over.
+    """
+
+    __slots__ = ("event", "accepted")
+
+    def __init__(self, event, accepted: float):
+        self.event = event
+        self.accepted = accepted
+
+
 class Client:
     """One joined user. The hub's lock guards `room`, `typing_timer` and `ending`.
 

@@ -243,7 +243,7 @@ def tls_credentials(cert_path: Path, key_path: Path) -> grpc.ServerCredentials:
 )  # fmt: skip
 @click.option(
     "--metrics-port", type=int,
-    help="Serve Prometheus metrics on this port (with --processes N: this port + 0..N-1).",
+    help="Serve Prometheus metrics on this port (with --processes N: one endpoint for all).",
 )  # fmt: skip
 @click.option(
     "--log-level",

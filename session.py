@@ -263,12 +263,17 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             elif isinstance(event, Echo):
                 yield event.event  # an answer to a line sent again: never skipped
             elif event is not member.WAKE:
+                accepted = None
+                if isinstance(event, member.Timed):
+                    event, accepted = event.event, event.accepted
                 if skip_up_to is not None:
                     sent = already_sent(event, skip_up_to)
                     if sent:
                         continue
                     if sent is False:
                         skip_up_to = None  # live from here on
+                if accepted is not None:
+                    metrics.DELIVERY_SECONDS.observe(max(0.0, time.time() - accepted))
                 yield event
             if client.ending is not None and client.queue.empty():
                 return  # DRAIN: everything queued was delivered
