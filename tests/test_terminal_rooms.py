@@ -30,13 +30,14 @@ def test_terminal_tab_completes_a_user_in_another_room(server, terminal):
     carol = join(server.address, "carol", room="rust")
     alice = terminal(server.address, "alice")
     alice.send("/msg ca\t")
-    alice.expect_exact("/msg carol")
+    alice.expect_exact("rol")  # the completion, inserted after what was typed
     alice.send(" psst\r")
     alice.expect_exact("[you -> carol] psst")
     assert carol.next_event("chat_message").chat_message.to == "carol"
     alice.send("@ca\t")
-    alice.expect_exact("@carol")
-    alice.send("\r")
+    alice.expect_exact("rol")
+    alice.send(" hi\r")
+    alice.expect_exact("[you] @carol hi")
     alice.send("/quit\r")
     assert alice.exit_code() == 0
     carol.close()
