@@ -16,16 +16,18 @@ input) read lines.
 The receive thread only drains and reports; the main thread decides what an
 ending means (leave, report an error, or reconnect). NOTE: the threads
 share only thread-safe things: `Lines` (its own lock), the queue
-`Link.outbox`, the Events `Link.answered` and `Link.ended` (`Link.error` is
-written before `ended` is set), the Renderer, whose lock serialises
-output, and the Roster (its own lock). The receive thread also writes
-`Chat.last_seen`, `Chat.room` and `Chat.shutting_down`; the main thread
-reads `last_seen` and `shutting_down` only after `Link.ended` is set, and
-`room` (one reference, replaced whole) for the prompt and the queries;
-only the main thread replaces `Chat.link`.
+`Link.outbox`, the Events `Link.answered` and `Link.ended` (`Link.error` and
+`Link.shutting_down` are written before `ended` is set), the Renderer, whose
+lock serialises output, and the Roster (its own lock). The receive thread
+also writes `Chat.last_seen` and `Chat.room`; the main thread reads
+`last_seen` only after `Link.ended` is set, and `room` (one reference,
+replaced whole) for the prompt and the queries; only the main thread
+replaces `Chat.link`.
 
-Reconnect: a call that drops without a SHUTTING_DOWN notice is reopened
-with backoff, on the next address given, joining the room the server last
+Reconnect: a call that drops, or whose server says it is shutting down
+(SHUTTING_DOWN: a restart, a rolling deploy), is reopened with backoff, on
+the next address given, saying where it tries and why the last try failed,
+joining the room the server last
 confirmed with the id of the last message shown there, so the server sends
 exactly what was missed; ids already shown are skipped, so nothing appears
 twice. Ids are compared within a room only: each room has its own order
@@ -47,7 +49,7 @@ import chat_pb2 as pb
 from sanitize import LOBBY, NAME_RULE, ROOM_RULE, is_valid_name, room_name
 from store import id_key
 from terminal.dial import Dialer, Servers, basic, bearer
-from terminal.lines import DEFAULT_MAX_MESSAGE_CHARS, Lines, echo_key, moved_key
+from terminal.lines import DEFAULT_MAX_MESSAGE_CHARS, Lines, echo_key, moved_key, retry_in
 from terminal.link import (
     END,
     STAY_CODES,
@@ -84,10 +86,10 @@ class Chat:
         self.room = room  # the room the server last confirmed we are in (or --room)
         self.roster = Roster(name, room)  # who else is in it, for Tab
         self.last_seen: dict[str, str] = {}  # room -> id of the newest message shown there
-        self.shutting_down = False  # the server said SHUTTING_DOWN
         self.link: Link | None = None
         self.lines = Lines(self._lost, lambda: self.on_settled())
-        self.servers = Servers(addresses, self.dial)  # which one we use, and the next
+        # which server we use, and the next; where we try and why a try failed, told
+        self.servers = Servers(addresses, self.dial, renderer.notice)
 
     def start(self) -> None:
         """Join the first server that lets us in (dial.Servers); else raise ChatError."""
@@ -111,8 +113,11 @@ class Chat:
             link.close()
             if isinstance(link.error, OutputClosed):
                 raise link.error
-            stay = code_of(link.error) in STAY_CODES
-            raise ChatError(f"cannot join: {describe(link.error)}", dropped(link.error), stay)
+            why = f"cannot join: {describe(link.error)}"
+            if code_of(link.error) == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                after_s = retry_in(why)  # joining too often: come back then
+                raise ChatError(why, True, True, after_s) if after_s else ChatError(why, True)
+            raise ChatError(why, dropped(link.error), code_of(link.error) in STAY_CODES)
         self.link = link
         self.lines.up(link)
 
@@ -126,9 +131,10 @@ class Chat:
     def recover(self) -> bool:
         """After a DOWN: reconnect if the call dropped (True), else False if it is fine.
 
-        Raises ChatError when the chat is over: the server shut down, refused
-        us, or could not be reached again within dial.RECONNECT_GIVE_UP_S; and
-        OutputClosed when stdout is gone.
+        Raises ChatError when the chat is over: the server refused us, or no
+        server could be reached again within dial.RECONNECT_GIVE_UP_S; and
+        OutputClosed when stdout is gone. A server shutting down is not the
+        end: another (or the same one, restarted) takes us.
         """
         link = self.link
         if not link.ended.is_set():
@@ -136,13 +142,15 @@ class Chat:
         link.close()
         if isinstance(link.error, OutputClosed):
             raise link.error
-        if self.shutting_down:
-            raise ChatError("server shut down")
-        if code_of(link.error) == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        why = describe(link.error)
+        if link.shutting_down:
+            why = "the server is shutting down"
+        elif code_of(link.error) == grpc.StatusCode.RESOURCE_EXHAUSTED:
             self.lines.drop_oversized()  # our own line was too big: not a reason to stop
         elif not dropped(link.error):
-            raise ChatError(f"connection lost: {describe(link.error)}")
-        self._reconnect()
+            raise ChatError(f"connection lost: {why}")
+        self.renderer.clear_typing()
+        self.servers.again(self.connect, why)
         return True
 
     def flush(self, timeout_s: float) -> None:
@@ -160,12 +168,6 @@ class Chat:
         self.link.close()
         self.link.thread.join(CLOSE_TIMEOUT_S)
 
-    def _reconnect(self) -> None:
-        """Rejoin, on the next address first (this one just failed), with backoff."""
-        self.renderer.notice("reconnecting...")
-        self.renderer.clear_typing()
-        self.servers.again(self.connect)
-
     # -- on the receive thread ------------------------------------------------
 
     def _on_event(self, link: Link, event: pb.ServerEvent) -> None:
@@ -182,8 +184,10 @@ class Chat:
                 self._entered(joined.room or LOBBY)
         elif kind == "system_event":
             code = event.system_event.code
-            self.shutting_down |= code == pb.SHUTTING_DOWN
-            if code in (pb.RATE_LIMITED, pb.INVALID_EVENT, pb.NOT_SENT, pb.NOT_ONLINE):
+            if code == pb.SHUTTING_DOWN:  # the call ends once drained; then we move
+                link.shutting_down = True
+                self.lines.down(link)  # nothing more on it: what it takes now may be lost
+            elif code in (pb.RATE_LIMITED, pb.INVALID_EVENT, pb.NOT_SENT, pb.NOT_ONLINE):
                 self.lines.refused(code, event.system_event.message)
         self.roster.see(event)
         self.renderer.show(event)

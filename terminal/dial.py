@@ -18,6 +18,7 @@ NOTE: a token or password sent without TLS crosses the network in clear.
 """
 
 import base64
+import random
 import time
 from pathlib import Path
 
@@ -28,6 +29,9 @@ from terminal.link import CHANNEL_OPTIONS, ChatError, Unreachable
 RECONNECT_FIRST_WAIT_S = 0.25  # backoff before the first attempt, doubling each time
 RECONNECT_MAX_WAIT_S = 5.0  # ... up to this
 RECONNECT_GIVE_UP_S = 60.0  # then give up, one error line, exit 1
+# A join refused with a time to come back waits that long, plus up to this
+# fraction more, at random.
+JITTER = 0.5
 
 
 def bearer(token: str) -> str:
@@ -85,52 +89,73 @@ class Dialer:
         return f"cannot reach the chat server at {address} (serving TLS? add --ca-cert or --tls)"
 
 
+def spread(wait_s: float) -> float:
+    """A wait a server asked for, plus up to JITTER more: clients refused together
+    (a burst of joins) come back spread out, not all at once again."""
+    return wait_s * (1 + random.random() * JITTER)
+
+
 class Servers:
     """The addresses given, in order, and the one in use (main thread only).
 
     `join(address)` is client.Chat.connect: it joins, or raises ChatError.
+    `say(text)` tells the user, in a notice line, where we try and why a try failed.
     """
 
-    def __init__(self, addresses: list[str], dial: Dialer):
-        self.addresses, self._dial = list(addresses), dial
+    def __init__(self, addresses: list[str], dial: Dialer, say=lambda text: None):
+        self.addresses, self._dial, self._say = list(addresses), dial, say
         self._at = 0  # index in `addresses` of the server we use
 
     def first(self, join) -> None:
         """Join the first server that lets us in, in the order given; else raise ChatError.
 
         A server that answers and refuses (name taken, say) decides: the
-        servers share names. Only when none could be reached does the error
-        name them all.
+        servers share names. A server that says when to come back (joining
+        too often) is tried again then. Only when none could be reached does
+        the error name them all.
         """
-        last = None
-        for _ in self.addresses:
+        give_up_at = time.monotonic() + RECONNECT_GIVE_UP_S
+        last, untried = None, len(self.addresses)
+        while True:
             try:
                 return join(self.addresses[self._at])
             except ChatError as error:
+                if error.after_s and time.monotonic() + error.after_s < give_up_at:
+                    wait_s = spread(error.after_s)  # the same server, when it said
+                    self._say(f"{error.message}; trying again in {wait_s:.1f} s")
+                    time.sleep(wait_s)
+                    continue
                 if error.stay or not error.retryable or len(self.addresses) == 1:
                     raise
                 if last is None or not isinstance(error, Unreachable):
                     last = error  # a more telling error than "cannot reach" wins
+                untried -= 1
+                if not untried:
+                    break
                 self._next()
         if isinstance(last, Unreachable):
             raise Unreachable(self._dial.unreachable(", ".join(self.addresses)))
         raise last
 
-    def again(self, join) -> None:
-        """Rejoin, on the next address first (this one just failed), with backoff."""
+    def again(self, join, why: str) -> None:
+        """Rejoin after the call ended (`why`), on the next address first, with backoff."""
         give_up_at = time.monotonic() + RECONNECT_GIVE_UP_S
         wait_s = RECONNECT_FIRST_WAIT_S
         self._next()
+        self._say(f"reconnecting... ({why})")
         while True:
             time.sleep(wait_s)  # backoff, so a restarting server is not hammered
+            address = self.addresses[self._at]
+            self._say(f"trying {address}")
             try:
-                return join(self.addresses[self._at])
+                return join(address)
             except ChatError as error:
+                wait_s = spread(error.after_s) or min(2 * wait_s, RECONNECT_MAX_WAIT_S)
                 if not error.retryable or time.monotonic() + wait_s > give_up_at:
                     raise ChatError(f"gave up reconnecting: {error.message}") from None
                 if not error.stay:
                     self._next()
-            wait_s = min(2 * wait_s, RECONNECT_MAX_WAIT_S)
+                self._say(f"{error.message}; next try in {wait_s:.1f} s")
 
     def _next(self) -> None:
         self._at = (self._at + 1) % len(self.addresses)

@@ -92,10 +92,16 @@ def refusal(line: "Line", max_chars: int) -> str | None:
     return None
 
 
-def retry_wait_s(notice: str) -> float:
-    """The wait a RATE_LIMITED notice names ("rate limited: retry in 0.8 s")."""
+def retry_in(notice: str) -> float | None:
+    """The wait a refusal names ("rate limited: retry in 0.8 s"), or None if it names none."""
     match = _RETRY_IN.search(notice)
-    return float(match[1]) if match else RATE_RETRY_S
+    return float(match[1]) if match else None
+
+
+def retry_wait_s(notice: str) -> float:
+    """The wait a RATE_LIMITED notice names, or RATE_RETRY_S."""
+    wait_s = retry_in(notice)
+    return RATE_RETRY_S if wait_s is None else wait_s
 
 
 @dataclass

@@ -51,10 +51,13 @@ STAY_CODES = (grpc.StatusCode.ALREADY_EXISTS,)
 class ChatError(click.ClickException):
     """The chat cannot go on; click prints "Error: <message>" and exits 1."""
 
-    def __init__(self, message: str, retryable: bool = False, stay: bool = False):
+    def __init__(
+        self, message: str, retryable: bool = False, stay: bool = False, after_s: float = 0.0
+    ):
         super().__init__(message)
         self.retryable = retryable  # worth another try while reconnecting
         self.stay = stay  # the server answered: try it again, not the next address
+        self.after_s = after_s  # the server named when to try again (joining too often)
 
 
 class Unreachable(ChatError):
@@ -75,8 +78,8 @@ REFUSALS = (
 class Link:
     """One Chat call: requests from `outbox`, responses drained by the receive thread.
 
-    NOTE: `error` is written by the receive thread before it sets `ended`;
-    read it only once `ended` is set.
+    NOTE: `error` and `shutting_down` are written by the receive thread
+    before it sets `ended`; read them only once `ended` is set.
     """
 
     def __init__(self, channel, name: str, room: str, last_seen_id: str, on_event, on_end):
@@ -85,6 +88,7 @@ class Link:
         self.answered = threading.Event()  # our own USER_JOINED came back, or the call ended
         self.ended = threading.Event()
         self.error: Exception | None = None  # why the call ended; None for status OK
+        self.shutting_down = False  # the server said SHUTTING_DOWN (receive thread writes)
         self._name, self._on_event, self._on_end = name, on_event, on_end
         join = pb.UserEvent(
             type=pb.USER_JOINED, username=name, room=room, last_seen_id=last_seen_id

@@ -1,6 +1,5 @@
 """The client with piped input: what it prints, what it cleans, its errors."""
 
-import signal
 import subprocess
 import sys
 from concurrent import futures
@@ -207,15 +206,3 @@ def test_piped_without_a_name_is_one_error_line():
     """When input is piped and no name is given, the client says so instead of asking."""
     result, took_s = run_client("--address", "127.0.0.1:1", stdin="hello\n")
     assert_one_clean_error(result, took_s, "no name")
-
-
-def test_server_shutdown_ends_a_waiting_client_with_an_error(server_process, pipe_client):
-    """When the server stops (SIGTERM), a waiting client says so and exits non-zero."""
-    server = server_process()
-    bob = pipe_client(server.address, "bob")
-    bob.expect("* bob joined the chat")
-    server.signal(signal.SIGTERM)
-    assert bob.proc.wait(ERROR_WITHIN_S) != 0
-    error = bob.stderr()
-    assert "server shut down" in error and "Traceback" not in error
-    assert server.wait() == 0
