@@ -21,10 +21,17 @@ connects to: the only escape codes that ever reach the terminal are this
 file's own colours and, on a terminal, the bell of a mention. A closed stdout
 (`client.py | head -1`) raises `OutputClosed` from every later print, so
 whichever thread meets it first, the client ends quietly.
+
+A long line is wrapped by the client, not by the terminal (terminal/wrap.py):
+the text goes on under itself, its continuation rows indented, so no row of
+a message starts at column 0, and a message padded to the end of a row
+cannot start the next with `[alice] ...`. Piped output is wrapped alike, at
+$COLUMNS (default 80): one header, then an indented body.
 """
 
 import os
 import re
+import shutil
 import sys
 import threading
 import time
@@ -34,6 +41,7 @@ import click
 
 import chat_pb2 as pb
 from sanitize import LOBBY, NAME_RULE, clean_text, is_valid_name
+from terminal.wrap import wrap
 
 # SGR colour codes (ESC [ code m). Names get one of PALETTE, picked by a
 # hash of the name, so "alice" has the same colour in every client and run.
@@ -47,6 +55,7 @@ NO_CLOCK = "--:--"  # --timestamps, for a timestamp no clock can show (10**17, s
 # A mention is the name with no name character touching it: "alice", "@alice,"
 # and "alice." mention alice; "malice", "alice_2" and "alice.b" do not.
 MENTION_PATTERN = r"(?<![\w.\-]){}(?![\w\-]|\.\w)"
+DEFAULT_COLUMNS = 80  # piped, without $COLUMNS
 
 
 class OutputClosed(Exception):
@@ -107,10 +116,10 @@ class Renderer:
 
     def notice(self, text: str) -> None:
         """A line from the client itself, e.g. "* reconnecting...\""""
-        self._print(self.paint(f"* {text}", DIM))
+        self._print(self.paint("* ", DIM), body=text, sgr=DIM)
 
     def problem(self, text: str) -> None:
-        self._print(self.paint(f"! {text}", WARN))
+        self._print(self.paint("! ", WARN), body=text, sgr=WARN)
 
     def refuse(self, text: str) -> None:
         """One line on stderr: a line of ours that the client will not send."""
@@ -142,8 +151,6 @@ class Renderer:
         name, text = clean_text(m.username), clean_text(m.message)
         # For us: a direct message from someone else, or a message naming us.
         named_us = name != self.me and (bool(m.to) or mentions(self.me, text))
-        if named_us:
-            text = self.paint(text, MENTION)
         room = None if m.to else clean_text(m.room) or LOBBY  # a DM is in no room
         mark = self.paint(HISTORY_MARK, DIM) if m.replay else ""
         if self.view is None and room not in (None, LOBBY):  # piped: say which room
@@ -151,14 +158,15 @@ class Renderer:
         if m.to:  # a direct message: "[alice -> you] psst", "[you -> bob] psst"
             to = clean_text(m.to)
             route = f"{self.who(name)} -> {self.who(to)}"
-            line = f"[{route}] * {self.named(name)} {text}" if m.action else f"[{route}] {text}"
+            head = f"[{route}] * {self.named(name)} " if m.action else f"[{route}] "
         elif m.action:  # /me: "* alice waves", ours too
-            line = f"* {self.named(name)} {text}"
+            head = f"* {self.named(name)} "
         else:
-            line = f"[{self.who(name)}] {text}"
+            head = f"[{self.who(name)}] "
         ring = named_us and self.bell and not m.replay  # history rings no bell
         how = {"news": name != self.me, "replay": m.replay, "mention": named_us and not m.replay}
-        self._print(f"{mark}{line}", m.timestamp, ring, room, **how)
+        sgr = MENTION if named_us else ""
+        self._print(f"{mark}{head}", m.timestamp, ring, room, body=text, sgr=sgr, **how)
 
     def who(self, name: str) -> str:
         """A name in brackets, in its colour: ours is "you"."""
@@ -177,9 +185,11 @@ class Renderer:
         if name == self.me and self.view is not None:  # ours show wherever we are
             self.view.joined(room) if e.type == pb.USER_JOINED else self.view.left(room)
         where = "the chat" if room == LOBBY else f"#{room}"  # the lobby reads as before rooms
-        star, what = self.paint("*", DIM), self.paint(f"{verb} {where}", DIM)
+        star, what = self.paint("*", DIM), f"{verb} {where}"
         line_room = None if name == self.me else room
-        self._print(f"{star} {self.named(name)} {what}", e.timestamp, False, line_room)
+        self._print(
+            f"{star} {self.named(name)} ", e.timestamp, False, line_room, body=what, sgr=DIM
+        )
 
     def _show_typing_event(self, e: pb.TypingEvent) -> None:
         if (e.room or LOBBY) != self.room:
@@ -189,9 +199,9 @@ class Renderer:
     def _show_system_event(self, e: pb.SystemEvent) -> None:
         text = clean_text(e.message)
         if e.code == pb.SYSTEM_INFO:
-            self._print(self.paint(f"* {text}", DIM), e.timestamp)
+            self._print(self.paint("* ", DIM), e.timestamp, body=text, sgr=DIM)
         else:  # refused, rate limited, shutting down: the user should notice
-            self._print(self.paint(f"! {text}", WARN), e.timestamp)
+            self._print(self.paint("! ", WARN), e.timestamp, body=text, sgr=WARN)
 
     # -- output -----------------------------------------------------------
 
@@ -207,14 +217,20 @@ class Renderer:
                 del self._typing[name]
         self.on_typing_change()
 
-    def _print(self, line: str, timestamp=0, ring=False, room: str | None = None, **how) -> None:
-        """Print a line now, or, on a terminal, hand a room's line to the view.
+    def _print(
+        self, head: str, timestamp=0, ring=False, room: str | None = None, body="", sgr="", **how
+    ) -> None:
+        """Print `head` and `body` now, or, on a terminal, hand a room's line to the view.
 
+        The body (painted `sgr`) is wrapped under itself to the width (`wrap`).
         `room` is None for a line that shows whatever the room (a direct
         message, a notice); `how` says what kind of line it is (View.place).
         """
         if self.timestamps:
-            line = f"{self.paint(clock(timestamp), DIM)} {line}"
+            head = f"{self.paint(clock(timestamp), DIM)} {head}"
+        columns = shutil.get_terminal_size((DEFAULT_COLUMNS, 24)).columns
+        paint = (lambda text: self.paint(text, sgr)) if sgr else (lambda text: text)
+        line = "\n".join(start + paint(text) for start, text in wrap(head, body, columns))
         if room is not None and self.view is not None:
             self.view.place(room, line, ring=ring, **how)
         else:

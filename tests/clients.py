@@ -103,9 +103,9 @@ class Terminal(pexpect.fdpexpect.fdspawn):
     controlling terminal, so ^C reaches it as a key, not as SIGINT.
     """
 
-    def __init__(self, address: str, name: str | None):
+    def __init__(self, address: str, name: str | None, columns: int = 100):
         master, slave = os.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
         naming = ["--name", name] if name else []
         self.proc = subprocess.Popen(
             [sys.executable, CLIENT, *naming, "--address", address],

@@ -18,7 +18,8 @@ What the test changes, visibly and only this:
   (localhost:8080) through CHAT_ADDRESS;
 - `$(pgrep -f "PATTERN")` becomes the pid of the process this test started
   whose command contains PATTERN (never another process on the machine);
-- `python` is the interpreter running the tests; colours are off (NO_COLOR).
+- `python` is the interpreter running the tests; colours are off (NO_COLOR);
+  piped output is 80 columns wide (COLUMNS), as the lab's lines are.
 
 A command runs in the background until it is ready (it printed its READY
 line) if it is a long-running program, else to its end. Each terminal's
@@ -82,7 +83,8 @@ def blocks(text: str) -> tuple[dict, dict]:
 
 def pattern(expected: str) -> re.Pattern:
     """An expected line as a regex: literal, except `...` matches anything."""
-    return re.compile(".*".join(re.escape(part) for part in expected.split("...")))
+    wild = ".*".join(re.escape(part) for part in expected.split("..."))
+    return re.compile(re.sub(r"(?:\.\*)+", ".*", wild))  # a row of dots: one wildcard
 
 
 class Terminal:
@@ -171,7 +173,7 @@ class Lab:
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
         unset = ("CHAT_", "REDIS_URL")
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(unset)}
-        self.env.update(PATH=path, NO_COLOR="1", PYTHONUNBUFFERED="1")
+        self.env.update(PATH=path, NO_COLOR="1", PYTHONUNBUFFERED="1", COLUMNS="80")
         self.env["CHAT_ADDRESS"] = f"localhost:{self.ports['8080']}"
 
     def terminal(self, number: int) -> Terminal:

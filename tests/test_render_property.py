@@ -8,14 +8,17 @@ none at all when colour is off (not on a terminal).
 
 import contextlib
 import io
+import os
 import re
 import unicodedata
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import chat_pb2 as pb
 from terminal.render import DIM, MENTION, PALETTE, WARN, Renderer
+from terminal.wrap import width
 
 # The renderer's own styling, and nothing else, is allowed to be an escape.
 OWN_STYLE = re.compile(
@@ -74,12 +77,17 @@ def is_inert(char: str) -> bool:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(events, max_size=5), st.text(max_size=32), st.booleans(), st.booleans())
 def test_rendering_any_events_never_raises_or_prints_an_escape(batch, me, colour, timestamps):
-    """When any events arrive, each prints at most one line, and only our own colours."""
+    """When any events arrive, each prints one header row, then indented rows, and only our
+    own colours; every row fits the terminal."""
     renderer = Renderer(me or "me", colour=colour, timestamps=timestamps)
     for event in batch:
-        out = shown(renderer, event)
-        assert out.count("\n") <= 1 and (not out or out.endswith("\n")), repr(out)
+        with mock.patch.dict(os.environ, {"COLUMNS": "80"}):
+            out = shown(renderer, event)
+        assert not out or out.endswith("\n"), repr(out)
         plain = unstyled(out) if colour else out
         assert all(is_inert(char) for char in plain), repr(out)
+        rows = plain.splitlines()
+        assert all(row.startswith(" ") for row in rows[1:]), repr(out)
+        assert all(width(row) < 80 for row in rows), repr(out)
     renderer.typing_line()  # the typing line too, with whatever names came
     assert all(is_inert(char) for char in renderer.typing_line())
