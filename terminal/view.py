@@ -41,7 +41,7 @@ class View:
         self._ring = ring  # rings the terminal's bell, printing nothing
         self.on_change = lambda: None  # the prompt's repaint (thread-safe)
         self._lock = threading.Lock()
-        self._current = room  # the room on screen; None when in no room
+        self._current = room or None  # the room on screen; None when in no room
         self._kept: dict[str, deque[str]] = {}  # room -> its last lines not yet shown
         self._unread: dict[str, int] = {}  # room -> lines counted; in order of first unread
         self._dropped: dict[str, int] = {}  # room -> lines missed past KEPT_LINES
@@ -85,7 +85,8 @@ class View:
         self.on_change()
 
     def switch(self, room: str | None) -> None:
-        """Make `room` current: print what was missed there, then its lines go live."""
+        """Make `room` current (None or "": no room): print what was missed there, then live."""
+        room = room or None
         with self._lock:
             if room == self._current:
                 return

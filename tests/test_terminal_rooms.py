@@ -38,6 +38,10 @@ def test_terminal_tab_completes_a_user_in_another_room(server, terminal):
     alice.expect_exact("rol")
     alice.send(" hi\r")
     alice.expect_exact("[you] @carol hi")
+    alice.send("/who #ru\t")  # a room: every room on the server
+    alice.expect_exact("st")
+    alice.send("\r")
+    alice.expect_exact("* in #rust (1): carol")
     alice.send("/quit\r")
     assert alice.exit_code() == 0
     carol.close()
