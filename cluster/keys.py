@@ -33,7 +33,7 @@ from urllib.parse import unquote, urlsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from cluster.lua import SCRIPTS
 from sanitize import LOBBY, shown_url, without_secrets
@@ -200,9 +200,25 @@ def _sentinel(url: str) -> tuple[Sentinel, str, int, str | None]:
     sentinel_options = {
         "socket_timeout": QUICK_TIMEOUT_S,
         "socket_connect_timeout": QUICK_TIMEOUT_S,
+        "retry": Retry(NoBackoff(), 0),  # one try per sentinel: the callers retry
     }
-    manager = Sentinel(addresses, sentinel_kwargs=sentinel_options)
+    manager = _Sentinels(addresses, sentinel_kwargs=sentinel_options)
     return manager, path[0], int(path[1]) if len(path) == 2 else 0, password
+
+
+class _Sentinels(Sentinel):
+    """redis-py's Sentinel, whose "no master" error is one short line.
+
+    redis-py's names every sentinel's client in full (a screenful per log line).
+    """
+
+    def discover_master(self, service_name):
+        try:
+            return super().discover_master(service_name)
+        except MasterNotFoundError:
+            raise MasterNotFoundError(
+                f"no sentinel knows a master for {service_name!r} now"
+            ) from None
 
 
 def entry_fields(flat: list) -> dict:

@@ -8,6 +8,7 @@ operator to run; each is stopped by the pids it wrote.
 """
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -106,3 +107,76 @@ def answers(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+NGINX_DIR = ROOT / "deploy" / "nginx"
+UPSTREAM_SERVERS = re.compile(r"(\n\s*server 127\.0\.0\.1:\d+ [^\n]*)+")
+
+
+class Nginx:
+    """nginx with deploy/nginx/`config`, its listener and backends set for this test.
+
+    The files are copied to `directory` (the -p prefix) and only the ports
+    are changed, plus any `stream.conf` setting named in `overrides`
+    (`{"grpc_read_timeout": "2s"}`); `files` (name -> path) are copied beside
+    them (the TLS variant's cert.pem and key.pem).
+    """
+
+    def __init__(self, directory: Path, backends: list[str], config="chat.conf", overrides=None,
+                 files=None):  # fmt: skip
+        program = _require("nginx")
+        self.directory = directory
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        text = (NGINX_DIR / config).read_text()
+        text = re.sub(r"listen 127\.0\.0\.1:\d+", f"listen 127.0.0.1:{self.port}", text)
+        servers = "".join(f"\n        server {b} max_fails=1 fail_timeout=5s;" for b in backends)
+        text, count = UPSTREAM_SERVERS.subn(servers, text, count=1)
+        assert count == 1, "no upstream servers in the config"
+        (directory / config).write_text(text)
+        stream = (NGINX_DIR / "stream.conf").read_text()
+        for setting, value in (overrides or {}).items():
+            stream, count = re.subn(rf"\b{setting} [^;]+;", f"{setting} {value};", stream)
+            assert count == 1, f"{setting} is not in stream.conf"
+        (directory / "stream.conf").write_text(stream)
+        for name, path in (files or {}).items():
+            shutil.copy(path, directory / name)
+        self.proc = subprocess.Popen(
+            [program, "-p", str(directory), "-e", str(directory / "error.log"),
+             "-c", str(directory / config), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        if not wait_until(lambda: answers(self.port) or self.proc.poll() is not None, timeout=10):
+            self.stop()
+            raise AssertionError("nginx did not start")
+        if self.proc.poll() is not None:
+            raise AssertionError(f"nginx did not start: {self.proc.stderr.read()}")
+
+    def log(self) -> str:
+        return (self.directory / "error.log").read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # fast stop: a graceful one would wait for every stream to end
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc.stderr.close()
+
+
+@pytest.fixture
+def nginx(tmp_path):
+    started = []
+
+    def start(backends, config="chat.conf", overrides=None, files=None):
+        directory = tmp_path / f"nginx{len(started)}"
+        directory.mkdir()
+        proxy = Nginx(directory, backends, config, overrides, files)
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
