@@ -42,6 +42,7 @@ from events import direct_event, message_event, now_s, system_event, typing_even
 from member import DRAIN, EVICTED, Client, Echo, Replay, Timed
 from ratelimit import Buckets
 from rooms import Directory
+from sanitize import name_skeleton
 from store import Duplicate, Message, Recent, id_key
 from timers import Timers
 
@@ -128,8 +129,8 @@ class Hub(RemoteUsers):
         with self._lock:
             if self._closing:
                 raise ShuttingDown()
-            if client.name in self._dir.clients:
-                raise NameTaken(client.name)
+            if self._online_as_locked(client.name, here_only=True) is not None:
+                raise NameTaken(client.name)  # "Alice" while alice is here, too
             self._dir.remote.pop(client.name, None)  # a stale view of another server
             self._dir.add(client)
             self._enter_room_locked(client, last_seen_id)
@@ -235,15 +236,17 @@ class Hub(RemoteUsers):
         A line whose `key` was taken already only gets its echo again.
         """
         timestamp = now_s()
-        event = direct_event(client.name, to, text, timestamp, action, key)
         with self._lock:
             first = self._directs.get(client.name, key) if key else None
             if first is not None:
                 self._put_or_evict_locked(client, first)
                 return
-            recipient = self._dir.clients.get(to)
-            if recipient is None and to not in self._dir.remote:
+            found = self._online_as_locked(to)  # "Bob" finds bob, as he typed his name
+            if found is None:
                 raise NotOnline(to)
+            to = found
+            event = direct_event(client.name, to, text, timestamp, action, key)
+            recipient = self._dir.clients.get(to)
             if recipient is not None and recipient is not client:
                 self._put_or_evict_locked(recipient, event)
         if recipient is None:  # on another server: through Redis (may raise NotSent)
@@ -252,6 +255,16 @@ class Hub(RemoteUsers):
             self._directs.remember(client.name, key, event)
             self._put_or_evict_locked(client, event)
         metrics.DIRECT.inc()
+
+    def _online_as_locked(self, name: str, here_only: bool = False) -> str | None:
+        """The online name that `name` reads as (sanitize.name_skeleton: any case,
+        look-alikes), as its owner typed it; None if nobody. Here and elsewhere,
+        or here only."""
+        if name in self._dir.clients or not here_only and name in self._dir.remote:
+            return name
+        skeleton = name_skeleton(name)
+        names = self._dir.clients if here_only else [*self._dir.clients, *self._dir.remote]
+        return next((other for other in names if name_skeleton(other) == skeleton), None)
 
     # -- typing here ------------------------------------------------------------
 

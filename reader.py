@@ -24,7 +24,7 @@ import metrics
 from events import system_event
 from hub import NotOnline
 from member import Client
-from sanitize import ROOM_RULE, clean_text, room_name
+from sanitize import ROOM_RULE, clean_text, name_skeleton, room_name
 from store import NotSent
 
 log = logging.getLogger("session")
@@ -85,7 +85,7 @@ class Reader:
                 self.hub.post(client, text, message.action, message.key)
         except NotSent:  # cut off from the other servers: no id would hold
             if self._buckets is not None:
-                self._buckets.give_back(client.name)  # sending it again costs nothing
+                self._buckets.give_back(name_skeleton(client.name))  # free to send again
             retry = "not sent: the chat is reconnecting, send it again"
             return self._reject(client, pb.NOT_SENT, retry)
         except NotOnline:
@@ -121,7 +121,7 @@ class Reader:
     def _take_token(self, client: Client) -> str | None:
         """Take a token from the user's bucket; the refusal if there was none."""
         buckets = self._buckets
-        wait_s = buckets.try_take(client.name) if buckets is not None else 0.0
+        wait_s = buckets.try_take(name_skeleton(client.name)) if buckets is not None else 0.0
         if wait_s:
             return self._reject(
                 client, pb.RATE_LIMITED, f"rate limited: retry in {round_up(wait_s):.1f} s"

@@ -13,6 +13,7 @@ overrides, zero-width characters, runs of blanks that push text to the next
 row).
 """
 
+import functools
 import re
 import unicodedata
 from urllib.parse import parse_qsl, urlsplit
@@ -47,6 +48,14 @@ NAME_RULE = "1-32 characters of letters, digits, '_', '-' or '.'"
 _NAME_PATTERN = re.compile(rf"[A-Za-z0-9_.\-]{{1,{NAME_MAX_CHARS}}}")
 
 
+# Names are unique by their skeleton: case folded, and the ASCII characters
+# commonly taken for one another made one, so "Alice", "aIice" and "a1ice" are
+# all "alice" while alice is online. The table (the README's "Names" has it too):
+#   I i l 1 |  ->  l        O o 0  ->  o
+# The cluster's Lua (cluster/lua.py: `skeleton`) applies the same table.
+SKELETON_TABLE = str.maketrans({"i": "l", "1": "l", "|": "l", "0": "o"})
+
+
 LOBBY = "lobby"  # the room every stream starts in
 ROOM_RULE = "1-32 characters of lowercase letters, digits, '-' or '_'"
 _ROOM_PATTERN = re.compile(r"[a-z0-9_\-]{1,32}")
@@ -78,6 +87,17 @@ def clean_text(text: str) -> str:
 def is_valid_name(name: str) -> bool:
     """True if `name` follows NAME_RULE."""
     return _NAME_PATTERN.fullmatch(name) is not None
+
+
+@functools.lru_cache(maxsize=65_536)  # the hub asks for the same few names again and again
+def name_skeleton(name: str) -> str:
+    """What `name` looks like: equal skeletons are one name ("a1ice" is "Alice")."""
+    return name.casefold().translate(SKELETON_TABLE)
+
+
+def same_name(a: str, b: str) -> bool:
+    """Do `a` and `b` name the same user (same skeleton)?"""
+    return a == b or name_skeleton(a) == name_skeleton(b)
 
 
 def room_name(text: str) -> str | None:

@@ -46,6 +46,10 @@ ROOM_PREFIX = "chat:room:"  # stream per room but the lobby: its history (same i
 EVENTS_KEY = "chat:events"  # stream: joins, moves, leaves, typing, direct messages; capped
 NAMES_KEY = "chat:names"  # hash: online username -> claim token "<server id>:<session>"
 WHERE_KEY = "chat:where"  # hash: online username -> the room they are in
+# hash: a name's skeleton (sanitize.name_skeleton) -> the online name holding it, so
+# "Alice" is taken while alice is online; written by the presence scripts beside
+# NAMES_KEY, whose name they compute (cluster/lua.py: SKELETONS).
+SKELETONS_KEY = "chat:names:skeletons"
 SERVERS_KEY = "chat:servers"  # set: ids of servers that may hold names
 ALIVE_PREFIX, ALIVE_SUFFIX = "chat:server:", ":alive"  # string with a TTL, per live server
 SENT_PREFIX = "chat:sent:"  # string with a TTL per (sender, key): the id a line became

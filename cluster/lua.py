@@ -19,20 +19,38 @@ local function event(kind, name, server, room)
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*',
              'kind', kind, 'name', name, 'server', server, 'room', room)
 end
+-- Names are unique by skeleton: sanitize.name_skeleton's table (names are ASCII).
+local SKELETONS = KEYS[1] .. ':skeletons'  -- hash: skeleton -> the name holding it
+local function skeleton(name)
+  return (string.gsub(string.gsub(string.lower(name), '[il1|]', 'l'), '0', 'o'))
+end
+-- Another name, online, that `name` would pass for ("Alice" for alice), or nil.
+local function look_alike(name)
+  local owner = redis.call('HGET', SKELETONS, skeleton(name))
+  if owner and owner ~= name and redis.call('HEXISTS', KEYS[1], owner) == 1 then
+    return owner
+  end
+  return nil
+end
 local function forget(name, server)
   local room = redis.call('HGET', KEYS[3], name) or 'lobby'
+  if redis.call('HGET', SKELETONS, skeleton(name)) == name then
+    redis.call('HDEL', SKELETONS, skeleton(name))
+  end
   redis.call('HDEL', KEYS[1], name)
   redis.call('HDEL', KEYS[3], name)
   event('left', name, server, room)
 end
 """
 
-# ARGV: maxlen, name, token, server, room. 1 if the name is ours now, 0 if someone holds it.
+# ARGV: maxlen, name, token, server, room. 1 if the name is ours now, 0 if someone holds
+# it or a name that looks the same (same skeleton).
 CLAIM = """
 local held = redis.call('HGET', KEYS[1], ARGV[2])
 if held == ARGV[3] then return 1 end
-if held then return 0 end
+if held or look_alike(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('HSET', SKELETONS, skeleton(ARGV[2]), ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[5])
 event('joined', ARGV[2], ARGV[4], ARGV[5])
 return 1
@@ -64,9 +82,10 @@ local out = {}
 for i = 3, #ARGV, 3 do
   local held = redis.call('HGET', KEYS[1], ARGV[i])
   if held == ARGV[i + 1] then out[#out + 1] = 1
-  elseif held then out[#out + 1] = 0
+  elseif held or look_alike(ARGV[i]) then out[#out + 1] = 0
   else
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call('HSET', SKELETONS, skeleton(ARGV[i]), ARGV[i])
     redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
     event('joined', ARGV[i], ARGV[2], ARGV[i + 2])
     out[#out + 1] = 2

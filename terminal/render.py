@@ -40,7 +40,7 @@ import zlib
 import click
 
 import chat_pb2 as pb
-from sanitize import LOBBY, NAME_RULE, clean_text, is_valid_name
+from sanitize import LOBBY, NAME_RULE, clean_text, is_valid_name, name_skeleton
 from terminal.wrap import wrap
 
 # SGR colour codes (ESC [ code m). Names get one of PALETTE, picked by a
@@ -53,8 +53,9 @@ BELL = "\a"  # rings the terminal's bell (on a terminal only)
 HISTORY_MARK = "[history] "  # before replayed messages; "[alice] hi" stays greppable
 NO_CLOCK = "--:--"  # --timestamps, for a timestamp no clock can show (10**17, say)
 # A mention is the name with no name character touching it: "alice", "@alice,"
-# and "alice." mention alice; "malice", "alice_2" and "alice.b" do not.
-MENTION_PATTERN = r"(?<![\w.\-]){}(?![\w\-]|\.\w)"
+# and "alice." mention alice; "malice", "alice_2" and "alice.b" do not. A word
+# is a run of name characters ("|" too: it passes for "l"), its final dots not in it.
+WORD_PATTERN = re.compile(r"[\w.\-|]+")
 DEFAULT_COLUMNS = 80  # piped, without $COLUMNS
 
 
@@ -63,9 +64,16 @@ class OutputClosed(Exception):
 
 
 def mentions(name: str, text: str) -> bool:
-    """Does `text` name `name` as a word ("alice", "@alice", "Alice:"), any case?"""
-    pattern = MENTION_PATTERN.format(re.escape(name))
-    return re.search(pattern, text, re.IGNORECASE) is not None
+    """Does `text` name `name` as a word ("alice", "@alice", "Alice:", "a1ice")?
+
+    Any case, and look-alike characters, as names are matched (sanitize.name_skeleton).
+    """
+    skeleton = name_skeleton(name)
+    for found in WORD_PATTERN.finditer(text):
+        word = found.group().rstrip(".")
+        if len(word) == len(name) and name_skeleton(word) == skeleton:
+            return True
+    return False
 
 
 def use_colour(stream) -> bool:
