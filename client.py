@@ -63,7 +63,7 @@ from terminal.link import (
 )
 from terminal.piped import run_pipe
 from terminal.prompt import Prompt
-from terminal.render import OutputClosed, Renderer, ask_name, use_colour
+from terminal.render import Renderer, ask_name, use_colour
 from terminal.roster import Roster
 
 DEFAULT_ADDRESS = "localhost:8080"
@@ -111,8 +111,6 @@ class Chat:
             raise ChatError(f"cannot join: {reason}", True)
         if link.ended.is_set():
             link.close()
-            if isinstance(link.error, OutputClosed):
-                raise link.error
             why = f"cannot join: {describe(link.error)}"
             if code_of(link.error) == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 after_s = retry_in(why)  # joining too often: come back then
@@ -132,16 +130,14 @@ class Chat:
         """After a DOWN: reconnect if the call dropped (True), else False if it is fine.
 
         Raises ChatError when the chat is over: the server refused us, or no
-        server could be reached again within dial.RECONNECT_GIVE_UP_S; and
-        OutputClosed when stdout is gone. A server shutting down is not the
-        end: another (or the same one, restarted) takes us.
+        server could be reached again within dial.RECONNECT_GIVE_UP_S. A
+        server shutting down is not the end: another (or the same one,
+        restarted) takes us.
         """
         link = self.link
         if not link.ended.is_set():
             return False  # a DOWN from an earlier call, already dealt with
         link.close()
-        if isinstance(link.error, OutputClosed):
-            raise link.error
         why = describe(link.error)
         if link.shutting_down:
             why = "the server is shutting down"
@@ -211,11 +207,8 @@ class Chat:
         return True
 
     def _lost(self, notice: str) -> None:
-        """On the send thread: a line was given up. A closed stdout is the main thread's."""
-        try:
-            self.renderer.problem(notice)
-        except OutputClosed:
-            pass  # the receive thread meets it too, and ends the call
+        """On the send thread: a line was given up."""
+        self.renderer.problem(notice)
 
     def _on_end(self, link: Link) -> None:
         self.lines.down(link)
@@ -264,7 +257,8 @@ def main(name, address, room, timestamps, max_message_chars, tls, ca_cert, token
 
     On a terminal, type and press Enter; /help lists commands. With input
     piped in, each line is sent, and the program exits once the last one
-    has come back. NO_COLOR switches colours off.
+    has come back: 0 if every line went, 1 if any was refused for good.
+    NO_COLOR switches colours off.
     """
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
     try:
@@ -288,8 +282,10 @@ def main(name, address, room, timestamps, max_message_chars, tls, ca_cert, token
             Prompt(chat).run() if interactive else run_pipe(chat)
         finally:
             chat.close()
-    except (KeyboardInterrupt, EOFError, click.Abort, OutputClosed):
-        pass  # Ctrl-C, Ctrl-D, stdout closed: leave quietly
+    except (KeyboardInterrupt, EOFError, click.Abort):
+        return  # Ctrl-C, Ctrl-D: leave quietly
+    if chat.lines.failed():
+        sys.exit(1)  # a line was refused for good (each said why as it happened)
 
 
 if __name__ == "__main__":

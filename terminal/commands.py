@@ -104,7 +104,7 @@ class Commands:
                 if command
                 else "try /help"
             )
-            self.renderer.problem(f"unknown command {word}: {usage} ({ESCAPE}x sends /x)")
+            self._refused(f"unknown command {word}: {usage} ({ESCAPE}x sends /x)")
         else:
             self._say(message_line(rest))
         return True
@@ -146,7 +146,7 @@ class Commands:
         if not to or not clean_text(text):
             return self._usage("/msg")
         if not is_valid_name(to):
-            return self.renderer.problem(f"no one can be called {to!r}: a name is {NAME_RULE}")
+            return self._refused(f"no one can be called {to!r}: a name is {NAME_RULE}")
         self._say(message_line(text, to=to))
 
     def do_me(self, rest: str):
@@ -177,6 +177,7 @@ class Commands:
         if not clean_text(line.event.chat_message.message):
             return  # nothing to send
         if reason := refusal(line, self.chat.max_chars):
+            self.chat.lines.fail()
             return self.renderer.refuse(reason)
         self.chat.lines.add(line)
 
@@ -191,9 +192,14 @@ class Commands:
         here = ", here" if room == self.chat.room else ""
         return f"#{room} ({members}{here})"
 
+    def _refused(self, text: str) -> None:
+        """A line that cannot run or go: say why (the exit status says it too)."""
+        self.chat.lines.fail()
+        self.renderer.problem(text)
+
     def _usage(self, name: str, why: str = "") -> None:
         arguments = COMMANDS[name][0]
-        self.renderer.problem(f"usage: {name} {arguments}" + (f" ({why})" if why else ""))
+        self._refused(f"usage: {name} {arguments}" + (f" ({why})" if why else ""))
 
     def _settled(self, what: str):
         """Wait for the lines before a query to be confirmed; the call to ask on, or None."""
@@ -202,7 +208,7 @@ class Commands:
             chat.lines.wait_settled(QUERY_TIMEOUT_S)
         link = chat.link
         if link is None or link.ended.is_set():
-            return self.renderer.problem(f"{what}: not connected, try again in a moment")
+            return self._refused(f"{what}: not connected, try again in a moment")
         return link
 
     def _call(self, link, what: str, method: str, request):
@@ -211,6 +217,6 @@ class Commands:
         try:
             return getattr(stub, method)(request, timeout=QUERY_TIMEOUT_S)
         except grpc.RpcError as error:
-            return self.renderer.problem(f"{what} failed: {describe(error)}")
+            return self._refused(f"{what} failed: {describe(error)}")
         except ValueError:  # the channel closed under us: the call just dropped
-            return self.renderer.problem(f"{what}: not connected, try again in a moment")
+            return self._refused(f"{what}: not connected, try again in a moment")

@@ -125,6 +125,7 @@ class Lines:
         self._sent_at = 0.0  # monotonic, when _pending[0] was last sent
         self._not_before = 0.0  # monotonic: _pending[0] waits until then (rate limit)
         self._closed = False
+        self._failed = 0  # lines refused for good, here or by the server
         self._thread = threading.Thread(target=self._send_loop, name="send", daemon=True)
         self._thread.start()
 
@@ -145,6 +146,16 @@ class Lines:
         """Wait until every line is confirmed (or given up); False on timeout."""
         with self._lock:
             return self._changed.wait_for(lambda: not self._pending, timeout_s)
+
+    def fail(self) -> None:
+        """A line was refused for good before it got here (too long, bad arguments)."""
+        with self._lock:
+            self._failed += 1
+
+    def failed(self) -> int:
+        """How many lines were refused for good: the exit status is 1 if any."""
+        with self._lock:
+            return self._failed
 
     def count(self) -> int:
         with self._lock:
@@ -201,6 +212,7 @@ class Lines:
                 self._not_before = time.monotonic() + NOT_SENT_RETRY_S
             else:  # refused for good; the notice, already shown, says why
                 self._pending.popleft()
+                self._failed += 1
             settled = not self._pending
             self._changed.notify_all()
         if settled:
@@ -214,6 +226,7 @@ class Lines:
                 return False
             self._pending.popleft()
             self._in_flight = False
+            self._failed += 1
         self._on_lost(f"not sent, too big for the server: {clean_text(head.label)[:40]}...")
         return True
 

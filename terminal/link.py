@@ -122,7 +122,7 @@ class Link:
                 joined = event.user_event
                 if joined.type == pb.USER_JOINED and joined.username == self._name:
                     self.answered.set()
-        except Exception as error:  # an RpcError, or output gone (render.OutputClosed)
+        except Exception as error:  # an RpcError (anything else: a bug, reported the same)
             self.error = error
         finally:
             self.ended.set()

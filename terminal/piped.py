@@ -7,7 +7,10 @@ sent as text unless it is a known command (`/join #ops`, `/msg bob hi`,
 goes out as written. Every line is kept until its echo (terminal/lines.py resends
 after a rate limit, a NOT_SENT or a rejoin), and moves queue with them, so
 `/join #ops` then `deployed` posts to #ops; at the end of input the client
-waits for the last echoes, leaves and exits 0.
+waits for the last echoes and leaves. It exits 0 when every line went (its
+echo came, or its command ran), 1 when any was refused for good (client.py).
+A closed stdout (`| head -1`) silences the output only: every line is still
+sent.
 
 One queue feeds this module's main thread: lines and EOF from the stdin
 thread (`read_lines`); DOWN when a call ends and SETTLED when every

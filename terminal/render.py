@@ -19,8 +19,8 @@ received is passed through `sanitize.clean_text` before it is printed.
 The server cleans text too, but a client must not trust whatever it
 connects to: the only escape codes that ever reach the terminal are this
 file's own colours and, on a terminal, the bell of a mention. A closed stdout
-(`client.py | head -1`) raises `OutputClosed` from every later print, so
-whichever thread meets it first, the client ends quietly.
+(`client.py | head -1`) silences every later print and nothing else: the
+client goes on sending what it was given, then ends quietly.
 
 A long line is wrapped by the client, not by the terminal (terminal/wrap.py):
 the text goes on under itself, its continuation rows indented, so no row of
@@ -57,10 +57,6 @@ NO_CLOCK = "--:--"  # --timestamps, for a timestamp no clock can show (10**17, s
 # is a run of name characters ("|" too: it passes for "l"), its final dots not in it.
 WORD_PATTERN = re.compile(r"[\w.\-|]+")
 DEFAULT_COLUMNS = 80  # piped, without $COLUMNS
-
-
-class OutputClosed(Exception):
-    """stdout is gone (a closed pipe): the client ends, quietly."""
 
 
 def mentions(name: str, text: str) -> bool:
@@ -250,13 +246,12 @@ class Renderer:
             line += BELL
         with self._lock:  # print looks up sys.stdout now: prompt_toolkit may have patched it
             if self._closed:
-                raise OutputClosed
+                return  # stdout is gone: output stops, the chat does not
             try:
                 print(line, end=end, flush=True)
             except BrokenPipeError:
                 self._closed = True
                 silence_stdout()
-                raise OutputClosed from None
 
 
 def clock(timestamp: int) -> str:

@@ -92,7 +92,7 @@ def test_piped_line_too_long_is_refused_on_stderr_and_the_rest_go(server, pipe_c
     for line in ("x" * 70_000, "y" * 2001, "after"):
         alice.send(line)
     alice.expect("[you] after")
-    assert alice.finish() == 0
+    assert alice.finish() == 1  # not every line went
     refusals = alice.stderr().splitlines()
     assert len(refusals) == 2 and all("not sent" in line for line in refusals), refusals
     assert alice.seen.count("* alice joined the chat") == 1, alice.seen
@@ -106,7 +106,7 @@ def test_line_the_server_refuses_is_dropped_not_retried(server_factory, pipe_cli
     alice.send("after")
     alice.expect("! message too long")
     alice.expect("[you] after")
-    assert alice.finish() == 0
+    assert alice.finish() == 1  # not every line went
     assert not any("longer than ten" in line for line in alice.seen)
 
 
@@ -122,23 +122,50 @@ def test_piped_lines_starting_with_a_slash_are_text_unless_a_known_command(serve
     assert any(line.startswith("* /quit") for line in alice.seen)  # /help listed commands
 
 
-def test_closed_stdout_ends_the_client_quietly(server):
-    """When stdout is closed (`client.py | head -1`), the client exits 0 without a word."""
+def test_closed_stdout_stops_the_output_not_the_input(server):
+    """When stdout closes (`printf 'a\nb\n' | client.py | head -1`) in a room with history,
+    the client still sends every line, then exits 0 without a word."""
+    carol = join(server.address, "carol")
+    for text in ("earlier 1", "earlier 2"):
+        carol.say(text)
+    carol.messages(2)
     alice = subprocess.Popen(
         [sys.executable, CLIENT, "--name", "alice", "--address", server.address],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=CLIENT_ENV, cwd=ROOT,
+        env=CLIENT_ENV, cwd=ROOT,
     )  # fmt: skip
+    head = subprocess.Popen(["head", "-1"], stdin=alice.stdout, stdout=subprocess.PIPE)
+    alice.stdout.close()  # head holds the pipe now, and closes it after one line
     try:
-        assert alice.stdout.readline() == "* alice joined the chat\n"
-        alice.stdout.close()  # as `head -1` does after its line
-        alice.stdin.write("hello\n")
-        alice.stdin.flush()  # the echo is printed into the closed pipe
+        alice.stdin.write(b"a\nb\n")
+        alice.stdin.close()
+        assert head.communicate(timeout=ERROR_WITHIN_S)[0] == b"[history] [carol] earlier 1\n"
         assert alice.wait(ERROR_WITHIN_S) == 0
-        assert alice.stderr.read() == ""
+        assert alice.stderr.read() == b""
+        said = [m.message for m in carol.messages(2) if m.username == "alice"]
+        assert said == ["a", "b"]
     finally:
         alice.kill()
         alice.wait(5)
+        carol.close()
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["/msg nobody hello", "x" * 2001, "/join #no!", "/me", "/msg bob"],
+    ids=["not-online", "too-long", "bad-room", "me-without-text", "msg-without-text"],
+)
+def test_piped_line_refused_for_good_makes_the_exit_status_1_after_the_rest(
+    server, pipe_client, line
+):
+    """When a piped line is refused for good (recipient not online, too long, bad room or
+    arguments), the client still sends the lines after it, then exits 1."""
+    alice = pipe_client(server.address, "alice")
+    for each in ("before", line, "after"):
+        alice.send(each)
+    alice.expect("[you] after")
+    assert alice.finish() == 1
+    assert "[you] before" in alice.seen
 
 
 def test_join_without_an_answer_is_one_error_line_saying_so():
