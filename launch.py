@@ -29,6 +29,7 @@ import click
 
 import metrics
 import session
+from access.auth import FAILURE_BURST, FAILURES_RATE
 from sanitize import without_secrets
 from store import MemoryStore, StoreUnavailable
 
@@ -80,6 +81,7 @@ def serve(plan: Plan, build, index: int = 0, ready=None) -> None:
         from cluster.presence import Cluster
 
         cluster = Cluster(store.redis, store.server_id)
+        plan.gate.count_guesses_in(_shared_guesses(store))
     address = f"{plan.host}:{plan.port}"
     reuse = [("grpc.so_reuseport", 1)] if ready is not None else None  # one of N processes
     try:
@@ -226,3 +228,10 @@ def _stop_all(processes) -> int:
             process.join(5)
         failed += process.exitcode != 0
     return failed
+
+
+def _shared_guesses(store):
+    """Failed sign-ins counted in Redis, for every process and server (cluster/guesses.py)."""
+    from cluster.guesses import SharedGuesses  # only a server with Redis loads redis
+
+    return SharedGuesses(store.redis, FAILURES_RATE, FAILURE_BURST)

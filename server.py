@@ -51,7 +51,7 @@ import chat_pb2_grpc
 import launch
 import session
 from access import auth
-from access.caps import LongCallLimit, StreamsPerAddress
+from access.caps import UNJOINED_SHARE, LongCallLimit, StreamsPerAddress, UnjoinedStreams
 from access.undecodable import UndecodableRequests
 from access.users import UsersFileError, add_user_command
 from hub import Hub
@@ -169,8 +169,10 @@ def create_server(
         interceptors=[  # in this order, each before the handler runs
             UndecodableRequests(timers),  # bad bytes: no traceback, a few lines a second
             LongCallLimit(),  # reflection and watches cannot take every spare thread
-            per_address,  # nor one host every chat slot
+            per_address,  # nor one network every chat slot
             gate,  # credentials
+            # nor streams that never join: at most a quarter of the slots
+            UnjoinedStreams(max(1, settings.max_clients // UNJOINED_SHARE)),
         ],
     )
     chat_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
@@ -209,17 +211,17 @@ def tls_credentials(cert_path: Path, key_path: Path) -> grpc.ServerCredentials:
 @click.option("--rate", default=1.0, show_default=True, help="Messages per second per client.")
 @click.option("--burst", default=5, show_default=True, help="Messages a client may send at once.")
 @click.option(
-    "--join-rate", default=2.0, show_default=True, help="Joins per second per client address."
+    "--join-rate", default=2.0, show_default=True, help="Joins per second per client network."
 )
 @click.option(
-    "--join-burst", default=20, show_default=True, help="Joins an address may make at once."
+    "--join-burst", default=20, show_default=True, help="Joins a client network may make at once."
 )
 @click.option("--no-rate-limit", is_flag=True, help="Switch rate limits off (benchmarks).")
 @click.option("--max-message-chars", default=2000, show_default=True, help="Longest message.")
 @click.option("--max-clients", default=512, show_default=True, help="Concurrent chat streams.")
 @click.option(
     "--max-streams-per-address", default=32, show_default=True,
-    help="Open chat streams one client address may hold, joined or not.",
+    help="Open chat streams one client network (IPv4 /24, IPv6 /64) may hold, joined or not.",
 )  # fmt: skip
 @click.option(
     "--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -195,16 +195,15 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
 
     def _limit_joins(self, context) -> None:
-        """Step 2b: an address that joins too often waits (reconnect loops, floods)."""
-        address = caps.peer_address(context)
+        """Step 2b: a network that joins too often waits (reconnect loops, floods)."""
         buckets = self._join_buckets
-        wait_s = buckets.try_take(address) if buckets is not None else 0.0
+        wait_s = buckets.try_take(caps.peer_network(context)) if buckets is not None else 0.0
         if wait_s:
-            log.info("refused a stream from %s: joining too often", address)
+            log.info("refused a stream from %s: joining too often", caps.peer_address(context))
             metrics.refused("joins")
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"joining too often from your address: retry in {round_up(wait_s):.1f} s",
+                f"joining too often from your network: retry in {round_up(wait_s):.1f} s",
             )
 
     def _replay(self, client: Client, context, mark: Replay):

@@ -21,10 +21,19 @@ Open methods: `HealthCheck`, `grpc.health.v1` and reflection (load
 balancers and tools probe them). Everything else is guarded, so an rpc
 added later is closed until someone opens it on purpose.
 
-Guessing: every check takes a token from the caller's address's bucket
-and a good one gives it back, so only failures count: FAILURE_BURST at
-once, then FAILURES_PER_MINUTE. Past that the address is refused at once
-with RESOURCE_EXHAUSTED, right credentials or not, without a check.
+Guessing: every failed check takes a token from the caller's network's
+bucket (an IPv4 /24, an IPv6 /64: access/caps.py, `network_of`), so only
+failures count: FAILURE_BURST at once, then FAILURES_PER_MINUTE. Past that
+the network is refused at once with RESOURCE_EXHAUSTED, right credentials
+or not, without a check. The buckets
+are this process's (`Buckets`) unless launch.py hands the guard shared ones
+(`count_guesses_in`): with Redis, cluster/guesses.py counts them for every
+process and every server on it. Anything with `try_take(key) -> seconds` and
+`give_back(key)` will do (`GuessCounter`).
+
+Cost: a password check is a scrypt hash, so a header found right is
+remembered for a while (as a keyed hash, never the password), and hashes
+running at once are capped (access/credentials.py).
 
 The users file (access/users.py) is re-read when it changes (its mtime, size or
 inode, looked at on each check), so `python server.py add-user` takes
@@ -35,17 +44,26 @@ exception carries a token, a password or a name that failed to sign in (a
 password typed into the name field is a classic leak).
 """
 
-import base64
-import binascii
 import hmac
 import logging
 import math
+import stat
+import threading
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 
 import metrics
-from access.caps import peer_address, rewrapped
+from access.caps import peer_address, peer_network, rewrapped
+from access.credentials import (
+    Busy,
+    CheckedHeaders,
+    HashSlots,
+    authorization,
+    basic_pair,
+    credentials,
+)  # fmt: skip
 from access.users import NOBODY_HASH, UsersFileError, read_users, verify_password
 from ratelimit import Buckets
 
@@ -57,27 +75,17 @@ OPEN_SERVICES = (  # every method of these services is open
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",
 )
-FAILURE_BURST = 5  # failed sign-ins an address may make at once ...
+FAILURE_BURST = 5  # failed sign-ins a network may make at once ...
 FAILURES_PER_MINUTE = 5  # ... then this many a minute; beyond, refused without a check
-
-# -- the authorization header ------------------------------------------------------
-
-
-def authorization(metadata) -> str:
-    """The `authorization` value among a call's metadata, or ""."""
-    return next((value for key, value in metadata or () if key == "authorization"), "")
+FAILURES_RATE = FAILURES_PER_MINUTE / 60  # per second, as buckets count
 
 
-def basic_pair(header: str) -> tuple[str, str] | None:
-    """ "Basic base64(name:password)" -> (name, password), or None if it is not that."""
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        name, colon, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return (name, password) if colon else None
+class GuessCounter(Protocol):
+    """Failed sign-ins by network: ratelimit.Buckets, or cluster/guesses.py's in Redis."""
+
+    def try_take(self, key: str) -> float: ...  # 0.0 if allowed, else the seconds to wait
+
+    def give_back(self, key: str) -> None: ...
 
 
 # -- the checks --------------------------------------------------------------------
@@ -89,10 +97,11 @@ class SharedToken:
     refusal = "missing or wrong token: use client.py --token (or CHAT_TOKEN)"
 
     def __init__(self, token: str):
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
-    def verify(self, header: str) -> bool:
-        return hmac.compare_digest(header.encode(), self._expected)
+    def verify(self, header: str, may_guess=lambda: True) -> bool:
+        given = credentials(header, "bearer")
+        return hmac.compare_digest((given or "").encode(), self._expected) and given is not None
 
     def may_join(self, header: str, name: str) -> bool:
         return True  # the token says "one of us", not who
@@ -105,40 +114,77 @@ class Accounts:
 
     def __init__(self, path: Path):
         self._path = path
-        self._seen = None  # (mtime_ns, size, inode) of the file as last read
+        self._lock = threading.Lock()  # guards _seen and _users (any pool thread re-reads)
+        self._seen = None  # (mtime_ns, size, inode, mode) of the file as last read
         self._users: dict[str, str] = {}
-        if not self._reload():
-            raise UsersFileError(f"cannot read the users file {path}: add one with add-user")
+        self._checked = CheckedHeaders()  # headers found right lately: no hash again
+        self._hashing = HashSlots()  # scrypt runs at once, capped
+        problem = self._reload()
+        if problem:
+            raise UsersFileError(problem)
 
-    def verify(self, header: str) -> bool:
+    def verify(self, header: str, may_guess=lambda: True) -> bool:
+        """Is the name and password in `header` right?
+
+        Raises Busy if no hash slot came in time; `may_guess()`, asked just
+        before a hash, raises to refuse it (the network used up its guesses
+        while this call waited for its slot).
+        """
+        self._reload()
+        if self._checked.known(header):
+            return True
         pair = basic_pair(header)
         if pair is None:
             return False
-        self._reload()
-        name, password = pair
-        stored = self._users.get(name)
-        matches = verify_password(password, stored or NOBODY_HASH)
-        return matches and stored is not None
+        with self._hashing:
+            if self._checked.known(header):  # found right while we waited for the slot
+                return True
+            may_guess()
+            name, password = pair
+            with self._lock:
+                stored = self._users.get(name)
+            matches = verify_password(password, stored or NOBODY_HASH)
+        if matches and stored is not None:
+            self._checked.remember(header)
+            return True
+        return False
 
     def may_join(self, header: str, name: str) -> bool:
         """The joined name is the one `verify` accepted for this call."""
         pair = basic_pair(header)
         return pair is not None and pair[0] == name
 
-    def _reload(self) -> bool:
-        """Re-read the file if it changed; keep the last good copy if it cannot be read."""
-        try:
-            stat = self._path.stat()
-            seen = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
-            if seen != self._seen:
+    def _reload(self) -> str | None:
+        """Re-read the file if it changed; keep the last good copy if it cannot be read.
+
+        Returns what is wrong with the file, or None.
+        """
+        with self._lock:
+            try:
+                info = self._path.stat()
+                seen = (info.st_mtime_ns, info.st_size, info.st_ino, info.st_mode)
+                if seen == self._seen:
+                    return None
+                if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+                    self._seen = None  # look again on the next check
+                    return self._refuse(
+                        f"refusing the users file {self._path}: others may write it "
+                        f"(mode {stat.filemode(info.st_mode)}); chmod go-w {self._path}"
+                    )
                 self._users, self._seen = read_users(self._path), seen
+                self._checked.forget_all()  # a password may have changed
                 log.info("users file %s: %d accounts", self._path, len(self._users))
-        except (OSError, UnicodeDecodeError):
-            if self._seen is not None:
-                log.warning("cannot re-read %s: keeping the accounts read before", self._path)
-            self._seen = None  # try again on the next check
-            return False
-        return True
+            except (OSError, UnicodeDecodeError):
+                self._seen = None  # try again on the next check
+                return self._refuse(
+                    f"cannot read the users file {self._path}: add one with add-user"
+                )
+        return None
+
+    def _refuse(self, problem: str) -> str:
+        if self._users:
+            log.warning("%s: keeping the accounts read before", problem)
+        return problem
 
 
 # -- the interceptor -----------------------------------------------------------------
@@ -153,14 +199,20 @@ class Anyone(grpc.ServerInterceptor):
     def may_join(self, context, name: str) -> bool:
         return True
 
+    def count_guesses_in(self, failures) -> None:
+        pass  # nothing is guessed
+
 
 class Guard(grpc.ServerInterceptor):
     """Refuse a guarded call whose credentials `check` does not accept."""
 
-    def __init__(self, check, failures: Buckets | None = None):
+    def __init__(self, check, failures: GuessCounter | None = None):
         self._check = check  # a SharedToken or Accounts
-        if failures is None:  # by address
-            failures = Buckets(FAILURES_PER_MINUTE / 60, FAILURE_BURST)
+        # Failed sign-ins by network; this process's own until count_guesses_in.
+        self._failures = failures or Buckets(FAILURES_RATE, FAILURE_BURST)
+
+    def count_guesses_in(self, failures: GuessCounter) -> None:
+        """launch.py, before serving: count failed sign-ins there (shared through Redis)."""
         self._failures = failures
 
     def intercept_service(self, continuation, handler_call_details):
@@ -182,21 +234,39 @@ class Guard(grpc.ServerInterceptor):
         return run
 
     def _admit(self, context) -> None:
-        address = peer_address(context)
-        wait_s = self._failures.try_take(address)
-        if wait_s:
-            log.debug("refused a call from %s: too many failed sign-ins", address)
-            metrics.refused("auth")
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"too many failed sign-ins from your address: retry in {math.ceil(wait_s)} s",
-            )
-        if self._check.verify(authorization(context.invocation_metadata())):
-            self._failures.give_back(address)  # only failures count
+        """Refuse the call (abort) unless its credentials are right and its network may try.
+
+        Only failures count: a network is first asked whether it may still
+        try (and asked again just before a password hash, which may have
+        waited its turn), and a failure takes one of its tokens.
+        """
+        network = peer_network(context)
+        self._may_try(network, context)
+        header = authorization(context.invocation_metadata())
+        try:
+            right = self._check.verify(header, lambda: self._may_try(network, context))
+        except Busy:
+            log.warning("refused a call from %s: busy checking passwords", peer_address(context))
+            context.abort(grpc.StatusCode.UNAVAILABLE, "busy checking passwords: try again")
+        if right:
             return
-        log.info("refused a call from %s: bad credentials", address)
+        self._failures.try_take(network)
+        log.info("refused a call from %s: bad credentials", peer_address(context))
         metrics.refused("auth")
         context.abort(grpc.StatusCode.UNAUTHENTICATED, self._check.refusal)
+
+    def _may_try(self, network: str, context) -> None:
+        """Abort the call if `network` used up its failed sign-ins for now."""
+        wait_s = self._failures.try_take(network)
+        if not wait_s:
+            self._failures.give_back(network)  # only asked: a failure takes it later
+            return
+        log.debug("refused a call from %s: too many failed sign-ins", peer_address(context))
+        metrics.refused("auth")
+        context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"too many failed sign-ins from your network: retry in {math.ceil(wait_s)} s",
+        )
 
 
 def from_flags(token: str | None, users: Path | None):
