@@ -197,14 +197,17 @@ def _child(plan: Plan, build, index: int, started, alive, metrics_dir: str | Non
 
 
 def _metrics_host(plan: Plan) -> str:
-    return plan.host.strip("[]").replace("::", "")
+    """Where metrics listen: the chat's own interface ("[::1]" -> "::1"; "[::]" stays "::",
+    which on Linux takes IPv4 too, as the chat port does)."""
+    return plan.host.strip("[]")
 
 
 def _metrics_said(plan: Plan) -> str:
     """The start-up line's last words: where metrics are served, if they are."""
     if plan.metrics_port is None:
         return ""
-    host = _metrics_host(plan) or "localhost"
+    host = _metrics_host(plan)
+    host = "localhost" if host in ("", "::", "0.0.0.0") else host  # every interface: here too
     host = f"[{host}]" if ":" in host else host
     return f"; metrics at http://{host}:{plan.metrics_port}/metrics"
 

@@ -30,6 +30,10 @@ from store import NotSent
 log = logging.getLogger("session")
 
 REFUSALS_LOGGED_PER_S = 3  # refusal lines per client per second; beyond, one summary
+# Typing events a stream may hand to the hub per second; the rest are dropped by its
+# reader at the cost of a clock read, before the hub's lock (which coalesces the few
+# that pass to a couple of changes a second). A person types far fewer.
+TYPING_EVENTS_PER_S = 10
 KEY_MAX_CHARS = 64  # a line's key (a client sends 32 hex digits); longer ones are refused
 
 
@@ -44,10 +48,13 @@ class Reader:
     def run(self, client: Client, request_iterator) -> None:
         """The reader thread's body: owns `request_iterator` and `refusals`."""
         refusals = RefusalLog(client.name)
+        typing = TypingWindow()
         ending = member.DRAIN  # the client half-closed: deliver what is queued
         try:
             for event in request_iterator:
                 kind = event.WhichOneof("event")
+                if kind == "typing_event" and typing.flooding():
+                    continue  # dropped, before any lock
                 handler = getattr(self, f"_on_{kind}", self._on_None)
                 refusal = handler(client, event)
                 if refusal is not None:
@@ -59,6 +66,7 @@ class Reader:
             ending = member.GONE
         finally:
             refusals.flush()
+            typing.flush()
             self.hub.leave(client, ending)
 
     # Each handler returns None, or the reason it refused the event.
@@ -170,3 +178,35 @@ class RefusalLog:
         if self._suppressed:
             log.info("refused %d more events from %s", self._suppressed, self._name)
             self._suppressed = 0
+
+
+class TypingWindow:
+    """Typing events of one stream: TYPING_EVENTS_PER_S pass each second, the rest drop.
+
+    Owned by the stream's reader thread (no lock). Drops are counted in the
+    refusals metric once a window, not once each.
+    """
+
+    def __init__(self, per_s: int = TYPING_EVENTS_PER_S, clock=time.monotonic):
+        self._per_s = per_s
+        self._clock = clock
+        self._window_start = -1.0
+        self._passed = 0  # events passed in the current one-second window
+        self._dropped = 0  # events dropped, not yet counted in the metric
+
+    def flooding(self) -> bool:
+        """True if this typing event is one too many for this second (drop it)."""
+        now = self._clock()
+        if now - self._window_start >= 1.0:
+            self.flush()
+            self._window_start, self._passed = now, 0
+        if self._passed < self._per_s:
+            self._passed += 1
+            return False
+        self._dropped += 1
+        return True
+
+    def flush(self) -> None:
+        if self._dropped:
+            metrics.REFUSALS.labels("typing").inc(self._dropped)
+            self._dropped = 0

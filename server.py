@@ -32,6 +32,7 @@ hub.post (id, store, fan-out to every queue) -> each generator -> clients.
 
 import logging
 import os
+import ssl
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -192,8 +193,26 @@ def create_server(
     return ChatServer(server, servicer, health_servicer, port, per_address)
 
 
+class TLSFilesError(Exception):
+    """The certificate or key cannot serve TLS; the message says which and why."""
+
+
 def tls_credentials(cert_path: Path, key_path: Path) -> grpc.ServerCredentials:
-    """The server's certificate chain and private key, from PEM files (`make cert`)."""
+    """The server's certificate chain and private key, from PEM files (`make cert`).
+
+    Checked here with the standard library's ssl first: gRPC takes any bytes
+    and fails later, at bind time, blaming the port ("Failed to bind").
+    """
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_path, key_path)
+    except ssl.SSLError as error:
+        if "KEY_VALUES_MISMATCH" in str(error):
+            raise TLSFilesError(
+                f"the TLS key {key_path} does not match the certificate {cert_path}"
+            ) from None
+        raise TLSFilesError(
+            f"cannot use {cert_path} and {key_path} for TLS: not a PEM certificate and its key"
+        ) from None
     return grpc.ssl_server_credentials([(key_path.read_bytes(), cert_path.read_bytes())])
 
 
@@ -283,7 +302,7 @@ def main(ctx, host, port, redis_url, history, history_max, rate, burst, join_rat
         tls = tls_credentials(tls_cert, tls_key) if tls_cert else None
     except ValueError as error:  # --token and --users
         raise click.UsageError(str(error)) from None
-    except (UsersFileError, OSError) as error:
+    except (UsersFileError, TLSFilesError, OSError) as error:
         raise click.ClickException(str(error)) from None
     settings = session.Settings(
         history=history,
