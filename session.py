@@ -30,6 +30,7 @@ import member
 import metrics
 from access import caps
 from access.auth import Anyone
+from cluster.remote import ClaimUnconfirmed
 from events import message_event, system_event
 from hub import Hub, NameTaken, ShuttingDown
 from member import Client, Echo, Replay
@@ -42,6 +43,7 @@ log = logging.getLogger("session")
 
 JOIN_TIMEOUT_S = 10.0  # a stream that has not joined by then is cancelled
 RESUME_LATER = "cannot resume now: the chat is reconnecting"  # UNAVAILABLE: clients retry
+JOIN_LATER = "cannot join now: the chat is reconnecting"  # UNAVAILABLE: clients retry
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         if last_seen_id and not self.hub.store.can_resume(last_seen_id):
             log.info("refused %s: cannot resume while Redis is away", client.name)
             context.abort(grpc.StatusCode.UNAVAILABLE, RESUME_LATER)  # the client retries
-        claim = self.hub.cluster.claim(client.name, client.room)
+        try:
+            claim = self.hub.cluster.claim(client.name, client.room)
+        except ClaimUnconfirmed:
+            log.info("refused %s: the name cannot be confirmed in Redis now", client.name)
+            context.abort(grpc.StatusCode.UNAVAILABLE, JOIN_LATER)
         try:
             if claim is None:
                 raise NameTaken(client.name)

@@ -54,6 +54,8 @@ SERVERS_KEY = "chat:servers"  # set: ids of servers that may hold names
 ALIVE_PREFIX, ALIVE_SUFFIX = "chat:server:", ":alive"  # string with a TTL, per live server
 GUESSES_PREFIX = "chat:guesses:"  # hash per client network: its failed sign-ins' bucket
 SENT_PREFIX = "chat:sent:"  # string with a TTL per (sender, key): the id a line became
+EPOCH_KEY = "chat:epoch"  # string: set once per Redis life; a new one means Redis was emptied
+SETTLING_KEY = "chat:settling"  # string with a TTL: servers are claiming again, claims wait
 PRESENCE_KEYS = [NAMES_KEY, EVENTS_KEY, WHERE_KEY]  # KEYS[1..3] of every presence script
 
 EVENTS_MAX = 10_000  # events kept (MAXLEN ~): a server cut off longer than this resyncs

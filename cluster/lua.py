@@ -43,9 +43,15 @@ local function forget(name, server)
 end
 """
 
-# ARGV: maxlen, name, token, server, room. 1 if the name is ours now, 0 if someone holds
-# it or a name that looks the same (same skeleton).
+# KEYS[4] = EPOCH_KEY, KEYS[5] = SETTLING_KEY. ARGV: maxlen, name, token, server, room,
+# the epoch this server knows. 1 if the name is ours now, 0 if someone holds it or a
+# name that looks the same (same skeleton), -1 if it cannot be decided now: Redis is
+# not the one we knew (restarted empty: our heartbeat learns the new epoch), or the
+# servers are still claiming again the names they held before it was emptied (SETTLING).
 CLAIM = """
+if redis.call('GET', KEYS[4]) ~= ARGV[6] or redis.call('EXISTS', KEYS[5]) == 1 then
+  return -1
+end
 local held = redis.call('HGET', KEYS[1], ARGV[2])
 if held == ARGV[3] then return 1 end
 if held or look_alike(ARGV[2]) then return 0 end
@@ -75,20 +81,36 @@ end
 return 0
 """
 
-# ARGV: maxlen, server, then name, token, room triples. Per triple: 1 held, 2 claimed
-# again (in that room), 0 taken. Rooms of held names are MOVE's to change, not ours.
+# ARGV: maxlen, server, first wins ('1' or '0'), then name, token, room triples. Per
+# triple: 1 held, 2 claimed again (in that room), 0 taken. Rooms of held names are
+# MOVE's to change, not ours. With "first wins" (Redis was emptied: every server
+# claims again what it held), a name held by a session that joined later than ours
+# (the time ends each token) is taken back: the other server finds it lost and
+# disconnects its session.
 RECONCILE = """
+local function joined_at(token)
+  return tonumber(string.match(token, ':(%d+)$') or '0')
+end
 local out = {}
-for i = 3, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
   local held = redis.call('HGET', KEYS[1], ARGV[i])
   if held == ARGV[i + 1] then out[#out + 1] = 1
-  elseif held or look_alike(ARGV[i]) then out[#out + 1] = 0
   else
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-    redis.call('HSET', SKELETONS, skeleton(ARGV[i]), ARGV[i])
-    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
-    event('joined', ARGV[i], ARGV[2], ARGV[i + 2])
-    out[#out + 1] = 2
+    local rival, rival_name = held, ARGV[i]
+    if not held then
+      rival_name = look_alike(ARGV[i])
+      rival = rival_name and redis.call('HGET', KEYS[1], rival_name)
+    end
+    if rival and not (ARGV[3] == '1' and joined_at(ARGV[i + 1]) < joined_at(rival)) then
+      out[#out + 1] = 0
+    else
+      if rival and rival_name ~= ARGV[i] then forget(rival_name, ARGV[2]) end
+      redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+      redis.call('HSET', SKELETONS, skeleton(ARGV[i]), ARGV[i])
+      redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
+      event('joined', ARGV[i], ARGV[2], ARGV[i + 2])
+      out[#out + 1] = 2
+    end
   end
 end
 return out
@@ -107,11 +129,20 @@ local function free_names(server)
 end
 """
 
-# KEYS[4] = SERVERS_KEY. ARGV: maxlen, server, alive prefix, alive suffix, ttl ms.
-# Says we are alive; reaps every server whose alive key expired (its names go, one
-# `left` each, in this one script: exactly one survivor reaps it). Returns
-# {live peers, {dead id, names freed, ...}}.
+# KEYS[4] = SERVERS_KEY, KEYS[5] = EPOCH_KEY, KEYS[6] = SETTLING_KEY. ARGV: maxlen,
+# server, alive prefix, alive suffix, ttl ms, a fresh epoch, the epoch we know ('' at
+# start), settle ms. Says we are alive; reaps every server whose alive key expired
+# (its names go, one `left` each, in this one script: exactly one survivor reaps
+# it). A Redis without an epoch was emptied (or is new): it gets the fresh one, and
+# if we knew another, claims wait SETTLING ms, while every server claims again
+# what it held. Returns {live peers, {dead id, names freed, ...}, epoch}.
 HEARTBEAT = """
+local epoch = redis.call('GET', KEYS[5])
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('SET', KEYS[5], epoch)
+  if ARGV[7] ~= '' then redis.call('SET', KEYS[6], '1', 'PX', ARGV[8]) end
+end
 redis.call('SET', ARGV[3] .. ARGV[2] .. ARGV[4], '1', 'PX', ARGV[5])
 redis.call('SADD', KEYS[4], ARGV[2])
 local peers, reaped = 0, {}
@@ -125,7 +156,7 @@ for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
     end
   end
 end
-return {peers, reaped}
+return {peers, reaped, epoch}
 """
 
 # KEYS[4] = SERVERS_KEY. ARGV: maxlen, server, alive key. Leaves nothing of ours behind.

@@ -15,20 +15,20 @@ the event that announces it can never disagree:
   the capped stream `chat:events`, which every server follows; that half of
   the cluster, and how a server that missed events resyncs, is in
   cluster/events.py.
-- **Liveness.** Every HEARTBEAT_S one script refreshes our alive key, counts
-  the live peers (so the store knows whether it is `shared`), and reaps
-  every server whose key expired: its names go, with one `left` each, in
-  that same script, so exactly one survivor announces them.
+- **Liveness.** A heartbeat says we are alive, reaps dead servers, and
+  claims again what Redis lost (cluster/liveness.py).
 
-**While Redis is unreachable** claims are kept here and the join path does
-not wait on Redis (`link.reachable`); the heartbeat claims them again, with
-their `joined` in their latest room, when Redis answers, and retries releases
-and moves that failed. A move never waits long: one quick call on the mover's
+**A name is never online twice.** While other servers share the Redis, a
+claim this server cannot confirm there (Redis unreachable, out of memory,
+emptied) refuses the join (`ClaimUnconfirmed`: UNAVAILABLE, the client
+retries); cluster/liveness.py covers a server cut off, reaped, or on a
+Redis emptied. Alone on its Redis, a server keeps its claims here while
+Redis is unreachable and the join path does not wait on Redis
+(`link.reachable`); the heartbeat claims them again, with their `joined`
+in their latest room, when Redis answers, and retries releases and moves
+that failed. A move never waits long: one quick call on the mover's
 reader thread, or none if another thread is sending that name's room (it
-sends the latest when its call returns). If a
-name was taken meanwhile (we were cut off longer than ALIVE_TTL_MS, reaped,
-and someone else claimed it), the one who holds it in Redis wins: our user
-is told and disconnected (`hub.kick`).
+sends the latest when its call returns).
 
 Threads (all owned here): the *publisher* and the *follower* of live events
 (cluster/events.py); the *heartbeat* beats, reaps, retries releases and
@@ -49,31 +49,23 @@ import redis
 from cluster.events import LiveEvents
 from cluster.follow import StreamFollower
 from cluster.keys import (
-    ALIVE_PREFIX,
-    ALIVE_SUFFIX,
+    EPOCH_KEY,
     EVENTS_KEY,
     EVENTS_MAX,
     PRESENCE_KEYS,
     QUICK_TIMEOUT_S,
     SERVERS_KEY,
+    SETTLING_KEY,
     RedisLink,
     alive_key,
 )  # fmt: skip
+from cluster.liveness import Liveness
+from cluster.remote import ClaimUnconfirmed
 from sanitize import LOBBY
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 2.0  # how often a server says it is alive, reaps the dead, re-claims
-ALIVE_TTL_MS = 10_000  # a server silent this long is dead: its users are gone in <= ~12 s
-# For its first seconds a server assumes others share its Redis, whatever its first
-# heartbeat saw: servers started together (a deployment, --processes) meet only at
-# their next heartbeats, and an id made here meanwhile might not hold.
-# NOTE: a server alone for longer learns of a newcomer at its next heartbeat
-# (<= HEARTBEAT_S): an outage of exactly that server in that window still
-# delivers with ids of its own.
-UNSURE_AT_START_S = 5.0
 OUTBOX_MAX_EVENTS = 10_000  # typing events waiting for Redis; beyond, dropped
-KICK_TEXT = "{} is online on another server: this session ends"
 
 
 @dataclass(slots=True)
@@ -86,10 +78,11 @@ class Claim:
     sending: bool = False  # a thread is sending the room now: the others leave it to it
 
 
-class Cluster(LiveEvents):
+class Cluster(LiveEvents, Liveness):
     """Names, rooms, presence and live events shared through Redis; see the module docstring.
 
-    Its live events (typing, direct messages, following the others) are in cluster/events.py.
+    Its live events (typing, direct messages, following the others) are in cluster/events.py;
+    its heartbeat (liveness, reaping, claiming again) in cluster/liveness.py.
     """
 
     def __init__(self, link: RedisLink, server_id: str):
@@ -98,6 +91,9 @@ class Cluster(LiveEvents):
         self._hub = None
         self._started = time.monotonic()  # reset by start()
         self._seen_peers = False  # another server has used this Redis since we started
+        self._epoch = ""  # the Redis life we know (EPOCH_KEY); written by the heartbeat only
+        self._emptied = False  # Redis was emptied and our names are not claimed again yet
+        self._last_contact = time.monotonic()  # when the last heartbeat that Redis took was sent
         self._names = threading.Condition()  # guards the four fields below
         self._claims: dict[str, Claim] = {}  # name -> claim, for our online clients
         self._unreleased: dict[str, str] = {}  # token -> name: releases Redis has not had
@@ -124,35 +120,46 @@ class Cluster(LiveEvents):
     # -- names: called by the session, outside any lock ------------------------
 
     def claim(self, name: str, room: str = LOBBY) -> str | None:
-        """Claim `name` everywhere, announcing the join in `room`. The token, or None if taken."""
-        token = f"{self.server_id}:{uuid.uuid4().hex[:8]}"
+        """Claim `name` everywhere, announcing the join in `room`. The token, or None if taken.
+
+        Raises ClaimUnconfirmed if others share the Redis and it cannot say now.
+        """
+        joined_ms = int(time.time() * 1000)  # "who was first" after Redis is emptied
+        token = f"{self.server_id}:{uuid.uuid4().hex[:8]}:{joined_ms}"
         with self._names:
             if self._closing:
                 return token  # the hub refuses the join; nothing may reach Redis now
             self._inflight += 1
             stale = [t for t, n in self._unreleased.items() if n == name]
+        won = None
         try:
             won = self._claim_in_redis(name, token, room, stale)
+            if won is None and self._link.shared:
+                raise ClaimUnconfirmed(name)  # another server might give it too
         finally:
             with self._names:
                 self._inflight -= 1
                 self._names.notify_all()
-                if won is not False:
+                if won or (won is None and not self._link.shared):
                     self._claims[name] = Claim(token, room)
         return None if won is False else token
 
     def _claim_in_redis(self, name: str, token: str, room: str, stale: list) -> bool | None:
-        """True if won, False if taken, None if Redis did not answer (kept here)."""
+        """True if won, False if taken, None if Redis could not say (alone: kept here)."""
         if not self._link.reachable:
-            return None  # the heartbeat claims it when Redis answers
+            return None  # alone: the heartbeat claims it when Redis answers
         try:
             for old in stale:  # our own earlier session of this name: free it first
                 self._release_in_redis(name, old)
-            return bool(self._run("claim", name, token, self.server_id, room))
+            keys = [*PRESENCE_KEYS, EPOCH_KEY, SETTLING_KEY]
+            args = [name, token, self.server_id, room, self._epoch]
+            result = self._run_keys("claim", keys, args)
         except redis.RedisError as error:
-            self._link.mark_down()
-            log.warning("cannot claim %s in Redis (%s): kept here until it answers", name, error)
+            if not isinstance(error, redis.ResponseError):  # it answered (out of memory)
+                self._link.mark_down()
+            log.warning("cannot claim %s in Redis: %s", name, error)
             return None
+        return None if result == -1 else bool(result)
 
     def release(self, name: str, token: str) -> None:
         """Free `name` everywhere, announcing the leave (retried if Redis is away)."""
@@ -223,65 +230,6 @@ class Cluster(LiveEvents):
             due = [name for name, claim in self._claims.items() if not claim.room_sent]
         for name in due:
             self._send_room(name)
-
-    # -- liveness ------------------------------------------------------------
-
-    def _heartbeat_loop(self) -> None:
-        while not self._stopped.wait(HEARTBEAT_S):
-            self._heartbeat()
-
-    def _heartbeat(self) -> None:
-        try:
-            self._beat()
-            self._retry_releases()
-            self._reconcile()
-            self._retry_moves()
-        except redis.RedisError as error:
-            self._link.mark_down()
-            log.debug("heartbeat skipped: %s", error)
-        except Exception:  # a bug must not stop the heartbeat: we would be reaped
-            log.exception("heartbeat failed (going on)")
-
-    def _beat(self) -> None:
-        args = [self.server_id, ALIVE_PREFIX, ALIVE_SUFFIX, ALIVE_TTL_MS]
-        peers, reaped = self._run_keys("heartbeat", [*PRESENCE_KEYS, SERVERS_KEY], args)
-        # Sticky: once another server has shared this Redis, an outage here must
-        # never deliver with our own ids (it may be back at any moment).
-        self._seen_peers = self._seen_peers or peers > 0
-        unsure = time.monotonic() - self._started < UNSURE_AT_START_S
-        if self._link.shared and not (self._seen_peers or unsure):
-            log.info("alone on this Redis: during an outage, chat goes on live")
-        self._link.shared = self._seen_peers or unsure
-        self._link.mark_up()
-        for dead, freed in zip(reaped[::2], reaped[1::2], strict=False):
-            log.warning("server %s is gone: %d users left with it", dead, freed)
-
-    def _retry_releases(self) -> None:
-        with self._names:
-            due = list(self._unreleased.items())
-        for token, name in due:
-            self._release_in_redis(name, token)
-
-    def _reconcile(self) -> None:
-        """Claim again what Redis lost (an outage, or we were reaped); kick who lost a name."""
-        with self._names:
-            claims = [(name, claim.token, claim.room) for name, claim in self._claims.items()]
-        if not claims:
-            return
-        triples = [value for claim in claims for value in claim]
-        results = self._run_keys("reconcile", PRESENCE_KEYS, [self.server_id, *triples])
-        for (name, token, _), result in zip(claims, results, strict=True):
-            with self._names:
-                current = self._holds(name, token)
-                if result == 0 and current:
-                    del self._claims[name]
-            if result == 0 and current:
-                log.warning("%s is held on another server: disconnecting ours", name)
-                self._hub.kick(name, KICK_TEXT.format(name))
-            elif result == 2:
-                log.info("claimed %s again in Redis", name)
-                if not current:  # released while we claimed it: free it again
-                    self._release_in_redis(name, token)
 
     def _run(self, script: str, *args):
         return self._run_keys(script, PRESENCE_KEYS, list(args))

@@ -14,8 +14,12 @@ no one to hear from, and the single-server path has no `if redis:` in it.
 
 import chat_pb2 as pb
 from events import direct_event, system_event, typing_event, user_event
-from member import KICKED
+from member import DRAIN, KICKED
 from rooms import Remote
+
+
+class ClaimUnconfirmed(Exception):
+    """The name's claim cannot be confirmed in a Redis other servers share: retry later."""
 
 
 class Alone:
@@ -92,6 +96,21 @@ class RemoteUsers:
             self._remove_locked(client)
             self._remote_at_locked(name, client.room)  # the other one is online
         client.wake()
+
+    def end_all(self, text: str) -> None:
+        """Cluster thread: we are cut off and will be reaped; every session reconnects elsewhere."""
+        notice = system_event(text, pb.SHUTTING_DOWN)
+        with self._lock:  # all go at once: no USER_LEFT to one another
+            clients = list(self._dir.clients.values())
+            for client in clients:
+                if client.typing_timer is not None:
+                    client.typing_timer.cancel()
+                    client.typing_timer = None
+                self._dir.remove(client)
+                self._put(client, notice)
+                client.ending = DRAIN
+        for client in clients:
+            client.wake()
 
     def _remote_at_locked(self, name: str, room: str) -> None:
         """A remote user is in `room`: a join if new, a move if elsewhere before."""
