@@ -52,14 +52,15 @@ class Plan:
     gate: object  # access/auth.py: who may call
     tls: object | None  # grpc.ServerCredentials, or None for plaintext
     metrics_port: int | None = None
+    redis_replicas: int = 0  # deliver a message once this many Redis replicas hold it
 
 
-def open_store(redis_url: str | None, max_messages: int):
+def open_store(redis_url: str | None, max_messages: int, replicas: int = 0):
     """The store the flags ask for. Raises StoreUnavailable if Redis is down."""
     if redis_url:
         from cluster.store import RedisStore  # only a server with Redis loads redis
 
-        return RedisStore(redis_url, max_messages)
+        return RedisStore(redis_url, max_messages, replicas=replicas)
     return MemoryStore(max_messages)
 
 
@@ -73,7 +74,7 @@ def serve(plan: Plan, build, index: int = 0, ready=None) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        store = open_store(plan.redis_url, plan.history_max)
+        store = open_store(plan.redis_url, plan.history_max, plan.redis_replicas)
     except StoreUnavailable as error:
         raise click.ClickException(without_secrets(str(error), plan.redis_url)) from None
     cluster = None

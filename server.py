@@ -225,6 +225,11 @@ def tls_credentials(cert_path: Path, key_path: Path) -> grpc.ServerCredentials:
     help="Keep history in this Redis (redis://host:port/db, or through Sentinel: "
     "redis+sentinel://host:26379,host2:26379/mymaster/db). Default: in memory.",
 )
+@click.option(
+    "--redis-replicas", default=0, show_default=True,
+    help="Deliver a message only once this many Redis replicas hold it (WAIT): "
+    "a failover then loses no message anyone saw.",
+)  # fmt: skip
 @click.option("--history", default=50, show_default=True, help="Messages replayed on join.")
 @click.option("--history-max", default=10_000, show_default=True, help="Messages kept.")
 @click.option("--rate", default=1.0, show_default=True, help="Messages per second per client.")
@@ -273,9 +278,10 @@ def tls_credentials(cert_path: Path, key_path: Path) -> grpc.ServerCredentials:
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
 @click.pass_context
-def main(ctx, host, port, redis_url, history, history_max, rate, burst, join_rate, join_burst,
-         no_rate_limit, max_message_chars, max_clients, max_streams_per_address, tls_cert,
-         tls_key, token, users, processes, metrics_port, log_level):  # fmt: skip
+def main(ctx, host, port, redis_url, redis_replicas, history, history_max, rate, burst,
+         join_rate, join_burst, no_rate_limit, max_message_chars, max_clients,
+         max_streams_per_address, tls_cert, tls_key, token, users, processes, metrics_port,
+         log_level):  # fmt: skip
     """Run the chat server until SIGINT or SIGTERM (or run a COMMAND instead)."""
     if ctx.invoked_subcommand is not None:
         return  # add-user: the server's options are not for it
@@ -291,6 +297,10 @@ def main(ctx, host, port, redis_url, history, history_max, rate, burst, join_rat
         raise click.BadParameter("--max-streams-per-address must be positive")
     if processes < 1:
         raise click.BadParameter("--processes must be positive")
+    if redis_replicas < 0:
+        raise click.BadParameter("--redis-replicas cannot be negative")
+    if redis_replicas and not redis_url:
+        raise click.UsageError("--redis-replicas needs --redis-url: replicas of which Redis?")
     if processes > 1 and not redis_url:
         raise click.UsageError(
             "--processes above 1 needs --redis-url: the processes are one chat through Redis"
@@ -314,7 +324,9 @@ def main(ctx, host, port, redis_url, history, history_max, rate, burst, join_rat
         max_clients=max_clients,
         max_streams_per_address=max_streams_per_address,
     )
-    plan = launch.Plan(settings, host, port, redis_url, history_max, gate, tls, metrics_port)
+    plan = launch.Plan(
+        settings, host, port, redis_url, history_max, gate, tls, metrics_port, redis_replicas
+    )
     if processes > 1:
         launch.supervise(plan, create_server, processes)
     else:

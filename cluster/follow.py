@@ -44,12 +44,17 @@ FAILURES_LOGGED_MAX = 100  # kinds of handler failure remembered as already logg
 class StreamFollower:
     """Follows `keys` (one stream's key, or several) on its own thread; see the module docstring."""
 
-    def __init__(self, link: RedisLink, keys, name: str, handle, gap=None, resync=None):
+    def __init__(
+        self, link: RedisLink, keys, name: str, handle, gap=None, resync=None, settle=None
+    ):
         self._link = link
         self._keys = (keys,) if isinstance(keys, str) else tuple(keys)
         self._handle = handle  # handle(entries): [(id, fields dict)] of one stream, oldest first
         self._gap = gap or (lambda missed: None)  # gap(missed): entries trimmed unread
         self._resync = resync  # resync() -> (position, entries added), or None (one stream)
+        # settle(): returns once what was just read may be handed on, or raises RedisError
+        # (--redis-replicas: once replicas hold it); the position moves only after it.
+        self._settle = settle or (lambda: None)
         # Per stream: (last id read, entries ever added up to it). Owned by the thread once started.
         self._at: dict[str, tuple[str, int]] = dict.fromkeys(self._keys, ("0-0", 0))
         self._stopped = threading.Event()
@@ -97,6 +102,8 @@ class StreamFollower:
         """Wait for news at the tail; True if a batch was full (we may be behind)."""
         positions = {key: position for key, (position, _) in self._at.items()}
         reply = self._link.client.xread(positions, count=FOLLOW_BATCH_MAX, block=FOLLOW_BLOCK_MS)
+        if reply:
+            self._settle()
         full = False
         for key, entries in reply or []:
             self._take(key, entries)
@@ -114,6 +121,8 @@ class StreamFollower:
                 self._gap(missed)
                 if self._resync is not None:
                     raise _Resync()
+            if raw:
+                self._settle()
             self._take(key, [(entry_id, entry_fields(flat)) for entry_id, flat in raw])
             behind |= len(raw) == FOLLOW_BATCH_MAX
         return behind

@@ -64,6 +64,11 @@ SLOW_TIMEOUT_S = 2.0  # writes of a batch, and the margin beyond an XREAD's bloc
 NOT_SENT_TEXT = "cut off from the Redis the other servers share"  # what NotSent says
 FOLLOW_BLOCK_MS = 1000  # XREAD waits this long for news, then loops (to see close())
 SENTINEL_SCHEME = "redis+sentinel"  # redis+sentinel://h1:26379,h2:26379/service/db
+# --redis-replicas: how long a WAIT for the replicas may take before the write
+# counts as failed (the sender gets NOT_SENT while it lasts). Replicas answer in
+# a round trip; a second means one is gone or far behind.
+REPLICAS_WAIT_MS = 1000
+SYNC_CHANNEL = "chat:sync"  # PUBLISHed to (nobody listens) before a WAIT; see wait_for_replicas
 
 
 def alive_key(server_id: str) -> str:
@@ -153,6 +158,18 @@ class RedisLink:
         """Run one of our Lua scripts (on `quick` unless told otherwise)."""
         return self.scripts[script](keys=keys, args=args, client=client or self.quick)
 
+    def wait_for_replicas(self, pipe, replicas: int) -> None:
+        """Queue on `pipe` what makes it wait until `replicas` replicas hold every write
+        Redis answered so far; `check_replicas` reads the outcome from its replies.
+
+        NOTE: WAIT waits for the last write of *its own connection*. The PUBLISH
+        (propagated to replicas like any write, stored nowhere) makes that write
+        this one, later than any other connection's writes before it, so the WAIT
+        covers them all: what our writer wrote, and what the follower just read.
+        """
+        pipe.publish(SYNC_CHANNEL, "")
+        pipe.execute_command("WAIT", replicas, REPLICAS_WAIT_MS)
+
     def close(self) -> None:
         self.client.close()
         self.quick.close()
@@ -211,6 +228,21 @@ def _sentinel(url: str) -> tuple[Sentinel, str, int, str | None]:
     }
     manager = _Sentinels(addresses, sentinel_kwargs=sentinel_options)
     return manager, path[0], int(path[1]) if len(path) == 2 else 0, password
+
+
+class NotReplicated(redis.RedisError):
+    """Fewer replicas than asked for hold a write after REPLICAS_WAIT_MS."""
+
+
+def check_replicas(replies: list, replicas: int) -> list:
+    """The replies of a pipeline ended by `wait_for_replicas`, without the last two.
+
+    Raises NotReplicated if fewer than `replicas` replicas acknowledged in time.
+    """
+    acked = replies[-1]
+    if acked < replicas:
+        raise NotReplicated(f"{acked} of {replicas} replicas hold it after {REPLICAS_WAIT_MS} ms")
+    return replies[:-2]
 
 
 class _Sentinels(Sentinel):

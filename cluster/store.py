@@ -63,6 +63,7 @@ from cluster.keys import (
     NOT_SENT_TEXT,
     STREAM_KEY,
     RedisLink,
+    check_replicas,
     followed_key,
     history_key,
     sent_key,
@@ -87,12 +88,18 @@ class RedisStore(History):
     Its history reads (`history`) are in cluster/history.py.
     """
 
-    def __init__(self, url: str, max_messages: int = 10_000, pending_max: int = PENDING_MAX):
+    def __init__(
+        self, url: str, max_messages: int = 10_000, pending_max: int = PENDING_MAX, replicas=0
+    ):
         self.description = f"in Redis at {shown_url(url)} (stream {STREAM_KEY})"
         self.redis = RedisLink(url)  # shared with cluster/presence.py; raises StoreUnavailable
         self.server_id = uuid.uuid4().hex[:12]
         self._max_messages = max_messages
         self._pending_max = pending_max
+        # --redis-replicas: a message is delivered (echoed too) only once this many
+        # replicas hold it, so a failover loses none that anyone saw. It also makes
+        # a server alone on Redis refuse, like a shared one: its own ids are on no replica.
+        self._replicas = replicas
         self._deliver = None  # the hub's callback, given to start()
         self._echo = None  # the hub's callback for a line sent again, given to start()
         self._start_at = self._tails()  # key -> (last id, entries added): the follower starts there
@@ -116,8 +123,9 @@ class RedisStore(History):
         self._closing = False
         self._writer = threading.Thread(target=self._write_loop, name="redis-writer")
         self._follower = StreamFollower(
-            self.redis, FOLLOWED_KEYS, "redis-follower", self._deliver_new, gap=_log_trimmed
-        )
+            self.redis, FOLLOWED_KEYS, "redis-follower", self._deliver_new, gap=_log_trimmed,
+            settle=self._await_replicas if replicas else None,
+        )  # fmt: skip
 
     def _tails(self) -> dict[str, tuple[str, int]]:
         try:
@@ -141,7 +149,11 @@ class RedisStore(History):
 
     def accepting(self) -> bool:
         """Can a message be taken now? Not while cut off from a Redis others share."""
-        return not (self.redis.shared and not (self._online and self.redis.reachable))
+        return not (self._strict() and not (self._online and self.redis.reachable))
+
+    def _strict(self) -> bool:
+        """Must messages be refused while Redis is away? Not if alone and without replicas."""
+        return self.redis.shared or self._replicas > 0
 
     def watch(self, callback) -> None:
         """`callback()` whenever `accepting()` may have changed (any thread)."""
@@ -175,7 +187,7 @@ class RedisStore(History):
                 return []
             if first is not None:
                 raise Duplicate(first)
-            shared = self.redis.shared
+            shared = self._strict()
             if shared and not (self._online and self.redis.reachable):
                 raise NotSent(NOT_SENT_TEXT)
             deliver_now = []
@@ -269,7 +281,18 @@ class RedisStore(History):
         pipe = self.redis.client.pipeline(transaction=False)
         for p in batch:
             self._xadd(pipe, p, p.id or "*")
-        return pipe.execute()
+        if not self._replicas:
+            return pipe.execute()
+        # Answered only once replicas hold the batch; if not in time, the batch
+        # stays pending and is written again (a no-op where it was written).
+        self.redis.wait_for_replicas(pipe, self._replicas)
+        return check_replicas(pipe.execute(), self._replicas)
+
+    def _await_replicas(self) -> None:
+        """Follower thread: return once the replicas hold what was just read."""
+        pipe = self.redis.client.pipeline(transaction=False)
+        self.redis.wait_for_replicas(pipe, self._replicas)
+        check_replicas(pipe.execute(), self._replicas)
 
     def _xadd(self, pipe, p: Pending, entry_id: str) -> None:
         """Write one message once (cluster.lua.WRITE): a retry after a lost reply is a no-op."""
@@ -284,7 +307,7 @@ class RedisStore(History):
     def _go_offline(self, error, waiting: int) -> None:
         """Redis is lost. Alone: deliver what waits, with our own ids. Shared: refuse."""
         with self._lock:
-            shared = self.redis.shared
+            shared = self._strict()
             self._online = False
             stranded = [] if shared else self._strand_locked()
         self.redis.changed()

@@ -66,6 +66,13 @@ class SentinelSet:
     def kill_master(self) -> None:
         os.kill(self.pid("master"), signal.SIGKILL)
 
+    def restart_master(self) -> None:
+        """Start the killed master again, as a supervisor (systemd) would: Sentinel
+        makes it a replica of the new master."""
+        subprocess.run(
+            ["redis-server", str(self.directory / "master.conf")], check=True, timeout=10
+        )
+
     def ask(self, port: int, *command: str) -> str:
         done = subprocess.run(
             ["redis-cli", "-p", str(port), *command], capture_output=True, text=True, timeout=5
