@@ -159,7 +159,7 @@ def main(servers, baseline, target, server_pid, alt_dir, before, with_redis, red
         directories = {"alt": alt, "before": worktree.path if worktree else None}
         redis = None
         if any(k in KINDS and KINDS[k].redis for k in kinds) and not redis_url:
-            redis = PrivateRedis(Path(tmp))
+            redis = PrivateRedis(Path(tmp), replica=any(KINDS[k].replica for k in kinds))
         generator = LoadGenerator(workers, clients_per_channel)
         bench = Bench(generator, clients, senders, rate, duration, message_chars, p99_limit_ms)
         try:

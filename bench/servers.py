@@ -9,6 +9,7 @@ redis-server for the kinds that keep history in Redis. The clients that
 load them are in load.py.
 """
 
+import re
 import shutil
 import socket
 import subprocess
@@ -38,6 +39,8 @@ class Kind:
     redis: bool = False  # keeps history in Redis: gets --redis-url
     members: int = 1  # servers started side by side on one Redis, clients spread over them
     rooms: bool = True  # knows rooms: may run the scenarios with clients in several rooms
+    replica: bool = False  # its Redis needs a replica (--redis-replicas): every kind's gets one
+    nginx: bool = False  # clients reach it through nginx (deploy/nginx/chat.conf)
 
 
 # A new kind is one more line. "processes" is one server.py of 2 processes on
@@ -47,6 +50,11 @@ KINDS = {
     "project+redis": Kind(("server.py",), redis=True),
     "processes": Kind(("server.py", "--processes", "2"), redis=True),
     "cluster": Kind(("server.py",), redis=True, members=3),  # cross-server fan-out
+    # The costs of the deployment (deploy/): delivery only once a replica holds it,
+    # to set beside "project+redis" (whose Redis then has the replica too); and
+    # nginx in front, to set beside "project".
+    "project+replicas": Kind(("server.py", "--redis-replicas", "1"), redis=True, replica=True),
+    "project+nginx": Kind(("server.py",), nginx=True),
     "alt": Kind(("server.py",)),  # run in --alt-dir: a changed copy of the project
     "before": Kind(("server.py",), rooms=False),  # run in a worktree of --before COMMIT
     "threaded": Kind(("-m", "bench.peers.threaded"), project=False, rooms=False),
@@ -162,7 +170,41 @@ def start_server(name: str, directory: Path, log_dir: Path, redis_url=None, redi
     server = members[0] if kind.members == 1 else Server(name, ",".join(m.target for m in members),
                                                          members=members)  # fmt: skip
     server.redis_pid = redis.process.pid if redis and kind.redis else None
+    if kind.nginx:
+        proxy = start_nginx(server.target, log_dir)
+        return Server(name, proxy.target, members=[server, proxy])
     return server
+
+
+def start_nginx(backend: str, log_dir: Path) -> Server:
+    """nginx with deploy/nginx/chat.conf in front of `backend`; wait until it answers.
+
+    Only its ports change, and its per-address limits go: every benchmark
+    client comes from 127.0.0.1 (the servers' caps are raised the same way).
+    """
+    port = free_port()
+    prefix = log_dir / f"nginx-{port}"
+    prefix.mkdir()
+    config = (ROOT / "deploy" / "nginx" / "chat.conf").read_text()
+    config = re.sub(r"listen 127\.0\.0\.1:\d+", f"listen 127.0.0.1:{port}", config)
+    config = re.sub(
+        r"(\n\s*server 127\.0\.0\.1:\d+ [^\n]*)+", f"\n        server {backend};", config
+    )
+    (prefix / "chat.conf").write_text(config)
+    stream = (ROOT / "deploy" / "nginx" / "stream.conf").read_text()
+    stream = re.sub(r"\n\s*limit_(conn|req) [^;]*;", "", stream)
+    (prefix / "stream.conf").write_text(stream)
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    command = [nginx, "-p", str(prefix), "-e", str(prefix / "error.log"),
+               "-c", str(prefix / "chat.conf"), "-g", "daemon off;"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = f"127.0.0.1:{port}"
+    try:
+        wait_healthy(target, process, prefix / "error.log")
+    except click.ClickException:
+        process.kill()
+        raise
+    return Server("nginx", target, process, process.pid)
 
 
 def start_process(name: str, kind: Kind, directory: Path, log_dir: Path, redis_url) -> Server:
@@ -188,29 +230,43 @@ def start_process(name: str, kind: Kind, directory: Path, log_dir: Path, redis_u
 class PrivateRedis:
     """A private, unpersisted redis-server on a free port (never the machine's own)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, replica: bool = False):
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", "--daemonize", "no", "--dir", str(directory)]  # fmt: skip
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        self.process = self._start(self.port, directory)
+        self.replica = None  # with `replica`: a second redis-server replicating this one
+        if replica:
+            replica_port = free_port()
+            self.replica = self._start(replica_port, directory / "replica",
+                                       "--replicaof", "127.0.0.1", str(self.port))  # fmt: skip
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while b"connected_slaves:1" not in self.command(b"INFO replication", 4096):
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise click.ClickException("the Redis replica did not connect")
+                time.sleep(0.05)
+
+    def _start(self, port: int, directory: Path, *more: str) -> subprocess.Popen:
+        directory.mkdir(exist_ok=True)
+        command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                   "--appendonly", "no", "--daemonize", "no", "--dir", str(directory),
+                   "--repl-diskless-sync-delay", "0", *more]  # fmt: skip
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             try:
-                if self.command(b"PING").startswith(b"+PONG"):
-                    return
+                if self.command(b"PING", port=port).startswith(b"+PONG"):
+                    return process
             except OSError:
                 time.sleep(0.05)
-        self.stop()
+        process.kill()
         raise click.ClickException("redis-server did not start")
 
-    def command(self, command: bytes) -> bytes:
+    def command(self, command: bytes, size: int = 64, port: int | None = None) -> bytes:
         """One inline command, the first bytes of its reply (the benchmark never imports redis)."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+        with socket.create_connection(("127.0.0.1", port or self.port), timeout=1) as s:
             s.sendall(command + b"\r\n")
-            return s.recv(64)
+            return s.recv(size)
 
     def flush(self) -> None:
         """Forget the last server's stream and online names.
@@ -222,8 +278,10 @@ class PrivateRedis:
         self.command(b"FLUSHALL")
 
     def stop(self) -> None:
-        self.process.kill()
-        self.process.wait()
+        for process in (self.process, self.replica):
+            if process is not None:
+                process.kill()
+                process.wait()
 
 
 class Worktree:

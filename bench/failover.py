@@ -1,0 +1,194 @@
+"""The loss window: messages echoed, then gone after a Redis failover.
+
+    python -m bench.failover                      # without --redis-replicas
+    python -m bench.failover --replicas 1         # with it: expect 0 lost
+
+Starts a Redis master, replica and three sentinels (deploy/sentinel/start.sh,
+short timings), two servers on the Sentinel URL, and `--senders` clients
+(half on each server) sending `--rate` messages a second in all, one stream
+each. After `--before` seconds the master is SIGKILLed; sending goes on for
+`--after` more; with --replicas the dead master is started again once the
+replica is master (as a supervisor would), so WAIT can be met again. Then
+the new master's history is read: a message its sender saw echoed but that
+is not in it is lost. Each run prints sent, echoed, refused (NOT_SENT),
+lost, and the span of time the lost ones were echoed in.
+"""
+
+import os
+import queue
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import click
+import grpc
+import redis
+
+import chat_pb2 as pb
+import chat_pb2_grpc
+from bench.servers import ROOT, STREAMS_PER_ADDRESS, free_port, wait_healthy
+
+START = ROOT / "deploy" / "sentinel" / "start.sh"
+HISTORY_MAX = 1_000_000  # the servers' --history-max: no message trimmed (that is not a loss)
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # each sender its own TCP connection
+
+
+class Sender:
+    """One client stream: sends its numbered lines; notes when each came back (echo)."""
+
+    def __init__(self, address: str, name: str):
+        self.name = name
+        self.echoed: dict[str, float] = {}  # text -> monotonic time of its echo
+        self.refused = 0  # NOT_SENT answers
+        self.sent: list[str] = []
+        self._outbox: queue.Queue = queue.Queue()
+        self._outbox.put(
+            pb.ClientEvent(user_event=pb.UserEvent(type=pb.USER_JOINED, username=name))
+        )
+        self.channel = grpc.insecure_channel(address, options=OWN_CONNECTION)
+        stub = chat_pb2_grpc.ChatServiceStub(self.channel)
+        self.call = stub.Chat(iter(self._outbox.get, None), timeout=600)
+        self.joined = threading.Event()
+        threading.Thread(target=self._receive, daemon=True).start()
+
+    def _receive(self) -> None:
+        try:
+            for event in self.call:
+                kind = event.WhichOneof("event")
+                if kind == "user_event" and event.user_event.username == self.name:
+                    self.joined.set()
+                elif kind == "chat_message" and event.chat_message.username == self.name:
+                    self.echoed.setdefault(event.chat_message.message, time.monotonic())
+                elif kind == "system_event" and event.system_event.code == pb.NOT_SENT:
+                    self.refused += 1
+        except grpc.RpcError:
+            pass
+
+    def say(self, text: str) -> None:
+        self.sent.append(text)
+        self._outbox.put(pb.ClientEvent(chat_message=pb.ChatMessageEvent(message=text)))
+
+    def close(self) -> None:
+        self._outbox.put(None)
+        self.call.cancel()
+        self.channel.close()
+
+
+def start_redis(directory: Path) -> tuple[str, dict]:
+    """deploy/sentinel/start.sh on free ports in `directory`: (URL, ports)."""
+    ports = {"master": free_port(), "replica": free_port()}
+    sentinels = [free_port() for _ in range(3)]
+    env = {**os.environ, "DIR": str(directory), "MASTER_PORT": str(ports["master"]),
+           "REPLICA_PORT": str(ports["replica"]), "SENTINEL_PORTS": " ".join(map(str, sentinels)),
+           "DOWN_AFTER_MS": "1000", "FAILOVER_TIMEOUT_MS": "3000"}  # fmt: skip
+    done = subprocess.run([str(START)], env=env, capture_output=True, text=True, check=True)
+    ports["sentinel"] = sentinels[0]
+    time.sleep(2)  # the sentinels find each other (hello messages every 2 s)
+    return done.stdout.strip().splitlines()[-1], ports
+
+
+def master_port(ports: dict) -> int:
+    with redis.Redis(port=ports["sentinel"], decode_responses=True) as sentinel:
+        return int(sentinel.sentinel_get_master_addr_by_name("mymaster")[1])
+
+
+def one_run(rate: float, senders: int, replicas: int, before_s: float, after_s: float) -> dict:
+    with tempfile.TemporaryDirectory(prefix="failover-") as tmp:
+        directory = Path(tmp)
+        url, ports = start_redis(directory)
+        servers = []
+        try:
+            for _ in range(2):
+                port = free_port()
+                command = [sys.executable, "server.py", "--host", "127.0.0.1", "--port", str(port),
+                           "--redis-url", url, "--redis-replicas", str(replicas), "--no-rate-limit",
+                           "--max-streams-per-address", str(STREAMS_PER_ADDRESS),
+                           "--history-max", str(HISTORY_MAX)]  # fmt: skip
+                log = (directory / f"server-{port}.log").open("w")
+                process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                servers.append((process, f"127.0.0.1:{port}"))
+                wait_healthy(f"127.0.0.1:{port}", process, None)
+            return measure(servers, ports, directory, rate, senders, replicas, before_s, after_s)
+        finally:
+            for process, _ in servers:
+                process.kill()
+                process.wait()
+            subprocess.run([str(START.parent / "stop.sh")], env={**os.environ, "DIR": tmp})
+
+
+def measure(servers, ports, directory, rate, senders, replicas, before_s, after_s) -> dict:
+    clients = [Sender(servers[i % 2][1], f"s{i}") for i in range(senders)]
+    for client in clients:
+        client.joined.wait(10)
+    interval = senders / rate  # each sender's pause between two lines
+    started = time.monotonic()
+    killed_at = None
+    n = 0
+    while time.monotonic() - started < before_s + after_s:
+        if killed_at is None and time.monotonic() - started >= before_s:
+            os.kill(int((directory / "master.pid").read_text()), signal.SIGKILL)
+            killed_at = time.monotonic()
+            if replicas:
+                threading.Thread(target=restart_old_master, args=(ports, directory)).start()
+        for client in clients:
+            client.say(f"{client.name}-{n}")
+        n += 1
+        time.sleep(max(0.0, started + n * interval - time.monotonic()))
+    time.sleep(3)  # the last echoes
+    with redis.Redis(port=master_port(ports), decode_responses=True) as master:
+        kept = {fields.get("message") for _, fields in master.xrange("chat:messages")}
+    lost = [(at, text) for c in clients for text, at in c.echoed.items() if text not in kept]
+    for client in clients:
+        client.close()
+    span = (max(lost)[0] - min(lost)[0]) * 1000 if lost else 0.0
+    return {
+        "sent": sum(len(c.sent) for c in clients),
+        "echoed": sum(len(c.echoed) for c in clients),
+        "refused": sum(c.refused for c in clients),
+        "lost": len(lost),
+        "lost_span_ms": round(span, 1),
+        "lost_after_kill_ms": [round((at - killed_at) * 1000, 1) for at, _ in sorted(lost)][:5],
+    }
+
+
+def restart_old_master(ports: dict, directory: Path) -> None:
+    """Once the replica is master, start the dead one again (Sentinel makes it a replica)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if master_port(ports) == ports["replica"]:
+                subprocess.run(["redis-server", str(directory / "master.conf")], check=True)
+                return
+        except redis.RedisError:
+            pass
+        time.sleep(0.2)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--rate", default=200.0, show_default=True, help="Messages per second, all senders.")
+@click.option("--senders", default=4, show_default=True, help="Client streams, half per server.")
+@click.option("--replicas", default=0, show_default=True, help="The servers' --redis-replicas.")
+@click.option(
+    "--before", "before_s", default=3.0, show_default=True, help="Seconds before the kill."
+)
+@click.option("--after", "after_s", default=8.0, show_default=True, help="Seconds after it.")
+@click.option("--runs", default=3, show_default=True, help="Failovers, each on a fresh set.")
+def main(rate, senders, replicas, before_s, after_s, runs):
+    """Measure messages echoed and then lost across a Redis failover (see the module doc)."""
+    results = []
+    for run in range(runs):
+        result = one_run(rate, senders, replicas, before_s, after_s)
+        click.echo(f"run {run + 1}: {result}")
+        results.append(result)
+    lost = [r["lost"] for r in results]
+    click.echo(f"--redis-replicas {replicas}, {rate:g} msg/s: lost per failover "
+               f"{lost} (median {statistics.median(lost)})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
