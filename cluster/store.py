@@ -20,6 +20,11 @@ is the only one that removes from it; the *follower* is the only one that
 reads the stream for delivery. `_lock` guards `_pending`, `_dropped`,
 `_online`, `_delivered_seq`, `_unfollowed`, `_followed_own`, `_ids`,
 `_recent` and `_keys`; it is never held during a Redis call, nor while calling the hub.
+`_handing` orders the two threads that hand messages to the hub (the
+follower, and the writer when Redis goes): each holds it from deciding
+what is undelivered to handing it over, so no message is decided
+undelivered by both, nor handed over out of order. It is taken before
+`_lock`, never after, and never by the hub's callers.
 
 When Redis is lost, what happens depends on whether we are alone on it
 (`link.shared`, which the cluster's heartbeat keeps):
@@ -104,6 +109,7 @@ class RedisStore(History):
         self._echo = None  # the hub's callback for a line sent again, given to start()
         self._start_at = self._tails()  # key -> (last id, entries added): the follower starts there
         self._lock = threading.Lock()
+        self._handing = threading.Lock()  # see the module docstring: taken before _lock
         self._wake = threading.Condition(self._lock)  # the writer waits here for work
         newest = max((at[0] for at in self._start_at.values()), key=id_key)
         self._ids = IdClock(after=newest)  # ids for messages delivered in an outage
@@ -306,17 +312,18 @@ class RedisStore(History):
 
     def _go_offline(self, error, waiting: int) -> None:
         """Redis is lost. Alone: deliver what waits, with our own ids. Shared: refuse."""
-        with self._lock:
-            shared = self._strict()
-            self._online = False
-            stranded = [] if shared else self._strand_locked()
+        with self._handing:
+            with self._lock:
+                shared = self._strict()
+                self._online = False
+                stranded = [] if shared else self._strand_locked()
+            if stranded:
+                self._deliver(stranded)
         self.redis.changed()
         if shared:
             log.error("Redis lost (%s): refusing messages, %d to write", error, waiting)
         else:
             log.error("Redis lost (%s): chat goes on, %d messages waiting", error, waiting)
-        if stranded:
-            self._deliver(stranded)
 
     def _strand_locked(self) -> list[Message]:
         """Go offline: every undelivered message, written ones first; ours get our ids."""
@@ -350,10 +357,22 @@ class RedisStore(History):
     # -- the follower's handler ---------------------------------------------------
 
     def _deliver_new(self, entries: list) -> None:
-        """Follower thread: deliver entries not delivered yet, in the stream's order."""
-        with self._lock:
-            self._ids.advance_past(entries[-1][0])  # outage ids stay above the stream
-            delivered_seq = self._delivered_seq
+        """Follower thread: deliver entries not delivered yet, in the stream's order.
+
+        NOTE: deciding what is fresh and handing it over is one step under
+        `_handing`. Split, the writer could strand a message the follower
+        had just read back (the follower's news not yet in `_unfollowed`)
+        and both would deliver it: a message shown twice.
+        """
+        with self._handing:
+            with self._lock:
+                fresh = self._fresh_locked(entries)
+            if fresh:
+                self._deliver(fresh)
+
+    def _fresh_locked(self, entries: list) -> list[Message]:
+        """The entries nobody delivered yet; what was ours is read back, so no longer ours."""
+        self._ids.advance_past(entries[-1][0])  # outage ids stay above the stream
         fresh, ours, own_high = [], set(), {}
         for entry_id, fields in entries:
             source, seq = origin(entry_id, fields)
@@ -365,18 +384,16 @@ class RedisStore(History):
                 if source == self.server_id:
                     ours.add(seq)
                     own_high[stream[0]] = seq
-                if source == self.server_id and seq <= delivered_seq:
+                if source == self.server_id and seq <= self._delivered_seq:
                     continue  # we delivered it ourselves during an outage
             fresh.append(to_message(entry_id, fields))
-        with self._lock:
-            for message in fresh:
-                self._keys.remember(message.username, message.key, message)
-            self._followed_own.update(own_high)
-            if ours and self._unfollowed:  # read back: no longer ours to deliver
-                self._unfollowed = deque(w for w in self._unfollowed if w[0] not in ours)
-            self._recent.extend(fresh)
-        if fresh:
-            self._deliver(fresh)
+        for message in fresh:
+            self._keys.remember(message.username, message.key, message)
+        self._followed_own.update(own_high)
+        if ours and self._unfollowed:  # read back: no longer ours to deliver
+            self._unfollowed = deque(w for w in self._unfollowed if w[0] not in ours)
+        self._recent.extend(fresh)
+        return fresh
 
 
 def _log_trimmed(missed: int) -> None:
