@@ -43,7 +43,7 @@ from member import DRAIN, EVICTED, Client, Echo, Replay, Timed
 from ratelimit import Buckets
 from rooms import Directory
 from sanitize import name_skeleton
-from store import Duplicate, Message, Recent, id_key
+from store import Duplicate, Message, NotSent, Recent, id_key
 from timers import Timers
 
 log = logging.getLogger(__name__)
@@ -247,10 +247,19 @@ class Hub(RemoteUsers):
             to = found
             event = direct_event(client.name, to, text, timestamp, action, key)
             recipient = self._dir.clients.get(to)
-            if recipient is not None and recipient is not client:
-                self._put_or_evict_locked(recipient, event)
-        if recipient is None:  # on another server: through Redis (may raise NotSent)
-            self.cluster.direct(client.name, to, text, timestamp, action, key)
+        if recipient is not None and recipient is not client:
+            # Here, unless another server took this line before (sent again after a lost echo).
+            if not key or self.cluster.first_direct(client.name, key):
+                with self._lock:
+                    self._put_or_evict_locked(recipient, event)
+        if recipient is None:  # on another server: through Redis, once it took it
+            try:
+                self.cluster.direct(client.name, to, text, timestamp, action, key)
+            except NotSent:
+                with self._lock:  # gone meanwhile (their server was reaped): not online
+                    if self._online_as_locked(to) is None:
+                        raise NotOnline(to) from None
+                raise
         with self._lock:
             self._directs.remember(client.name, key, event)
             self._put_or_evict_locked(client, event)

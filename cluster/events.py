@@ -10,9 +10,16 @@ stream is capped, and every server follows it from the last id it has seen
   announces only changes, so an event seen twice is shown once;
 - **typing** -> `hub.remote_event("typing", ...)`: the hub knows the
   typer's room;
-- **dm** (sender, to, text, timestamp, action) -> `hub.remote_direct`, on
-  every server, our own included: only the one that holds `to` delivers, so
-  a recipient who moved here since the message was sent still gets it once.
+- **dm** (sender, to, text, timestamp, action, key, token) ->
+  `hub.remote_direct`, on every server, our own included: only the one that
+  holds `to` delivers, so a recipient who moved here since the message was
+  sent still gets it once. That server first takes it in Redis (TAKE_DM):
+  once per sender and key (a line sent again after a lost echo is not
+  delivered twice), only while fresh, and with a `dm_ack` event back;
+- **dm_ack** -> the sender's server: the echo of a direct message means its
+  recipient's server took it. Without an ack within DM_ACK_WAIT_S (that
+  server is dead or frozen, or Redis stalls) the sender gets NOT_SENT and
+  sends it again, never an echo for a message that is lost.
 
 A server that was cut off catches up from its last id when Redis answers;
 if it missed too much (the cap trimmed it), or at start or after any error,
@@ -34,14 +41,31 @@ reader thread.
 """
 
 import queue
+import threading
+import uuid
 
 import redis
 
-from cluster.keys import EVENTS_KEY, EVENTS_MAX, NOT_SENT_TEXT, PRESENCE_KEYS, QUICK_TIMEOUT_S
+from cluster.keys import (
+    EVENTS_KEY,
+    EVENTS_MAX,
+    NOT_SENT_TEXT,
+    PRESENCE_KEYS,
+    QUICK_TIMEOUT_S,
+    taken_key,
+)  # fmt: skip
 from sanitize import LOBBY, room_name
-from store import NotSent
+from store import KEY_TTL_S, NotSent
 
 PUBLISH_BATCH_MAX = 200  # typing events per round trip
+# A direct message's sender waits this long for its recipient's server to take it
+# (a round trip to Redis each way, and that server's follower); then NOT_SENT.
+DM_ACK_WAIT_S = 5.0
+# A recipient's server takes a direct message only this fresh (Redis' clock), so
+# one whose sender was answered NOT_SENT is never delivered late (a frozen server
+# woken, a stalled Redis): the sender sends it again instead.
+DM_MAX_AGE_MS = 4_000
+NOT_TAKEN_TEXT = "the recipient's server did not answer"
 
 
 class LiveEvents:
@@ -81,26 +105,40 @@ class LiveEvents:
             return False
 
     def direct(self, sender, to, text, timestamp: int, action: bool, key: str = "") -> None:
-        """Hand a direct message for another server's user to Redis, or raise NotSent.
+        """Hand a direct message to another server's user; return once their server took it.
 
-        Every server reads it; the one that holds `to` delivers it. Never stored.
+        Every server reads it; the one that holds `to` delivers it. Never
+        stored. Raises NotSent if Redis or that server does not answer in
+        DM_ACK_WAIT_S. Runs on the sender's reader thread.
         """
         if not self._link.reachable:
             raise NotSent(NOT_SENT_TEXT)
+        token = uuid.uuid4().hex[:16]
+        taken = threading.Event()
+        with self._acks_lock:
+            self._acks[token] = taken
         fields = {"kind": "dm", "server": self.server_id, "sender": sender, "to": to,
-                  "text": text, "timestamp": timestamp, "action": int(action)}  # fmt: skip
+                  "text": text, "timestamp": timestamp, "action": int(action), "key": key,
+                  "token": token}  # fmt: skip
         try:
             self._link.quick.xadd(EVENTS_KEY, fields, maxlen=EVENTS_MAX, approximate=True)
+            if not taken.wait(DM_ACK_WAIT_S):
+                raise NotSent(NOT_TAKEN_TEXT)
         except redis.RedisError as error:
             self._link.mark_down()
             raise NotSent(NOT_SENT_TEXT) from error
+        finally:
+            with self._acks_lock:
+                del self._acks[token]
 
     def _on_events(self, entries: list) -> None:
         """Follower thread: other servers' joins, moves, leaves, typing and dms, in order."""
-        for _, fields in entries:
+        for entry_id, fields in entries:
             kind, name = fields.get("kind"), fields.get("name")
             if kind == "dm":  # ours too: its recipient may have come here meanwhile
-                self._on_direct(fields)
+                self._on_direct(entry_id, fields)
+            elif kind == "dm_ack":
+                self._on_taken(fields)
             elif fields.get("server") == self.server_id or not name:
                 continue  # ours (the hub showed it already), or not an event of ours
             elif kind in ("joined", "moved", "left"):
@@ -108,12 +146,46 @@ class LiveEvents:
             elif kind == "typing" and fields.get("typing", "").isdigit():
                 self._hub.remote_event(kind, name, int(fields["typing"]))
 
-    def _on_direct(self, fields: dict) -> None:
+    def first_direct(self, sender: str, key: str) -> bool:
+        """A direct message for one of ours, taken here: False if a server took it before.
+
+        True too if Redis does not answer: this server's own memory of keys decides.
+        """
+        try:
+            return bool(
+                self._link.quick.set(taken_key(sender, key), "here", nx=True, ex=int(KEY_TTL_S))
+            )
+        except redis.RedisError:
+            self._link.mark_down()
+            return True
+
+    def _on_direct(self, entry_id: str, fields: dict) -> None:
+        """A direct message: if its recipient is ours, take it (once, if fresh) and deliver it."""
         sender, to, text = fields.get("sender"), fields.get("to"), fields.get("text")
-        if sender and to and text:
+        if not (sender and to and text and self._hub.holds(to)):
+            return
+        token, key = fields.get("token", ""), fields.get("key", "")
+        taken = taken_key(sender, key) if key else taken_key("", token or entry_id)
+        args = [EVENTS_MAX, entry_id, DM_MAX_AGE_MS, int(KEY_TTL_S), self.server_id]
+        try:
+            first = self._link.run(
+                "take_dm", [taken, EVENTS_KEY], [*args, fields.get("server", ""), token]
+            )
+        except redis.RedisError:
+            self._link.mark_down()
+            return  # not taken: its sender is answered NOT_SENT and sends it again
+        if first == 1:
             timestamp = fields.get("timestamp", "")
             timestamp = int(timestamp) if timestamp.isdigit() else 0
             self._hub.remote_direct(sender, to, text, timestamp, fields.get("action") == "1")
+
+    def _on_taken(self, fields: dict) -> None:
+        """A `dm_ack`: if it is for one of ours, its sender's echo may go."""
+        if fields.get("for") == self.server_id:
+            with self._acks_lock:
+                taken = self._acks.get(fields.get("token", ""))
+            if taken is not None:
+                taken.set()
 
     def _resync(self) -> tuple[str, int]:
         """Follower thread: who is online elsewhere (and where), and the events' position."""

@@ -54,6 +54,7 @@ SERVERS_KEY = "chat:servers"  # set: ids of servers that may hold names
 ALIVE_PREFIX, ALIVE_SUFFIX = "chat:server:", ":alive"  # string with a TTL, per live server
 GUESSES_PREFIX = "chat:guesses:"  # hash per client network: its failed sign-ins' bucket
 SENT_PREFIX = "chat:sent:"  # string with a TTL per (sender, key): the id a line became
+TAKEN_PREFIX = "chat:taken:"  # string with a TTL per direct message a recipient's server took
 EPOCH_KEY = "chat:epoch"  # string: set once per Redis life; a new one means Redis was emptied
 SETTLING_KEY = "chat:settling"  # string with a TTL: servers are claiming again, claims wait
 PRESENCE_KEYS = [NAMES_KEY, EVENTS_KEY, WHERE_KEY]  # KEYS[1..3] of every presence script
@@ -83,6 +84,11 @@ def written_key(server_id: str) -> str:
 def sent_key(sender: str, key: str) -> str:
     """What this sender's line with this key became (its id), on every server."""
     return f"{SENT_PREFIX}{sender}:{key}"
+
+
+def taken_key(sender: str, key: str) -> str:
+    """A direct message (this sender's line with this key) was taken by its recipient's server."""
+    return f"{TAKEN_PREFIX}{sender}:{key}"
 
 
 def history_key(room: str) -> str:

@@ -206,6 +206,25 @@ if KEYS[4] then redis.call('SET', KEYS[4], id, 'EX', ARGV[5]) end
 return id
 """
 
+# -- Lua: a direct message taken once ---------------------------------------------
+
+# KEYS[1] = the message's taken key (its sender's key, or its own token), KEYS[2] =
+# EVENTS_KEY. ARGV: maxlen, the dm's entry id, max age ms, ttl s, this server, the
+# sender's server, the dm's token. Run by the recipient's server. -1: too old (its
+# sender was answered NOT_SENT already, so it must not arrive now); else the sender's
+# server is told (a `dm_ack` event) and 1 means deliver it, 0 that it was delivered
+# before (sent again after a lost echo).
+TAKE_DM = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if now_ms - tonumber(string.match(ARGV[2], '^%d+')) > tonumber(ARGV[3]) then return -1 end
+local first = redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[4])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*',
+           'kind', 'dm_ack', 'server', ARGV[5], 'for', ARGV[6], 'token', ARGV[7])
+if first then return 1 end
+return 0
+"""
+
 # -- Lua: reading streams from a position -------------------------------------------
 
 _POSITION = """
@@ -255,4 +274,5 @@ SCRIPTS = {
     "resync": _POSITION + RESYNC,
     "catch_up": _POSITION + CATCH_UP,
     "write": WRITE,
+    "take_dm": TAKE_DM,
 }

@@ -100,6 +100,8 @@ class Cluster(LiveEvents, Liveness):
         self._inflight = 0  # claims talking to Redis now: close() waits for them
         self._closing = False
         self._outbox: queue.Queue = queue.Queue(maxsize=OUTBOX_MAX_EVENTS)
+        self._acks_lock = threading.Lock()  # guards _acks
+        self._acks: dict[str, threading.Event] = {}  # direct messages of ours awaiting an ack
         self._stopped = threading.Event()
         self._follower = StreamFollower(
             link, EVENTS_KEY, "cluster-follower", self._on_events, resync=self._resync

@@ -44,6 +44,9 @@ class Alone:
     def direct(self, sender, to, text, timestamp: int, action: bool, key: str = "") -> None:
         pass  # never called: with no other servers, no recipient is remote
 
+    def first_direct(self, sender: str, key: str) -> bool:
+        return True  # the hub remembers the keys it took; no one else takes any
+
     def start(self, hub) -> None:
         pass
 
@@ -136,6 +139,11 @@ class RemoteUsers:
             user.typing = typing
             kind = pb.TYPING_START if typing else pb.TYPING_STOP
             self._broadcast_locked(typing_event(name, kind, user.room), user.room)
+
+    def holds(self, name: str) -> bool:
+        """Cluster thread: is `name` online here?"""
+        with self._lock:
+            return name in self._dir.clients
 
     def remote_direct(self, sender: str, to: str, text: str, timestamp: int, action: bool):
         """Cluster thread: a direct message from another server, for `to` if they are ours."""

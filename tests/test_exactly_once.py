@@ -4,6 +4,9 @@ Room messages and direct messages, whatever `--history` is; in memory and
 through a shared Redis. A client that sets no key is treated as before.
 """
 
+import signal
+import time
+
 import pytest
 import redis
 from wire import join
@@ -12,6 +15,8 @@ import chat_pb2 as pb
 from cluster.keys import STREAM_KEY
 
 KEY = "0123456789abcdef0123456789abcdef"
+DM_ANSWER_S = 10.0  # a direct message is answered within its wait for the recipient's server
+REAPED_S = 20.0  # a dead server's users are gone within about 15 s
 
 
 def test_line_sent_again_with_its_key_is_delivered_once_and_echoed_with_its_first_id(
@@ -90,3 +95,77 @@ def test_line_sent_again_on_another_server_is_stored_and_delivered_once(
     assert texts == ["only once", "next"]
     alice.close()
     bob.close()
+
+
+def test_direct_message_sent_again_on_another_server_reaches_its_recipient_once(
+    server_process, redis_proc
+):
+    """When a direct message is sent again with its key from another server, bob gets it once."""
+    a, b = (server_process("--redis-url", redis_proc.url, "--no-rate-limit") for _ in range(2))
+    bob = join(b.address, "bob")
+    seen = []  # bob's events
+    for server in (a, b, a):  # bob on B; alice on A, then on B (bob's), then on A again
+        alice = join(server.address, "alice")
+        alice.say("psst", to="bob", key=KEY)
+        echo = alice.next_event("chat_message").chat_message
+        assert (echo.to, echo.message, echo.key) == ("bob", "psst", KEY)
+        alice.close()
+        bob.next_event(where=lambda e: seen.append(e) or e.user_event.type == pb.USER_LEFT)
+    alice = join(a.address, "alice")
+    alice.say("next", to="bob")
+    bob.next_event(where=lambda e: seen.append(e) or e.chat_message.message == "next")
+    got = [e.chat_message.message for e in seen if e.WhichOneof("event") == "chat_message"]
+    assert got == ["psst", "next"]
+    alice.close()
+    bob.close()
+
+
+def test_direct_message_to_a_frozen_server_is_not_sent_then_delivered_once_when_sent_again(
+    server_process, redis_proc
+):
+    """When bob's server is frozen, a DM is NOT_SENT, never echoed; sent again, it arrives once."""
+    a, b = (server_process("--redis-url", redis_proc.url, "--no-rate-limit") for _ in range(2))
+    bob = join(b.address, "bob")
+    alice = join(a.address, "alice")
+    alice.next_event("system_event")  # who is online
+    b.signal(signal.SIGSTOP)
+    try:
+        alice.say("psst", to="bob", key=KEY)
+        event = alice.next_event(
+            timeout=DM_ANSWER_S, where=lambda e: e.WhichOneof("event") != "user_event"
+        )
+        assert event.WhichOneof("event") == "system_event", event
+        assert event.system_event.code == pb.NOT_SENT
+    finally:
+        b.signal(signal.SIGCONT)
+    alice.say("psst", to="bob", key=KEY)  # what a client does after NOT_SENT
+    echo = alice.next_event("chat_message", timeout=DM_ANSWER_S).chat_message
+    assert (echo.to, echo.key) == ("bob", KEY)
+    alice.say("after", to="bob")
+    alice.next_event("chat_message", timeout=DM_ANSWER_S)
+    got = [bob.next_event("chat_message").chat_message.message for _ in range(2)]
+    assert got == ["psst", "after"]
+    alice.close()
+    bob.close()
+
+
+def test_direct_message_to_a_killed_server_is_never_echoed_and_soon_not_online(
+    server_process, redis_proc
+):
+    """When bob's server is killed, a DM to him is NOT_SENT, then NOT_ONLINE once it is reaped."""
+    a, b = (server_process("--redis-url", redis_proc.url, "--no-rate-limit") for _ in range(2))
+    join(b.address, "bob")
+    alice = join(a.address, "alice")
+    alice.next_event("system_event")  # who is online
+    b.proc.kill()
+    codes = []
+    deadline = time.monotonic() + REAPED_S
+    while pb.NOT_ONLINE not in codes and time.monotonic() < deadline:
+        alice.say("psst", to="bob", key=KEY)
+        event = alice.next_event(
+            timeout=DM_ANSWER_S, where=lambda e: e.WhichOneof("event") != "user_event"
+        )
+        assert event.WhichOneof("event") == "system_event", event  # never an echo
+        codes.append(event.system_event.code)
+    assert set(codes) <= {pb.NOT_SENT, pb.NOT_ONLINE} and codes[-1] == pb.NOT_ONLINE, codes
+    alice.close()
