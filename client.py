@@ -36,6 +36,7 @@ twice. Ids are compared within a room only: each room has its own order
 
 import os
 import sys
+import time
 from pathlib import Path
 
 # Before grpc loads, or its core logs every failed TLS handshake (a client
@@ -46,7 +47,7 @@ import click
 import grpc
 
 import chat_pb2 as pb
-from sanitize import LOBBY, NAME_RULE, ROOM_RULE, is_valid_name, room_name
+from sanitize import LOBBY, NAME_RULE, ROOM_RULE, clean_text, is_valid_name, room_name
 from store import id_key
 from terminal.dial import Dialer, Servers, basic, bearer
 from terminal.lines import DEFAULT_MAX_MESSAGE_CHARS, Lines, echo_key, moved_key, retry_in
@@ -70,6 +71,11 @@ DEFAULT_ADDRESS = "localhost:8080"
 CONNECT_TIMEOUT_S = 3.0  # no connection by then: "cannot reach" (or the next address)
 JOIN_TIMEOUT_S = 5.0  # connected, but the server has not confirmed our join
 CLOSE_TIMEOUT_S = 1.0  # on leaving, wait this long for the server to end the call
+# On leaving (/quit, Ctrl-D, end of piped input), lines not yet confirmed are
+# waited for until none has been confirmed for this long: lines paced by the
+# rate limit go one a second or so, and a rejoin restarts the clock.
+LEAVE_QUIET_S = 10.0
+LEAVE_LOOK_S = 0.25  # meanwhile, look this often whether the call dropped
 
 
 class Chat:
@@ -82,12 +88,11 @@ class Chat:
         self.dial = dial or Dialer()  # address -> channel: TLS and credentials (terminal/dial.py)
         self.max_chars = max_chars
         self.on_down = lambda: None  # called on the receive thread when a call ends
-        self.on_settled = lambda: None  # called when every line is confirmed
         self.room = room  # the room the server last confirmed we are in (or --room)
         self.roster = Roster(name, room)  # who else is in it, for Tab
         self.last_seen: dict[str, str] = {}  # room -> id of the newest message shown there
         self.link: Link | None = None
-        self.lines = Lines(self._lost, lambda: self.on_settled())
+        self.lines = Lines(self._lost, self._leave)
         # which server we use, and the next; where we try and why a try failed, told
         self.servers = Servers(addresses, self.dial, renderer.notice)
 
@@ -141,6 +146,8 @@ class Chat:
         why = describe(link.error)
         if link.shutting_down:
             why = "the server is shutting down"
+        elif link.left_because:
+            why = link.left_because  # we ended it: it stopped answering
         elif code_of(link.error) == grpc.StatusCode.RESOURCE_EXHAUSTED:
             self.lines.drop_oversized()  # our own line was too big: not a reason to stop
         elif not dropped(link.error):
@@ -149,20 +156,39 @@ class Chat:
         self.servers.again(self.connect, why)
         return True
 
-    def flush(self, timeout_s: float) -> None:
-        """Before leaving: give lines not yet echoed a moment, while the call is up."""
-        if self.link is not None and not self.link.ended.is_set():
-            self.lines.wait_settled(timeout_s)
+    def flush(self) -> None:
+        """Before leaving: wait for the lines not yet confirmed, saying so.
 
-    def close(self) -> None:
-        """Leave: half-close, so the server delivers what is queued and ends with OK."""
-        self.lines.close()
-        if self.link is None:
+        Rejoins if the call drops meanwhile; stops once every line is
+        confirmed or refused, or none was for LEAVE_QUIET_S. Raises ChatError
+        as `recover` does.
+        """
+        if not (left := self.lines.count()):
             return
-        self.link.outbox.put(END)
-        self.link.ended.wait(CLOSE_TIMEOUT_S)
-        self.link.close()
-        self.link.thread.join(CLOSE_TIMEOUT_S)
+        some = f"{left} line{'s' if left > 1 else ''} not yet confirmed"
+        self.renderer.notice(f"waiting for {some} (up to {LEAVE_QUIET_S:.0f} s without progress)")
+        quiet_until = time.monotonic() + LEAVE_QUIET_S
+        while left and time.monotonic() < quiet_until:
+            if self.link.ended.is_set():
+                self.recover()
+            elif self.lines.wait_fewer(left, LEAVE_LOOK_S):
+                quiet_until = time.monotonic() + LEAVE_QUIET_S  # one went: wait on
+            left = self.lines.count()
+
+    def close(self) -> int:
+        """Leave: send nothing more, half-close (the server delivers what is queued
+        and ends with OK), then name each line that did not go. Returns their number."""
+        self.lines.close()
+        if self.link is not None:
+            self.link.outbox.put(END)
+            self.link.ended.wait(CLOSE_TIMEOUT_S)
+            self.link.close()
+            self.link.thread.join(CLOSE_TIMEOUT_S)
+        left = self.lines.left()
+        for label, maybe in left:
+            fate = "sent, not confirmed (it may still arrive)" if maybe else "not sent"
+            self.renderer.refuse(f"{fate}: {clean_text(label)}")
+        return len(left)
 
     # -- on the receive thread ------------------------------------------------
 
@@ -207,8 +233,12 @@ class Chat:
         return True
 
     def _lost(self, notice: str) -> None:
-        """On the send thread: a line was given up."""
+        """On the send thread: a line was dropped (too big for the server)."""
         self.renderer.problem(notice)
+
+    def _leave(self, link: Link, why: str) -> None:
+        """On the send thread: `link` stopped answering (Lines): end it, and rejoin."""
+        link.abandon(why)
 
     def _on_end(self, link: Link) -> None:
         self.lines.down(link)
@@ -261,6 +291,7 @@ def main(name, address, room, timestamps, max_message_chars, tls, ca_cert, token
     NO_COLOR switches colours off.
     """
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    chat = None
     try:
         addresses = split_addresses(address)
         if name is None and interactive:
@@ -281,11 +312,11 @@ def main(name, address, room, timestamps, max_message_chars, tls, ca_cert, token
         try:
             Prompt(chat).run() if interactive else run_pipe(chat)
         finally:
-            chat.close()
+            chat.close()  # names each line that did not go
     except (KeyboardInterrupt, EOFError, click.Abort):
-        return  # Ctrl-C, Ctrl-D: leave quietly
-    if chat.lines.failed():
-        sys.exit(1)  # a line was refused for good (each said why as it happened)
+        pass  # Ctrl-C, Ctrl-D: leave quietly
+    if chat is not None and (chat.lines.failed() or chat.lines.count()):
+        sys.exit(1)  # a line was refused for good, or did not go: each was named
 
 
 if __name__ == "__main__":

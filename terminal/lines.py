@@ -9,7 +9,9 @@ queue with the messages, so `/join #ops` then `deployed` posts to #ops.
 terminal/commands.py adds lines (`add`); client.py says when a call is joined or
 has ended (`up`, `down`); the receive thread reports the server's answers
 (`confirm`, `refused`); the send thread, started here, puts the oldest line
-on the current call when it may go.
+on the current call when it may go, and leaves a call that stopped
+answering (`on_stuck`: client.py ends it and rejoins, the next address
+first).
 
 Every message line carries a `key` (random, made once), sent again with it
 on every resend: a server that already took the line (its echo was lost)
@@ -23,10 +25,16 @@ What each answer does to it:
     echo (or the same text replayed after a rejoin) --> done, the next goes
     our USER_JOINED in the room a move asked for    --> done, the next goes
     RATE_LIMITED  --> sent again after the wait the notice names
-    NOT_SENT      --> sent again after NOT_SENT_RETRY_S (that server is cut off)
+    NOT_SENT      --> sent again after NOT_SENT_RETRY_S (that server is cut off);
+                      after NOT_SENT_LEAVE_S of them, the call is left
     INVALID_EVENT, NOT_ONLINE --> dropped; the notice says why (too long, away)
     the call ends --> sent again once the client has rejoined (in the last
                       room the server confirmed: a move not confirmed goes again)
+    no answer for ECHO_TIMEOUT_S --> the call is left, as if it had ended
+
+A line is never given up while it may still be delivered: it stays until
+its fate is known, and only on leaving (`close`) are the ones left named,
+each as never sent, or as sent without an answer (it may still arrive).
 
 NOTE: one lock, `_lock` (with its Condition `_changed`), guards every field
 of `Lines`; nothing blocks while holding it (`Link.send` only puts on an
@@ -47,10 +55,14 @@ MAX_WIRE_BYTES = 64 * 1024  # the server refuses bigger requests outright (serve
 DEFAULT_MAX_MESSAGE_CHARS = 2000  # the server's default --max-message-chars
 RATE_RETRY_S = 0.5  # resend a rate-limited line after this when the notice names no wait
 NOT_SENT_RETRY_S = 1.0  # resend after NOT_SENT: the server is reconnecting to the others
-# A line with no answer for this long is given up, with a notice. Longer than
-# keepalive needs to find a dead connection (~20 s): a dead call ends first,
-# and the line is sent again after the rejoin.
+# A server that has answered nothing but NOT_SENT for this long is left for the
+# next address, as a dead one is: it is cut off, and another may not be.
+NOT_SENT_LEAVE_S = 10.0
+# A line with no answer for this long: the call is left and the line sent
+# again on the next one (with its key, so never delivered twice). Longer than
+# keepalive needs to find a dead connection (~20 s), so a dead call ends first.
 ECHO_TIMEOUT_S = 30.0
+SILENT = f"no answer for {ECHO_TIMEOUT_S:.0f} s"  # why such a call is left
 # Each message line carries a key of this many random bytes (hex on the
 # wire), the same on every resend, so a server that took it once (its echo
 # was lost) does not deliver it again. 128 bits: two lines never share one.
@@ -109,14 +121,15 @@ class Line:
     event: pb.ClientEvent  # what is sent
     want: tuple  # what confirms it: echo_key() of its echo, or moved_key()
     label: str  # as the user typed it, for notices
+    maybe: bool = False  # a copy went on a call that ended before answering it
 
 
 class Lines:
     """The lines not yet confirmed, oldest first, and the send thread that paces them."""
 
-    def __init__(self, on_lost, on_settled=lambda: None):
-        self._on_lost = on_lost  # called with a notice when a line is given up
-        self._on_settled = on_settled  # called when the last pending line is confirmed
+    def __init__(self, on_lost, on_stuck=lambda link, why: None):
+        self._on_lost = on_lost  # called with a notice when a line is dropped as too big
+        self._on_stuck = on_stuck  # called with (call, why) to leave a call that stopped
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._pending: deque[Line] = deque()  # [0] is the one sent, or next to go
@@ -124,6 +137,8 @@ class Lines:
         self._in_flight = False  # _pending[0] was sent on _link; no answer yet
         self._sent_at = 0.0  # monotonic, when _pending[0] was last sent
         self._not_before = 0.0  # monotonic: _pending[0] waits until then (rate limit)
+        self._not_sent_since: float | None = None  # monotonic: the first of a run of NOT_SENT
+        self._leave: str | None = None  # why to leave _link (the send thread does it)
         self._closed = False
         self._failed = 0  # lines refused for good, here or by the server
         self._thread = threading.Thread(target=self._send_loop, name="send", daemon=True)
@@ -140,12 +155,17 @@ class Lines:
         """A call is joined: pending lines go on it, the one in flight again."""
         with self._lock:
             self._link, self._in_flight = link, False
+            self._not_sent_since = self._leave = None
             self._changed.notify()
 
     def wait_settled(self, timeout_s: float) -> bool:
-        """Wait until every line is confirmed (or given up); False on timeout."""
+        """Wait until every line is confirmed (or refused); False on timeout."""
+        return self.wait_fewer(1, timeout_s)
+
+    def wait_fewer(self, than: int, timeout_s: float) -> bool:
+        """Wait until fewer than `than` lines are pending; False on timeout."""
         with self._lock:
-            return self._changed.wait_for(lambda: not self._pending, timeout_s)
+            return self._changed.wait_for(lambda: len(self._pending) < than, timeout_s)
 
     def fail(self) -> None:
         """A line was refused for good before it got here (too long, bad arguments)."""
@@ -168,10 +188,18 @@ class Lines:
         return moves[-1] if moves else None
 
     def close(self) -> None:
+        """Send nothing more (answers still count)."""
         with self._lock:
             self._closed = True
             self._changed.notify_all()
         self._thread.join(timeout=1.0)
+
+    def left(self) -> list[tuple[str, bool]]:
+        """The lines not confirmed: (as typed, whether it may still be delivered)."""
+        with self._lock:
+            in_flight = self._in_flight
+            return [(line.label, line.maybe or (in_flight and n == 0))
+                    for n, line in enumerate(self._pending)]  # fmt: skip
 
     # -- from the receive thread -----------------------------------------------
 
@@ -179,7 +207,7 @@ class Lines:
         """`link` ended: nothing goes out until the next `up`."""
         with self._lock:
             if self._link is link:
-                self._link, self._in_flight = None, False
+                self._unlink()
 
     def confirm(self, want: tuple, key: str = "") -> None:
         """Our own message came back (live, or replayed after a rejoin), or a move happened.
@@ -194,11 +222,8 @@ class Lines:
             if head.want != want or (key and key != head.event.chat_message.key):
                 return  # an older line, shown before
             self._pending.popleft()
-            self._in_flight, self._not_before = False, 0.0
-            settled = not self._pending
+            self._in_flight, self._not_before, self._not_sent_since = False, 0.0, None
             self._changed.notify_all()
-        if settled:
-            self._on_settled()
 
     def refused(self, code, notice: str) -> None:
         """The server refused what is in flight: wait and resend it, or drop it."""
@@ -209,14 +234,16 @@ class Lines:
             if code == pb.RATE_LIMITED:
                 self._not_before = time.monotonic() + retry_wait_s(notice)
             elif code == pb.NOT_SENT:
-                self._not_before = time.monotonic() + NOT_SENT_RETRY_S
+                now = time.monotonic()
+                self._not_before = now + NOT_SENT_RETRY_S
+                if self._not_sent_since is None:
+                    self._not_sent_since = now
+                elif now - self._not_sent_since >= NOT_SENT_LEAVE_S:
+                    self._leave = f"the server could not send for {NOT_SENT_LEAVE_S:.0f} s"
             else:  # refused for good; the notice, already shown, says why
                 self._pending.popleft()
                 self._failed += 1
-            settled = not self._pending
             self._changed.notify_all()
-        if settled:
-            self._on_settled()
 
     def drop_oversized(self) -> bool:
         """The call ended with RESOURCE_EXHAUSTED: drop the line in flight if it was too big."""
@@ -234,30 +261,35 @@ class Lines:
 
     def _send_loop(self) -> None:
         """Put the oldest line on the call when nothing is in flight and it may go."""
-        while (sending := self._next()) is not None:
-            link, line = sending
-            if link is not None:
+        while (step := self._next()) is not None:
+            link, line, why = step
+            if line is not None:
                 link.send(line.event)
-                continue
-            label = clean_text(line.label)
-            self._on_lost(f"no answer within {ECHO_TIMEOUT_S:.0f} s, given up: {label}")
-            if self.count() == 0:
-                self._on_settled()
+            else:
+                self._on_stuck(link, why)
 
     def _next(self):
-        """Wait for the next thing to do: (link, line) to send, (None, line) given up."""
+        """Wait for the next thing to do: (call, line, None) to send, (call, None, why) to leave."""
         with self._lock:
             while not self._closed:
                 now = time.monotonic()
-                if self._in_flight and now - self._sent_at >= ECHO_TIMEOUT_S:
-                    self._in_flight = False
-                    return None, self._pending.popleft()
+                silent = self._in_flight and now - self._sent_at >= ECHO_TIMEOUT_S
+                if self._link is not None and (self._leave or silent):
+                    leaving, why = self._link, self._leave or SILENT
+                    self._unlink()
+                    return leaving, None, why
                 if self._link is not None and self._pending and not self._in_flight:
                     if now >= self._not_before:
                         self._in_flight, self._sent_at = True, now
-                        return self._link, self._pending[0]
+                        return self._link, self._pending[0], None
                 self._changed.wait(self._wait_s(now))
         return None
+
+    def _unlink(self) -> None:
+        """Under the lock: no call to send on; a line in flight may have been taken."""
+        if self._in_flight:
+            self._pending[0].maybe = True
+        self._link, self._in_flight, self._leave = None, False, None
 
     def _wait_s(self, now: float) -> float:
         """Under the lock: how long nothing can change but the clock."""
@@ -265,4 +297,4 @@ class Lines:
             return self._sent_at + ECHO_TIMEOUT_S - now
         if self._link is not None and self._pending:
             return self._not_before - now
-        return ECHO_TIMEOUT_S  # idle; add(), up() and close() wake us
+        return ECHO_TIMEOUT_S  # idle; add(), up(), refused() and close() wake us

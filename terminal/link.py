@@ -79,7 +79,8 @@ class Link:
     """One Chat call: requests from `outbox`, responses drained by the receive thread.
 
     NOTE: `error` and `shutting_down` are written by the receive thread
-    before it sets `ended`; read them only once `ended` is set.
+    before it sets `ended`, `left_because` by `abandon` before it ends the
+    call; read them only once `ended` is set.
     """
 
     def __init__(self, channel, name: str, room: str, last_seen_id: str, on_event, on_end):
@@ -89,6 +90,7 @@ class Link:
         self.ended = threading.Event()
         self.error: Exception | None = None  # why the call ended; None for status OK
         self.shutting_down = False  # the server said SHUTTING_DOWN (receive thread writes)
+        self.left_because = ""  # why we ended the call ourselves (abandon)
         self._name, self._on_event, self._on_end = name, on_event, on_end
         join = pb.UserEvent(
             type=pb.USER_JOINED, username=name, room=room, last_seen_id=last_seen_id
@@ -103,6 +105,11 @@ class Link:
 
     def typing(self, kind) -> None:
         self.outbox.put(pb.ClientEvent(typing_event=pb.TypingEvent(type=kind)))
+
+    def abandon(self, why: str) -> None:
+        """End the call, as a drop (the server stopped answering): the user is told `why`."""
+        self.left_because = why
+        self.call.cancel()
 
     def close(self) -> None:
         self.outbox.put(END)  # frees gRPC's request thread if it waits on the queue

@@ -13,8 +13,9 @@ A closed stdout (`| head -1`) silences the output only: every line is still
 sent.
 
 One queue feeds this module's main thread: lines and EOF from the stdin
-thread (`read_lines`); DOWN when a call ends and SETTLED when every
-line is confirmed, both from the receive thread.
+thread (`read_lines`), and DOWN when a call ends, from the receive thread.
+At the end, `Chat.flush` waits for the lines still pending (bounded) and
+`Chat.close` names those that did not go.
 """
 
 import os
@@ -26,17 +27,12 @@ from terminal.commands import Commands
 
 EOF = object()  # from read_lines: the input has ended
 DOWN = object()  # a call ended: look at it, rejoin
-SETTLED = object()  # every line sent so far is confirmed (or given up)
-# At the end of input, no news for this long while lines wait: look again.
-# Lines.ECHO_TIMEOUT_S and the reconnect give-up bound the whole wait.
-WAKE_S = 1.0
 
 
 def run_pipe(chat) -> None:
     """Send each stdin line in order until /quit or EOF, then wait for the echoes."""
     inputs: queue.Queue = queue.Queue()
     chat.on_down = lambda: inputs.put(DOWN)
-    chat.on_settled = lambda: inputs.put(SETTLED)
     chat.start()
     commands = Commands(chat)
     reader = threading.Thread(
@@ -46,20 +42,9 @@ def run_pipe(chat) -> None:
     while (item := inputs.get()) is not EOF:
         if item is DOWN:
             chat.recover()
-        elif item is not SETTLED and not commands.enter(item, interactive=False):
+        elif not commands.enter(item, interactive=False):
             break  # /quit
-    wait_for_echoes(chat, inputs)
-
-
-def wait_for_echoes(chat, inputs: queue.Queue) -> None:
-    """Until every line is confirmed: rejoin whenever the call drops."""
-    while chat.lines.count():
-        try:
-            item = inputs.get(timeout=WAKE_S)
-        except queue.Empty:
-            continue
-        if item is DOWN:
-            chat.recover()
+    chat.flush()
 
 
 def read_lines(fd: int, lines: queue.Queue) -> None:

@@ -34,7 +34,6 @@ TYPING_IDLE_S = 2.0  # no keystroke for this long: we stopped typing
 # While typing goes on, repeat TYPING_START this often: with keys at most
 # TYPING_IDLE_S apart, the server hears from us within 4.5 s, under its 5 s.
 TYPING_REPEAT_S = 2.5
-LEAVE_FLUSH_S = 2.0  # on /quit or Ctrl-D, wait this long for lines not yet echoed
 
 
 class Interrupted(Exception):
@@ -104,10 +103,10 @@ class Prompt:
                 try:
                     line = self._read(default=keep)
                 except EOFError:  # Ctrl-D
-                    return chat.flush(LEAVE_FLUSH_S)
+                    return self._connect(chat.flush)  # lines not yet confirmed; Ctrl-C stops
                 keep = ""
                 if line is not None and not self._commands.enter(line, interactive=True):
-                    return chat.flush(LEAVE_FLUSH_S)  # /quit
+                    return self._connect(chat.flush)  # /quit
                 if chat.link.ended.is_set():  # dropped: keep the half-typed line
                     keep = self._session.default_buffer.text if line is None else ""
                     self._connect(chat.recover)

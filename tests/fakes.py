@@ -87,6 +87,20 @@ class NotSentOnce(Echoing):
         return super().answer(name, text, context)
 
 
+class NeverSends(Echoing):
+    """Answers every message NOT_SENT, as a server cut off from a Redis others share."""
+
+    def answer(self, name, text, context):
+        return notice("not sent: the chat is reconnecting, send it again", pb.NOT_SENT)
+
+
+class NeverEchoes(Echoing):
+    """Takes every message and answers nothing, as a server stuck on its store."""
+
+    def answer(self, name, text, context):
+        return None
+
+
 class DropsBeforeTheEcho(Echoing):
     """Stores the first message, then ends the call before echoing it; replays on rejoin."""
 

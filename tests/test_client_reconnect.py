@@ -6,7 +6,14 @@ import signal
 import pytest
 from clients import RECONNECT_WITHIN_S
 from conftest import free_port
-from fakes import DropsBeforeTheEcho, DropsTheFirstLine, NotSentOnce, serving
+from fakes import (
+    DropsBeforeTheEcho,
+    DropsTheFirstLine,
+    NeverEchoes,
+    NeverSends,
+    NotSentOnce,
+    serving,
+)
 from proxy import Proxy
 from wire import join
 
@@ -162,3 +169,37 @@ def test_line_sent_again_after_a_rejoin_keeps_its_key(pipe_client):
         assert alice.finish() == 0
     assert servicer.received == ["hello", "hello"]
     assert servicer.keys[0] and servicer.keys[0] == servicer.keys[1]
+
+
+@pytest.mark.timeout(40)
+def test_server_answering_not_sent_for_10_s_is_left_for_the_next(server, pipe_client):
+    """When a server answers NOT_SENT for about 10 s, the client moves to the next address
+    and the line goes there, once."""
+    bob = join(server.address, "bob")
+    with serving(NeverSends()) as cut_off:
+        alice = pipe_client(f"{cut_off},{server.address}", "alice")
+        alice.send("hello")
+        alice.expect("* reconnecting... (the server could not send for 10 s)", timeout=15)
+        alice.expect("[you] hello", timeout=RECONNECT_WITHIN_S)
+        assert alice.finish() == 0
+    said = bob.next_event("chat_message").chat_message
+    assert (said.username, said.message) == ("alice", "hello")
+    assert not [e for e in bob.drain() if e.WhichOneof("event") == "chat_message"]
+    bob.close()
+
+
+@pytest.mark.timeout(40)
+def test_end_of_input_waits_bounded_and_names_lines_not_confirmed(pipe_client):
+    """When lines are still pending at the end of input and none moves for 10 s, the client
+    names each: the one sent without an answer as possibly delivered, the other as not
+    sent; and exits 1."""
+    with serving(NeverEchoes()) as address:
+        alice = pipe_client(address, "alice")
+        alice.send("one")
+        alice.send("two")
+        assert alice.finish(timeout=20) == 1
+        assert "* waiting for 2 lines not yet confirmed (up to 10 s without progress)" in alice.seen
+        assert alice.stderr().splitlines() == [
+            "! sent, not confirmed (it may still arrive): one",
+            "! not sent: two",
+        ]
