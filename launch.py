@@ -53,6 +53,7 @@ class Plan:
     tls: object | None  # grpc.ServerCredentials, or None for plaintext
     metrics_port: int | None = None
     redis_replicas: int = 0  # deliver a message once this many Redis replicas hold it
+    room_idle_days: float = 7.0  # with Redis: a room with no member and no message is removed
 
 
 def open_store(redis_url: str | None, max_messages: int, replicas: int = 0):
@@ -102,6 +103,7 @@ def serve(plan: Plan, build, index: int = 0, ready=None) -> None:
             store.close()
             raise click.ClickException(f"cannot serve metrics: {error}") from None
     server.start()
+    idle_rooms = _idle_rooms(plan, store, server)
     if ready is None:
         history = without_secrets(store.description, plan.redis_url)
         click.echo(
@@ -113,6 +115,8 @@ def serve(plan: Plan, build, index: int = 0, ready=None) -> None:
     stop.wait()
     log.info("shutting down")
     started = time.monotonic()
+    if idle_rooms is not None:
+        idle_rooms.close()
     server.stop()
     log.info("stopped in %.1f s", time.monotonic() - started)
 
@@ -239,3 +243,14 @@ def _shared_guesses(store):
     from cluster.guesses import SharedGuesses  # only a server with Redis loads redis
 
     return SharedGuesses(store.redis, FAILURES_RATE, FAILURE_BURST)
+
+
+def _idle_rooms(plan: Plan, store, server):
+    """With Redis, the thread that removes idle rooms (cluster/idle.py), started; else None."""
+    if not plan.redis_url:
+        return None
+    from cluster.idle import IdleRooms
+
+    idle = IdleRooms(store.redis, server.servicer.hub.rooms, plan.room_idle_days * 86_400)
+    idle.start()
+    return idle

@@ -73,6 +73,7 @@ class Client:
         self.name = name
         self.room = room  # the one room this user is in (the hub's lock guards it)
         self.claim = ""  # the token of this user's name claim (cluster/presence.py), set at join
+        self.network = ""  # the client's network (access/caps.py), for limits by network
         self.cancel = cancel  # ends the gRPC call; used if an evicted client will not read
         self.queue: queue.Queue = queue.Queue(maxsize=queue_max)
         self.typing_timer = None  # a Timer while this user is typing, else None

@@ -24,7 +24,8 @@ import metrics
 from events import system_event
 from hub import NotOnline
 from member import Client
-from sanitize import ROOM_RULE, clean_text, name_skeleton, room_name
+from ratelimit import Buckets
+from sanitize import LOBBY, ROOM_RULE, clean_text, name_skeleton, room_name
 from store import NotSent
 
 log = logging.getLogger("session")
@@ -34,16 +35,22 @@ REFUSALS_LOGGED_PER_S = 3  # refusal lines per client per second; beyond, one su
 # reader at the cost of a clock read, before the hub's lock (which coalesces the few
 # that pass to a couple of changes a second). A person types far fewer.
 TYPING_EVENTS_PER_S = 10
+# Rooms one client network may open (join while nobody is in them): a burst, then
+# a few a minute, so one host cannot litter Redis with rooms (cluster/idle.py
+# removes them only after --room-idle-days).
+NEW_ROOMS_BURST = 10
+NEW_ROOMS_PER_MINUTE = 2
 KEY_MAX_CHARS = 64  # a line's key (a client sends 32 hex digits); longer ones are refused
 
 
 class Reader:
     """Reads one client's events at a time; shared by all streams, holds no per-client state."""
 
-    def __init__(self, hub, max_chars: int, buckets=None):
+    def __init__(self, hub, max_chars: int, buckets=None, new_rooms=None):
         self.hub = hub
         self._max_chars = max_chars  # longest message, after cleaning
         self._buckets = buckets  # ratelimit.Buckets by user name; None: no limit
+        self._new_rooms = new_rooms or NewRooms(hub, None)  # rooms opened, by network
 
     def run(self, client: Client, request_iterator) -> None:
         """The reader thread's body: owns `request_iterator` and `refusals`."""
@@ -120,6 +127,9 @@ class Reader:
             return None
         if (refusal := self._take_token(client)) is not None:
             return refusal
+        if wait_s := self._new_rooms.wait_s(room, client.network):
+            retry = f"too many new rooms from your network: retry in {round_up(wait_s):.1f} s"
+            return self._reject(client, pb.RATE_LIMITED, retry)
         self.hub.move(client, room)
         return None
 
@@ -210,3 +220,25 @@ class TypingWindow:
         if self._dropped:
             metrics.REFUSALS.labels("typing").inc(self._dropped)
             self._dropped = 0
+
+
+class NewRooms:
+    """Rooms opened by each client network, limited by a bucket per network (None: no limit).
+
+    A room is opened by joining it while nobody, here or elsewhere, is in
+    it; the lobby always exists. Shared by every stream (the buckets lock).
+    """
+
+    def __init__(self, hub, buckets):
+        self._hub = hub
+        self._buckets = buckets  # ratelimit.Buckets by network, or None
+
+    @classmethod
+    def limited(cls, hub) -> "NewRooms":
+        return cls(hub, Buckets(NEW_ROOMS_PER_MINUTE / 60, NEW_ROOMS_BURST))
+
+    def wait_s(self, room: str, network: str) -> float:
+        """0.0 if `network` may go to `room` now, else the seconds until it may open one."""
+        if self._buckets is None or room == LOBBY or self._hub.rooms().get(room):
+            return 0.0
+        return self._buckets.try_take(network)

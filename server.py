@@ -272,6 +272,10 @@ def tls_credentials(cert_path: Path, key_path: Path) -> grpc.ServerCredentials:
     help="Serve Prometheus metrics on this port (with --processes N: one endpoint for all).",
 )  # fmt: skip
 @click.option(
+    "--room-idle-days", default=7.0, show_default=True,
+    help="With Redis: a room with no member and no message this long is removed, history too.",
+)  # fmt: skip
+@click.option(
     "--log-level",
     default="INFO",
     show_default=True,
@@ -281,7 +285,7 @@ def tls_credentials(cert_path: Path, key_path: Path) -> grpc.ServerCredentials:
 def main(ctx, host, port, redis_url, redis_replicas, history, history_max, rate, burst,
          join_rate, join_burst, no_rate_limit, max_message_chars, max_clients,
          max_streams_per_address, tls_cert, tls_key, token, users, processes, metrics_port,
-         log_level):  # fmt: skip
+         room_idle_days, log_level):  # fmt: skip
     """Run the chat server until SIGINT or SIGTERM (or run a COMMAND instead)."""
     if ctx.invoked_subcommand is not None:
         return  # add-user: the server's options are not for it
@@ -324,8 +328,19 @@ def main(ctx, host, port, redis_url, redis_replicas, history, history_max, rate,
         max_clients=max_clients,
         max_streams_per_address=max_streams_per_address,
     )
+    if room_idle_days <= 0:
+        raise click.BadParameter("--room-idle-days must be positive")
     plan = launch.Plan(
-        settings, host, port, redis_url, history_max, gate, tls, metrics_port, redis_replicas
+        settings,
+        host,
+        port,
+        redis_url,
+        history_max,
+        gate,
+        tls,
+        metrics_port,
+        redis_replicas,
+        room_idle_days,
     )
     if processes > 1:
         launch.supervise(plan, create_server, processes)

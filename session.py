@@ -35,7 +35,7 @@ from events import message_event, system_event
 from hub import Hub, NameTaken, ShuttingDown
 from member import Client, Echo, Replay
 from ratelimit import Buckets
-from reader import Reader, round_up
+from reader import NewRooms, Reader, round_up
 from sanitize import NAME_RULE, ROOM_RULE, is_valid_name, room_name
 from store import HistoryUnavailable, id_key
 
@@ -76,10 +76,12 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self._started = time.monotonic()
         # Buckets outlive streams: reconnecting refills nothing (None: no limit).
         message_buckets = self._join_buckets = None
+        self._new_rooms = NewRooms(hub, None)
         if settings.rate is not None:
             message_buckets = Buckets(settings.rate, settings.burst)  # by name
-            self._join_buckets = Buckets(settings.join_rate, settings.join_burst)  # by address
-        self._reader = Reader(hub, settings.max_message_chars, message_buckets)
+            self._join_buckets = Buckets(settings.join_rate, settings.join_burst)  # by network
+            self._new_rooms = NewRooms.limited(hub)  # rooms opened, by network
+        self._reader = Reader(hub, settings.max_message_chars, message_buckets, self._new_rooms)
 
     def HealthCheck(self, request, context):
         return pb.HealthCheckResponse(
@@ -132,6 +134,14 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             cancel=context.cancel,
             queue_max=self._settings.queue_max_events,
         )
+        client.network = caps.peer_network(context)
+        if wait_s := self._new_rooms.wait_s(client.room, client.network):
+            log.info("refused a stream from %s: too many new rooms", caps.peer_address(context))
+            metrics.refused("rooms")
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"too many new rooms from your network: retry in {round_up(wait_s):.1f} s",
+            )
         self._join(client, context, joined.last_seen_id)
         context.add_callback(lambda: self.hub.leave(client, member.GONE))
         reader = threading.Thread(

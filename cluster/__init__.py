@@ -21,11 +21,15 @@ Read in this order:
 4. `lua.py`: every script that changes Redis, each atomically.
 5. `remote.py`: the other servers as the hub sees them (`Alone` for one
    server, or their users).
+6. `idle.py`: rooms with no member and no message for `--room-idle-days`,
+   removed with their history; `guesses.py`: failed sign-ins counted in
+   Redis for every process and server (access/auth.py's `GuessCounter`).
 
 Where it plugs into the core, and nowhere else:
 
 - the launcher (launch.py, `open_store`) builds a `RedisStore` and a
   `Cluster` when the flags name a Redis, and hands them to the server;
+  it also starts `IdleRooms` and gives the sign-in guard `SharedGuesses`;
 - the hub (hub.py) talks to the other servers through one interface,
   `cluster.remote.Alone`, whose methods `Cluster` implements. Without
   Redis the hub holds an `Alone` and the single-server path has no

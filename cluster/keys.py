@@ -52,6 +52,7 @@ WHERE_KEY = "chat:where"  # hash: online username -> the room they are in
 SKELETONS_KEY = "chat:names:skeletons"
 SERVERS_KEY = "chat:servers"  # set: ids of servers that may hold names
 ALIVE_PREFIX, ALIVE_SUFFIX = "chat:server:", ":alive"  # string with a TTL, per live server
+ROOMS_ACTIVE_KEY = "chat:rooms:active"  # hash: room -> when it last had members (ms)
 GUESSES_PREFIX = "chat:guesses:"  # hash per client network: its failed sign-ins' bucket
 SENT_PREFIX = "chat:sent:"  # string with a TTL per (sender, key): the id a line became
 TAKEN_PREFIX = "chat:taken:"  # string with a TTL per direct message a recipient's server took
