@@ -8,6 +8,9 @@ each entry once. It reads in two modes:
 
 - **at the tail**: one `XREAD BLOCK` over its streams from the last id seen
   in each, waiting for news;
+- **going back**: at the tail, a quiet second also checks that no stream's
+  last id went below our position (Redis emptied): if one did, it is read
+  again from its start (`_check_went_back`);
 - **catching up** (at start, after any Redis error, and after a full batch,
   when it may be far behind): the CATCH_UP script, which returns the next
   entries *and*, at the same instant, whether entries after our position
@@ -102,13 +105,33 @@ class StreamFollower:
         """Wait for news at the tail; True if a batch was full (we may be behind)."""
         positions = {key: position for key, (position, _) in self._at.items()}
         reply = self._link.client.xread(positions, count=FOLLOW_BATCH_MAX, block=FOLLOW_BLOCK_MS)
-        if reply:
-            self._settle()
+        if not reply:
+            self._check_went_back()  # quiet: or are new entries below our position?
+            return False
+        self._settle()
         full = False
         for key, entries in reply or []:
             self._take(key, entries)
             full |= len(entries) == FOLLOW_BATCH_MAX
         return full
+
+    def _check_went_back(self) -> None:
+        """Start again from a stream's start if its ids went back below our position.
+
+        Redis restarted empty, FLUSHALL, or an entry dated in the future then
+        removed: new entries get ids below the last we read, and XREAD from
+        there would wait for the clock to catch up. Dedupe (the owner's) keeps
+        an entry read twice from being delivered twice.
+        """
+        for key in self._keys:
+            last, _ = self._link.run("tail", [key], [], self._link.client)
+            position = self._at[key][0]
+            if id_key(last) < id_key(position):
+                log.warning("stream %s went back (%s, we read up to %s): reading it from its start",
+                            key, last, position)  # fmt: skip
+                self._at[key] = ("0-0", 0)
+                if self._resync is not None:
+                    raise _Resync()
 
     def _catch_up(self) -> bool:
         """Read on in each stream with the trimming check; True while more may wait."""
