@@ -1,4 +1,4 @@
-"""When the stream's ids go back (Redis emptied after an entry dated in the future), chat goes on."""
+"""When the stream's ids go back (Redis emptied below an entry from the future), chat goes on."""
 
 import time
 
