@@ -13,14 +13,17 @@ terminal/prompt.py is the input line on a terminal, terminal/piped.py reads pipe
 
 The receive thread calls `Renderer.show` for every event while the main
 thread reads input, so the renderer's lock serialises output and guards the
-set of people typing. `room`, the room whose typing is shown, is written
-and read by the receive thread only (`enter_room`). NOTE: everything
+set of people typing, and `room`, the room whose typing is shown:
+`enter_room` changes it (the receive thread when the server confirms a
+join or a leave, the main thread on a switch) and clears the typing line
+in one step, so no typing of the room left can slip in after. NOTE: everything
 received is passed through `sanitize.clean_text` before it is printed.
 The server cleans text too, but a client must not trust whatever it
 connects to: the only escape codes that ever reach the terminal are this
-file's own colours and, on a terminal, the bell of a mention. A closed stdout
-(`client.py | head -1`) silences every later print and nothing else: the
-client goes on sending what it was given, then ends quietly.
+file's own colours and, on a terminal, the bell of a mention or a direct
+message. A closed stdout (`client.py | head -1`) silences every later
+print and nothing else: the client goes on sending what it was given,
+then ends quietly.
 
 A long line is wrapped by the client, not by the terminal (terminal/wrap.py):
 the text goes on under itself, its continuation rows indented, so no row of
@@ -102,10 +105,10 @@ class Renderer:
         self.timestamps = timestamps
         self.show_typing = show_typing  # off when piped: a plain stream cannot unprint
         self.bell = bell  # ring on a mention: on a terminal only
-        self.room = LOBBY  # whose typing is shown (a reference, replaced whole on a switch)
+        self.room = LOBBY  # whose typing is shown; written under _lock
         self.view = None  # a terminal's view.View (set by the Prompt); None when piped
         self.on_typing_change = lambda: None  # the Prompt sets this to repaint
-        self._lock = threading.Lock()  # serialises printing; guards _typing and _closed
+        self._lock = threading.Lock()  # serialises printing; guards room, _typing and _closed
         self._typing: dict[str, None] = {}  # names typing now, first starter first
         self._closed = False  # stdout is gone
 
@@ -138,8 +141,10 @@ class Renderer:
 
     def enter_room(self, room: str) -> None:
         """`room` is on screen now: its typing only, what was missed there, a new prompt."""
-        self.room = room
-        self.clear_typing()
+        with self._lock:
+            self.room = room
+            self._typing.clear()
+        self.on_typing_change()
         if self.view is not None:
             self.view.switch(room)
 
@@ -196,9 +201,8 @@ class Renderer:
         )
 
     def _show_typing_event(self, e: pb.TypingEvent) -> None:
-        if (e.room or LOBBY) != self.room:
-            return  # another room's: only the current room's typing shows
-        self._set_typing(clean_text(e.username), e.type == pb.TYPING_START)
+        typing = e.type == pb.TYPING_START
+        self._set_typing(clean_text(e.username), typing, clean_text(e.room) or LOBBY)
 
     def _show_system_event(self, e: pb.SystemEvent) -> None:
         text = clean_text(e.message)
@@ -209,10 +213,13 @@ class Renderer:
 
     # -- output -----------------------------------------------------------
 
-    def _set_typing(self, name: str, typing: bool) -> None:
+    def _set_typing(self, name: str, typing: bool, room: str | None = None) -> None:
+        """`name` started or stopped typing (in `room`: ignored unless it is on screen)."""
         if not self.show_typing:
             return
         with self._lock:
+            if room is not None and room != self.room:
+                return  # another room's: only the current room's typing shows
             if typing == (name in self._typing):
                 return  # not a change
             if typing:
