@@ -98,7 +98,7 @@ def master_port(ports: dict) -> int:
 
 
 def one_run(rate: float, senders: int, replicas: int, before_s: float, after_s: float) -> dict:
-    with tempfile.TemporaryDirectory(prefix="failover-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="failover-", ignore_cleanup_errors=True) as tmp:
         directory = Path(tmp)
         url, ports = start_redis(directory)
         servers = []

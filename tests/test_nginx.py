@@ -171,3 +171,40 @@ def test_tls_terminating_nginx_carries_the_chat(server_process, nginx, tmp_path)
     alice.say("over TLS, then plaintext")
     assert texts(alice.messages(1)) == ["over TLS, then plaintext"]
     alice.close()
+
+
+def test_real_client_through_nginx_moves_to_the_other_backend_on_sigterm(
+    backends,
+    nginx,  # noqa: F811
+    pipe_client,
+):
+    """When the backend of a real client (client.py) behind nginx is stopped, the client
+    rejoins through the same address, lands on the other backend, shows what it missed
+    once, and its next line reaches everyone."""
+    proxy = nginx([s.address for s in backends])
+    alice = pipe_client(proxy.address, "alice")
+    alice.expect("alice joined")
+    assert wait_until(lambda: server_of(backends, "alice") is not None)
+    stopped = server_of(backends, "alice")
+    other = next(s for s in backends if s is not stopped)
+    bob = None
+    for n in range(20):  # a wire-level watcher on the other backend
+        channel = grpc.insecure_channel(proxy.address, options=OWN_CONNECTION)
+        conn = Conn(proxy.address, join_event(f"bob{n}"), channel=channel)
+        conn.next_event("user_event", where=lambda e, n=n: e.username == f"bob{n}")
+        assert wait_until(lambda n=n: server_of(backends, f"bob{n}") is not None)
+        if server_of(backends, f"bob{n}") is other:
+            bob = conn
+            break
+        conn.close()
+    assert bob is not None, "nginx never sent a client to the other backend"
+    stopped.signal(signal.SIGTERM)
+    assert wait_until(lambda: stopped.proc.poll() is not None, timeout=15)
+    bob.say("said while alice moved")
+    alice.expect("said while alice moved", timeout=REJOIN_WITHIN_S)
+    alice.send("alice is back")
+    assert texts(bob.messages(2))[-1] == "alice is back"
+    assert alice.finish() == 0
+    assert sum("said while alice moved" in line for line in alice.seen) == 1
+    assert server_of([other], "alice") is other  # rejoined there, through nginx
+    bob.close()
