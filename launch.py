@@ -169,10 +169,14 @@ def _supervise(plan: Plan, build, count: int, alive, wake_read: int, directory) 
                       dead.exitcode)  # fmt: skip
             if directory:
                 metrics.process_dead(dead.pid, directory)
-            time.sleep(RESTART_BACKOFF_S)  # a child that dies at once is not restarted in a loop
+            # A child that dies at once is not restarted in a loop; a stop asked for
+            # meanwhile is not kept waiting for a child that would start only to stop.
+            if multiprocessing.connection.wait([wake_read], RESTART_BACKOFF_S):
+                break  # the wait above now returns at once, and the loop ends
             children[i] = _start(forks, plan, build, i, alive, directory)
     log.info("stopping %d processes", count)
-    failed = _stop_all([p for p, _ in children])
+    # One that died and was not restarted (a stop came first) was reported above.
+    failed = _stop_all([p for p, _ in children if p.exitcode is None])
     if failed:
         raise click.ClickException(f"{failed} processes did not stop cleanly")
 
@@ -189,6 +193,10 @@ def _start(forks, plan: Plan, build, index: int, alive, metrics_dir: str | None)
 
 def _child(plan: Plan, build, index: int, started, alive, metrics_dir: str | None) -> None:
     """A child's body, after the fork: one server process, like `python server.py` alone."""
+    # NOTE: the fork copied the parent's handlers, which only wake the parent. Until
+    # serve() puts its own, a SIGTERM or SIGINT ends this child: nothing to undo yet.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _exit_before_serving)
     alive_read, alive_write = alive
     os.close(alive_write)  # only the parent's copy may keep the pipe open
     if metrics_dir:  # before anything counts: this child's metrics go to the shared files
@@ -199,6 +207,10 @@ def _child(plan: Plan, build, index: int, started, alive, metrics_dir: str | Non
     except click.ClickException as error:
         log.error("process %d (pid %d): %s", index, os.getpid(), error.message)
         raise SystemExit(1) from None
+
+
+def _exit_before_serving(*_) -> None:
+    raise SystemExit(0)
 
 
 def _metrics_host(plan: Plan) -> str:

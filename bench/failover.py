@@ -6,12 +6,14 @@
 Starts a Redis master, replica and three sentinels (deploy/sentinel/start.sh,
 short timings), two servers on the Sentinel URL, and `--senders` clients
 (half on each server) sending `--rate` messages a second in all, one stream
-each. After `--before` seconds the master is SIGKILLed; sending goes on for
-`--after` more; with --replicas the dead master is started again once the
-replica is master (as a supervisor would), so WAIT can be met again. Then
+each (a refused line is not sent again). After `--before` seconds the
+master is SIGKILLed; sending goes on for `--after` more; with --replicas
+the dead master is started again once the replica is master (as a
+supervisor would), so WAIT can be met again. Then
 the new master's history is read: a message its sender saw echoed but that
 is not in it is lost. Each run prints sent, echoed, refused (NOT_SENT),
-lost, and the span of time the lost ones were echoed in.
+lost, when the first line sent after the kill came back, and the span of
+time the lost ones were echoed in.
 """
 
 import os
@@ -132,7 +134,7 @@ def measure(servers, ports, directory, rate, senders, replicas, before_s, after_
     while time.monotonic() - started < before_s + after_s:
         if killed_at is None and time.monotonic() - started >= before_s:
             os.kill(int((directory / "master.pid").read_text()), signal.SIGKILL)
-            killed_at = time.monotonic()
+            killed_at, first_after = time.monotonic(), n
             if replicas:
                 threading.Thread(target=restart_old_master, args=(ports, directory)).start()
         for client in clients:
@@ -143,6 +145,8 @@ def measure(servers, ports, directory, rate, senders, replicas, before_s, after_
     with redis.Redis(port=master_port(ports), decode_responses=True) as master:
         kept = {fields.get("message") for _, fields in master.xrange("chat:messages")}
     lost = [(at, text) for c in clients for text, at in c.echoed.items() if text not in kept]
+    after = [at for c in clients for text, at in c.echoed.items()
+             if int(text.rsplit("-", 1)[1]) >= first_after]  # fmt: skip
     for client in clients:
         client.close()
     span = (max(lost)[0] - min(lost)[0]) * 1000 if lost else 0.0
@@ -151,6 +155,7 @@ def measure(servers, ports, directory, rate, senders, replicas, before_s, after_
         "echoed": sum(len(c.echoed) for c in clients),
         "refused": sum(c.refused for c in clients),
         "lost": len(lost),
+        "first_echo_after_kill_s": round(min(after) - killed_at, 2) if after else None,
         "lost_span_ms": round(span, 1),
         "lost_after_kill_ms": [round((at - killed_at) * 1000, 1) for at, _ in sorted(lost)][:5],
     }

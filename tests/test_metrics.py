@@ -7,6 +7,7 @@ Redis, clients landing on each child; /metrics read over HTTP.
 import re
 import urllib.request
 
+import psutil
 import pytest
 from conftest import free_port, wait_until
 from test_processes import Supervised, join_on_each_process
@@ -28,7 +29,8 @@ def scrape(port: int) -> dict[str, float]:
 
 def test_processes_share_one_metrics_endpoint_with_deliveries_summed(redis_proc):
     """When clients chat on two processes, one GET of the parent's /metrics shows
-    both processes' counts summed and the delivery-time histogram moving."""
+    both processes' counts summed and the delivery-time histogram moving; a dead
+    process's gauges drop out and its counts stay."""
     unused_port = free_port()
     server = Supervised(
         "--processes", "2", "--redis-url", redis_proc.url, "--no-rate-limit",
@@ -36,7 +38,8 @@ def test_processes_share_one_metrics_endpoint_with_deliveries_summed(redis_proc)
     )  # fmt: skip
     try:
         assert f"metrics at http://127.0.0.1:{unused_port}/metrics" in server.banner
-        first, second = join_on_each_process(server, "user").values()
+        by_pid = join_on_each_process(server, "user")
+        first, second = by_pid.values()
         for n in range(3):
             first.say(f"one {n}")
         for n in range(2):
@@ -57,6 +60,10 @@ def test_processes_share_one_metrics_endpoint_with_deliveries_summed(redis_proc)
         assert wait_until(
             lambda: scrape(unused_port)["chat_delivery_seconds_count"] == delivered + 2
         )
+        dead = next(pid for pid, conn in by_pid.items() if conn is first)
+        psutil.Process(dead).kill()  # its client's gauge goes with it; its counts stay
+        assert wait_until(lambda: scrape(unused_port).get("chat_clients_online") == 1, timeout=10)
+        assert scrape(unused_port)["chat_messages_accepted_total"] == 6
         for conn in (first, second):
             conn.close()
     finally:
