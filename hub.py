@@ -54,6 +54,9 @@ EVICT_GRACE_S = 5.0  # an evicted client's call is cancelled if its stream is st
 # flipping START/STOP in a loop would otherwise make us fan out thousands a second.
 TYPING_CHANGES_BURST = 4
 TYPING_CHANGES_PER_S = 2.0
+# Other servers end a typing indicator after TYPING_SILENCE_S without news, as we
+# do: while our user keeps typing, they are told again this often.
+TYPING_RETOLD_S = 2.0
 
 
 class NameTaken(Exception):
@@ -95,6 +98,7 @@ class Hub(RemoteUsers):
         self._typing_changes = Buckets(TYPING_CHANGES_PER_S, TYPING_CHANGES_BURST)
         # (sender, key) -> the echo of a direct message taken (messages: the store's). Under _lock.
         self._directs = Recent()
+        self._remote_typers: dict = {}  # other servers' typers -> their silence Timer; under _lock
 
     def count(self) -> int:
         with self._lock:
@@ -300,6 +304,8 @@ class Hub(RemoteUsers):
                 if not was_typing:
                     event = typing_event(client.name, pb.TYPING_START, client.room)
                     self._broadcast_locked(event, client.room, skip=client)
+                if not was_typing or time.monotonic() - client.typing_told_at > TYPING_RETOLD_S:
+                    client.typing_told_at = time.monotonic()  # other servers' silence clocks
                     self.cluster.publish_typing(client.name, pb.TYPING_START)
             elif kind == pb.TYPING_STOP:
                 self._stop_typing_locked(client)

@@ -77,6 +77,7 @@ class Client:
         self.cancel = cancel  # ends the gRPC call; used if an evicted client will not read
         self.queue: queue.Queue = queue.Queue(maxsize=queue_max)
         self.typing_timer = None  # a Timer while this user is typing, else None
+        self.typing_told_at = 0.0  # monotonic time other servers were last told of the typing
         self.ending = None  # None while online, else DRAIN, EVICTED or GONE
 
     def wake(self) -> None:

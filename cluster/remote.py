@@ -134,7 +134,16 @@ class RemoteUsers:
             self._broadcast_locked(user_event(pb.USER_LEFT, name, user.room), user.room)
 
     def _remote_typing_locked(self, name: str, typing: bool) -> None:
+        """A remote typer started (or is still typing), or stopped. Soft state, as ours:
+        with no news for the silence time, it stops (a STOP lost in a fault)."""
         user = self._dir.remote[name]
+        timer = self._remote_typers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        if typing:
+            self._remote_typers[name] = self._timers.schedule(
+                self._typing_silence_s, lambda: self._remote_typing_silent(name, user)
+            )
         if user.typing != typing:
             user.typing = typing
             kind = pb.TYPING_START if typing else pb.TYPING_STOP
@@ -144,6 +153,12 @@ class RemoteUsers:
         """Cluster thread: is `name` online here?"""
         with self._lock:
             return name in self._dir.clients
+
+    def _remote_typing_silent(self, name: str, user: Remote) -> None:
+        """Timer thread: another server's typer sent no news for the silence time."""
+        with self._lock:
+            if self._dir.remote.get(name) is user and user.typing:
+                self._remote_typing_locked(name, False)
 
     def remote_direct(self, sender: str, to: str, text: str, timestamp: int, action: bool):
         """Cluster thread: a direct message from another server, for `to` if they are ours."""
