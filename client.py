@@ -70,6 +70,10 @@ from terminal.roster import Roster
 DEFAULT_ADDRESS = "localhost:8080"
 CONNECT_TIMEOUT_S = 3.0  # no connection by then: "cannot reach" (or the next address)
 JOIN_TIMEOUT_S = 5.0  # connected, but the server has not confirmed our join
+# A join refused UNAVAILABLE comes from a server that is up but cannot take
+# us now (cut off from the Redis it shares, shutting down): try again after
+# this, the next address first.
+LATER_S = 1.0
 CLOSE_TIMEOUT_S = 1.0  # on leaving, wait this long for the server to end the call
 # On leaving (/quit, Ctrl-D, end of piped input), lines not yet confirmed are
 # waited for until none has been confirmed for this long: lines paced by the
@@ -120,6 +124,8 @@ class Chat:
             if code_of(link.error) == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 after_s = retry_in(why)  # joining too often: come back then
                 raise ChatError(why, True, True, after_s) if after_s else ChatError(why, True)
+            if code_of(link.error) == grpc.StatusCode.UNAVAILABLE:
+                raise ChatError(why, True, after_s=LATER_S)  # up, but not now
             raise ChatError(why, dropped(link.error), code_of(link.error) in STAY_CODES)
         self.link = link
         self.lines.up(link)

@@ -111,7 +111,8 @@ class Servers:
 
         A server that answers and refuses (name taken, say) decides: the
         servers share names. A server that says when to come back (joining
-        too often) is tried again then. Only when none could be reached does
+        too often) is tried again then; one that is up but cannot take us now
+        (UNAVAILABLE) a moment later, after the next. Only when none could be reached does
         the error name them all.
         """
         give_up_at = time.monotonic() + RECONNECT_GIVE_UP_S
@@ -121,6 +122,8 @@ class Servers:
                 return join(self.addresses[self._at])
             except ChatError as error:
                 if error.after_s and time.monotonic() + error.after_s < give_up_at:
+                    if not error.stay:
+                        self._next()  # up, but not now: another may take us
                     wait_s = spread(error.after_s)  # the same server, when it said
                     self._say(f"{error.message}; trying again in {wait_s:.1f} s")
                     time.sleep(wait_s)

@@ -57,7 +57,7 @@ class ChatError(click.ClickException):
         super().__init__(message)
         self.retryable = retryable  # worth another try while reconnecting
         self.stay = stay  # the server answered: try it again, not the next address
-        self.after_s = after_s  # the server named when to try again (joining too often)
+        self.after_s = after_s  # try again after this (the server named it, or is busy)
 
 
 class Unreachable(ChatError):

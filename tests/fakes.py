@@ -132,6 +132,22 @@ class DropsTheFirstLine(Echoing):
         return super().answer(name, text, context)
 
 
+class RefusesTheFirstJoin(Echoing):
+    """Refuses the first join UNAVAILABLE, as a server cut off from the Redis it shares."""
+
+    def __init__(self):
+        super().__init__()
+        self.joins = 0  # calls so far (gRPC's threads: under self.lock)
+
+    def Chat(self, request_iterator, context):
+        with self.lock:
+            self.joins += 1
+            first = self.joins == 1
+        if first:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "cannot join now: the chat is reconnecting")
+        yield from super().Chat(request_iterator, context)
+
+
 class NeverAnswers(chat_pb2_grpc.ChatServiceServicer):
     """Takes the join and says nothing, as a server stuck on a partitioned Redis."""
 

@@ -12,6 +12,7 @@ from fakes import (
     NeverEchoes,
     NeverSends,
     NotSentOnce,
+    RefusesTheFirstJoin,
     serving,
 )
 from proxy import Proxy
@@ -203,3 +204,16 @@ def test_end_of_input_waits_bounded_and_names_lines_not_confirmed(pipe_client):
             "! sent, not confirmed (it may still arrive): one",
             "! not sent: two",
         ]
+
+
+def test_join_refused_unavailable_is_tried_again_not_an_error(pipe_client):
+    """When the server refuses the first join UNAVAILABLE (it cannot take us now), the
+    client tries again a moment later, joins, and its line goes."""
+    servicer = RefusesTheFirstJoin()
+    with serving(servicer) as address:
+        alice = pipe_client(address, "alice")
+        alice.send("hello")
+        alice.expect("cannot join now: the chat is reconnecting; trying again in")
+        alice.expect("[you] hello")
+        assert alice.finish() == 0
+    assert servicer.joins == 2
