@@ -61,7 +61,9 @@ SETTLING_KEY = "chat:settling"  # string with a TTL: servers are claiming again,
 PRESENCE_KEYS = [NAMES_KEY, EVENTS_KEY, WHERE_KEY]  # KEYS[1..3] of every presence script
 
 EVENTS_MAX = 10_000  # events kept (MAXLEN ~): a server cut off longer than this resyncs
-QUICK_TIMEOUT_S = 1.0  # claims, history, heartbeat: a partition costs a join at most this
+# Claims, history, heartbeat: a partition costs a join at most this. A slow link
+# (round trips up to ~2 s) is slow, not dead: its heartbeats must still land.
+QUICK_TIMEOUT_S = 2.5
 SLOW_TIMEOUT_S = 2.0  # writes of a batch, and the margin beyond an XREAD's block
 NOT_SENT_TEXT = "cut off from the Redis the other servers share"  # what NotSent says
 FOLLOW_BLOCK_MS = 1000  # XREAD waits this long for news, then loops (to see close())

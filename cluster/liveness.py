@@ -56,6 +56,8 @@ CUT_OFF_TEXT = "this server is cut off from the others: reconnect"
 # After Redis was emptied, claims wait this long while every live server claims
 # again what it held (each does at its next heartbeat, within HEARTBEAT_S).
 SETTLE_MS = int(2 * HEARTBEAT_S * 1000 + 1000)
+SLOW_LINK_S = 1.0  # a heartbeat's round trip longer than this is logged as a warning
+SLOW_LINK_LOGGED_EVERY_S = 60.0  # at most one such warning a minute
 
 
 class Liveness:
@@ -70,6 +72,7 @@ class Liveness:
         try:
             self._emptied |= self._beat()
             self._last_contact = sent_at
+            self._warn_if_slow(time.monotonic() - sent_at)
             self._retry_releases()
             self._reconcile(self._emptied)
             self._emptied = False
@@ -83,6 +86,13 @@ class Liveness:
             self._end_sessions_if_cut_off()
         except Exception:  # a bug must not stop the heartbeat: we would be reaped
             log.exception("heartbeat failed (going on)")
+
+    def _warn_if_slow(self, round_trip_s: float) -> None:
+        """A slow link is not a dead one, but an operator should hear of it."""
+        now = time.monotonic()
+        if round_trip_s > SLOW_LINK_S and now - self._slow_logged_at > SLOW_LINK_LOGGED_EVERY_S:
+            self._slow_logged_at = now
+            log.warning("Redis is slow: a heartbeat took %.1f s (slow, not dead)", round_trip_s)
 
     def _end_sessions_if_cut_off(self) -> None:
         """Soon reaped (names freed for others): our sessions reconnect where names hold."""

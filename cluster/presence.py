@@ -94,6 +94,7 @@ class Cluster(LiveEvents, Liveness):
         self._epoch = ""  # the Redis life we know (EPOCH_KEY); written by the heartbeat only
         self._emptied = False  # Redis was emptied and our names are not claimed again yet
         self._last_contact = time.monotonic()  # when the last heartbeat that Redis took was sent
+        self._slow_logged_at = -1e9  # when a slow heartbeat was last logged (heartbeat thread)
         self._names = threading.Condition()  # guards the four fields below
         self._claims: dict[str, Claim] = {}  # name -> claim, for our online clients
         self._unreleased: dict[str, str] = {}  # token -> name: releases Redis has not had

@@ -11,6 +11,9 @@ test then breaks the path in one of two ways:
   accepted and reset, until `restore()`. To the peers this is a refusal
   they notice at once.
 
+`slow(rtt_s)`: every byte is held `rtt_s / 2` in each direction, in order
+(a slow link, not a dead one); `slow(0)` ends it.
+
 `restore()` forwards again. Connections that were black-holed are reset
 then: a TCP stream with bytes missing from its middle is corrupt, and a
 peer must reconnect rather than read garbage.
@@ -19,9 +22,11 @@ peer must reconnect rather than read garbage.
                               one pump thread per direction
 """
 
+import queue
 import socket
 import struct
 import threading
+import time
 
 CHUNK_BYTES = 65536  # one recv at a time
 FORWARD, BLACK_HOLE, CUT = "forward", "black hole", "cut"
@@ -65,6 +70,7 @@ class Proxy:
         self.address = f"127.0.0.1:{self.port}"
         self._lock = threading.Lock()  # guards _mode, _links and _threads
         self._mode = FORWARD
+        self._delay_s = 0.0  # one way, for every byte from now on (a plain float: no lock)
         self._links: list[Link] = []
         self._threads = [self._start(self._accept)]
 
@@ -78,6 +84,10 @@ class Proxy:
             self._mode = BLACK_HOLE
             for link in self._links:
                 link.black_holed = True
+
+    def slow(self, rtt_s: float) -> None:
+        """From now on every byte takes `rtt_s / 2` longer each way (0: as fast as it can)."""
+        self._delay_s = rtt_s / 2
 
     def cut(self) -> None:
         """Reset every connection now, and every new one until `restore()`."""
@@ -143,16 +153,34 @@ class Proxy:
             ]
 
     def _pump(self, link: Link, source: socket.socket, sink: socket.socket) -> None:
+        outbox: queue.Queue = queue.Queue()  # (when to send, bytes); None: a clean close
+        sender = self._start(self._send_later, link, sink, outbox)
         try:
             while data := source.recv(CHUNK_BYTES):
+                if not link.black_holed:
+                    outbox.put((time.monotonic() + self._delay_s, data))
+            outbox.put(None)
+        except OSError:
+            outbox.put(None)
+            if not link.closed:
+                link.reset()  # the peer reset: so do we, to the other side
+        sender.join()
+        self._finished(link)
+
+    def _send_later(self, link: Link, sink: socket.socket, outbox: queue.Queue) -> None:
+        """Send what the pump read, each piece when it is due (at once, unless slowed)."""
+        try:
+            while (item := outbox.get()) is not None:
+                due, data = item
+                if (wait_s := due - time.monotonic()) > 0:
+                    time.sleep(wait_s)
                 if not link.black_holed:
                     sink.sendall(data)
             if not link.black_holed and not link.closed:
                 sink.shutdown(socket.SHUT_WR)  # pass a clean close on
         except OSError:
             if not link.closed:
-                link.reset()  # the peer reset: so do we, to the other side
-        self._finished(link)
+                link.reset()
 
     def _finished(self, link: Link) -> None:
         """A pump ended; once both have, the link is over."""
