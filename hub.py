@@ -54,6 +54,13 @@ EVICT_GRACE_S = 5.0  # an evicted client's call is cancelled if its stream is st
 # flipping START/STOP in a loop would otherwise make us fan out thousands a second.
 TYPING_CHANGES_BURST = 4
 TYPING_CHANGES_PER_S = 2.0
+# A burst from the stream (a dead server's users leaving, another tool's batch) is
+# paced: before each batch of at least PACE_FROM events, the follower waits (up to
+# PACE_WAIT_S) until every queue has room for it, so a client that keeps reading
+# is never evicted for a burst it did not cause; one that does not read still is.
+PACE_FROM = 50
+PACE_WAIT_S = 5.0
+PACE_POLL_S = 0.02  # NOTE: queues signal no "has room": the wait looks this often
 # Other servers end a typing indicator after TYPING_SILENCE_S without news, as we
 # do: while our user keeps typing, they are told again this often.
 TYPING_RETOLD_S = 2.0
@@ -225,6 +232,7 @@ class Hub(RemoteUsers):
 
     def deliver(self, messages: list[Message]) -> None:
         """Store thread: fan out messages that came back from the stream, in order."""
+        self.make_room(len(messages))
         with self._lock:
             for message in messages:
                 # Accepted on some server: the time its id says Redis stored it.
@@ -345,6 +353,21 @@ class Hub(RemoteUsers):
             client.wake()
 
     # -- fan-out --------------------------------------------------------------
+
+    def make_room(self, events: int) -> None:
+        """Follower threads: wait (bounded) until every queue can take a burst of `events`."""
+        if events < PACE_FROM:
+            return
+        deadline = time.monotonic() + PACE_WAIT_S
+        while time.monotonic() < deadline:
+            with self._lock:
+                crowded = any(
+                    c.queue.maxsize - c.queue.qsize() < min(events, c.queue.maxsize // 2)
+                    for c in self._dir.clients.values()
+                )
+            if not crowded:
+                return
+            time.sleep(PACE_POLL_S)
 
     def _broadcast_locked(self, event, room: str, skip: Client | None = None) -> None:
         """Put one event object into every queue in `room` but `skip`'s; evict the full ones."""

@@ -133,6 +133,7 @@ class LiveEvents:
 
     def _on_events(self, entries: list) -> None:
         """Follower thread: other servers' joins, moves, leaves, typing and dms, in order."""
+        self._hub.make_room(len(entries))  # a burst (a dead server's users) is paced
         for entry_id, fields in entries:
             kind, name = fields.get("kind"), fields.get("name")
             if kind == "dm":  # ours too: its recipient may have come here meanwhile

@@ -17,6 +17,8 @@ from events import direct_event, system_event, typing_event, user_event
 from member import DRAIN, KICKED
 from rooms import Remote
 
+RESYNC_CHUNK = 200  # changes of a resync announced at once; then the queues get room
+
 
 class ClaimUnconfirmed(Exception):
     """The name's claim cannot be confirmed in a Redis other servers share: retry later."""
@@ -82,11 +84,16 @@ class RemoteUsers:
         with self._lock:
             for name in [n for n, user in self._dir.remote.items() if user.typing]:
                 self._remote_typing_locked(name, False)
-            for name in sorted(self._dir.remote.keys() - users.keys()):
-                self._remote_leave_locked(name)
-            for name, room in sorted(users.items()):
-                if name not in self._dir.clients:
-                    self._remote_at_locked(name, room)
+            gone = sorted(self._dir.remote.keys() - users.keys())
+        here = sorted(users.items())
+        for start in range(0, max(len(gone), len(here)), RESYNC_CHUNK):  # paced (hub.make_room)
+            self.make_room(2 * RESYNC_CHUNK)
+            with self._lock:
+                for name in gone[start : start + RESYNC_CHUNK]:
+                    self._remote_leave_locked(name)
+                for name, room in here[start : start + RESYNC_CHUNK]:
+                    if name not in self._dir.clients:
+                        self._remote_at_locked(name, room)
 
     def kick(self, name: str, text: str) -> None:
         """Cluster thread: our `name` is held on another server; that one wins."""
