@@ -50,16 +50,16 @@ import chat_pb2 as pb
 from sanitize import LOBBY, NAME_RULE, ROOM_RULE, clean_text, is_valid_name, room_name
 from store import id_key
 from terminal.dial import Dialer, Servers, basic, bearer
-from terminal.lines import DEFAULT_MAX_MESSAGE_CHARS, Lines, echo_key, moved_key, retry_in
+from terminal.lines import DEFAULT_MAX_MESSAGE_CHARS, Lines, echo_key, moved_key
 from terminal.link import (
     END,
-    STAY_CODES,
     ChatError,
     Link,
     Unreachable,
     code_of,
     describe,
     dropped,
+    join_refused,
     split_addresses,
 )
 from terminal.piped import run_pipe
@@ -70,16 +70,13 @@ from terminal.roster import Roster
 DEFAULT_ADDRESS = "localhost:8080"
 CONNECT_TIMEOUT_S = 3.0  # no connection by then: "cannot reach" (or the next address)
 JOIN_TIMEOUT_S = 5.0  # connected, but the server has not confirmed our join
-# A join refused UNAVAILABLE comes from a server that is up but cannot take
-# us now (cut off from the Redis it shares, shutting down): try again after
-# this, the next address first.
-LATER_S = 1.0
 CLOSE_TIMEOUT_S = 1.0  # on leaving, wait this long for the server to end the call
 # On leaving (/quit, Ctrl-D, end of piped input), lines not yet confirmed are
 # waited for until none has been confirmed for this long: lines paced by the
 # rate limit go one a second or so, and a rejoin restarts the clock.
 LEAVE_QUIET_S = 10.0
 LEAVE_LOOK_S = 0.25  # meanwhile, look this often whether the call dropped
+LEAVE_SAY_S = 1.0  # say that we wait only once it has lasted this long
 
 
 class Chat:
@@ -120,13 +117,7 @@ class Chat:
             raise ChatError(f"cannot join: {reason}", True)
         if link.ended.is_set():
             link.close()
-            why = f"cannot join: {describe(link.error)}"
-            if code_of(link.error) == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                after_s = retry_in(why)  # joining too often: come back then
-                raise ChatError(why, True, True, after_s) if after_s else ChatError(why, True)
-            if code_of(link.error) == grpc.StatusCode.UNAVAILABLE:
-                raise ChatError(why, True, after_s=LATER_S)  # up, but not now
-            raise ChatError(why, dropped(link.error), code_of(link.error) in STAY_CODES)
+            raise join_refused(link.error)
         self.link = link
         self.lines.up(link)
 
@@ -169,8 +160,8 @@ class Chat:
         confirmed or refused, or none was for LEAVE_QUIET_S. Raises ChatError
         as `recover` does.
         """
-        if not (left := self.lines.count()):
-            return
+        if self.lines.wait_settled(LEAVE_SAY_S) or not (left := self.lines.count()):
+            return  # the usual case: the last echoes were on their way
         some = f"{left} line{'s' if left > 1 else ''} not yet confirmed"
         self.renderer.notice(f"waiting for {some} (up to {LEAVE_QUIET_S:.0f} s without progress)")
         quiet_until = time.monotonic() + LEAVE_QUIET_S

@@ -22,6 +22,7 @@ import grpc
 import chat_pb2 as pb
 import chat_pb2_grpc
 from sanitize import clean_text
+from terminal.lines import retry_in
 
 # Transport options, all in one place (the server's are in server.py).
 # Keepalive finds a server that vanished without closing the connection (a
@@ -41,6 +42,11 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),  # ping even with no call open
     ("grpc.http2.max_pings_without_data", 0),  # 0 = no limit: a chat can be quiet for hours
 ]
+
+# A join refused UNAVAILABLE comes from a server that is up but cannot take
+# us now (cut off from the Redis it shares, shutting down): try again after
+# this, the next address first.
+LATER_S = 1.0
 
 END = object()  # in Link.outbox: half-close the call
 # A rejoin refused with these is tried again on the same server: it is up,
@@ -146,6 +152,16 @@ def dropped(error) -> bool:
     if error is None:
         return True  # status OK though we did not half-close, or no answer to the join
     return isinstance(error, grpc.RpcError) and error.code() not in REFUSALS
+
+
+def join_refused(error) -> ChatError:
+    """What a call that ended before our join was confirmed means for the next try."""
+    why, code = f"cannot join: {describe(error)}", code_of(error)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and (after_s := retry_in(why)):
+        return ChatError(why, True, True, after_s)  # joining too often: come back then
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return ChatError(why, True, after_s=LATER_S)  # up, but not now
+    return ChatError(why, dropped(error), code in STAY_CODES)
 
 
 def describe(error) -> str:
