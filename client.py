@@ -73,7 +73,8 @@ JOIN_TIMEOUT_S = 5.0  # connected, but the server has not confirmed our join
 CLOSE_TIMEOUT_S = 1.0  # on leaving, wait this long for the server to end the call
 # On leaving (/quit, Ctrl-D, end of piped input), lines not yet confirmed are
 # waited for until none has been confirmed for this long: lines paced by the
-# rate limit go one a second or so, and a rejoin restarts the clock.
+# rate limit go one a second or so. A rejoin meanwhile does not restart the
+# clock (a server that only answers NOT_SENT would keep us forever).
 LEAVE_QUIET_S = 10.0
 LEAVE_LOOK_S = 0.25  # meanwhile, look this often whether the call dropped
 LEAVE_SAY_S = 1.0  # say that we wait only once it has lasted this long
