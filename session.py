@@ -30,6 +30,7 @@ import member
 import metrics
 from access import caps
 from access.auth import Anyone
+from access.undecodable import Summarised
 from cluster.remote import ClaimUnconfirmed
 from events import message_event, system_event
 from hub import Hub, NameTaken, ShuttingDown
@@ -74,6 +75,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self._settings = settings
         self._slots = threading.BoundedSemaphore(settings.max_clients)  # one per open Chat
         self._started = time.monotonic()
+        # Streams refused before their join: a few lines a second, then a count.
+        self._refusals = Summarised(timers, "refused %d more streams before their join")
         # Buckets outlive streams: reconnecting refills nothing (None: no limit).
         message_buckets = self._join_buckets = None
         self._new_rooms = NewRooms(hub, None)
@@ -119,6 +122,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
 
     def close(self) -> None:
         self._timers.close()
+        self._refusals.flush()  # its summary's timer may not have run
         self.hub.store.close()
 
     # -- the steps of a session ---------------------------------------------
@@ -201,13 +205,12 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         if room_name(joined.room) is None:
             self._refuse(context, f"invalid room: use {ROOM_RULE}")
         if not self._auth.may_join(context, joined.username):
-            log.info("refused a stream: joining as another name than the signed-in one")
+            self._refusals.info("refused a stream: joining as another name than the signed-in one")
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "you may only join as your own name")
         return joined
 
-    @staticmethod
-    def _refuse(context, details: str):
-        log.info("refused a stream: %s", details)
+    def _refuse(self, context, details: str):
+        self._refusals.info("refused a stream: %s", details)
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, details)
 
     def _limit_joins(self, context) -> None:

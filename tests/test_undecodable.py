@@ -3,7 +3,7 @@
 import grpc
 import pytest
 from conftest import ServerProcess
-from wire import join
+from wire import Conn, join, join_event
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -38,3 +38,20 @@ def test_undecodable_requests_log_a_few_lines_and_no_traceback():
     assert "Traceback" not in log and "Exception deserializing" not in log
     assert 1 <= len(refusals) <= 12, log
     assert len(log.splitlines()) <= 20, log
+
+
+def test_bad_first_events_in_a_loop_log_a_few_lines_then_a_count():
+    """When 40 streams open with a bad name, the log has a few lines and a count of the rest."""
+    server = ServerProcess()
+    server.watch_log()
+    try:
+        for n in range(40):
+            conn = Conn(server.address, join_event(f"bad name {n}"))
+            assert conn.wait_end() == grpc.StatusCode.INVALID_ARGUMENT
+        alice = join(server.address, "alice")  # still serving
+        alice.close()
+        assert server.wait_for_log("more streams before their join")  # when the second ends
+    finally:
+        server.stop()
+    refusals = [line for line in server.log_lines if "invalid username" in line]
+    assert 1 <= len(refusals) <= 12, server.log_lines
