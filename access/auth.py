@@ -168,7 +168,7 @@ class Accounts:
                 if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
                     self._seen = None  # look again on the next check
                     return self._refuse(
-                        f"refusing the users file {self._path}: others may write it "
+                        f"refusing the users file {self._path}: group or others may write it "
                         f"(mode {stat.filemode(info.st_mode)}); chmod go-w {self._path}"
                     )
                 self._users, self._seen = read_users(self._path), seen

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import click
 
-from sanitize import NAME_RULE, is_valid_name
+from sanitize import NAME_RULE, is_valid_name, name_skeleton
 
 log = logging.getLogger("server")
 
@@ -96,6 +96,9 @@ def add_user(path: Path, name: str, password: str) -> bool:
     """Write `name`'s line (replacing an old one) atomically; True if it was new."""
     users = read_users(path) if path.exists() else {}
     is_new = name not in users
+    twin = next((u for u in users if u != name and name_skeleton(u) == name_skeleton(name)), None)
+    if twin is not None:  # never online together: one of them could not sign in
+        raise UsersFileError(f"{name} looks like {twin}, already in {path}: pick another name")
     users[name] = hash_password(password)
     text = "".join(f"{user}:{stored}\n" for user, stored in users.items())
     fd, temporary = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.")

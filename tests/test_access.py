@@ -156,10 +156,10 @@ def test_right_credentials_are_not_hashed_each_call_and_hashes_are_capped(users_
             time.sleep(0.01)
         assert codes == [grpc.StatusCode.OK] * 48
         assert peak - before < 300 * 2**20, f"{(peak - before) / 2**20:.0f} MiB"  # 48 hashes: 768
-        started = time.monotonic()
-        for _ in range(40):  # one header again and again: no hash (40 would take > 1.5 s)
+        cpu = sum(process.cpu_times()[:2])
+        for _ in range(40):  # one header again and again: no hash (40 take 1.8 s of CPU)
             assert unary_code(server.address, headers[0], "ListUsers") == grpc.StatusCode.OK
-        assert time.monotonic() - started < 1.2
+        assert sum(process.cpu_times()[:2]) - cpu < 0.9  # CPU, not wall time: load-proof
     finally:
         server.stop()
 

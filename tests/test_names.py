@@ -1,11 +1,16 @@
 """Names are unique by skeleton: any case, and look-alike ASCII characters, are one name."""
 
+import subprocess
+import sys
+
 import grpc
 import pytest
 import redis
-from conftest import wait_until
+from clients import CLIENT_ENV
+from conftest import ROOT, wait_until
 from wire import Conn, join, join_event
 
+from access.users import add_user, read_users
 from cluster.keys import NAMES_KEY
 from cluster.lua import SCRIPTS
 from sanitize import name_skeleton
@@ -75,3 +80,15 @@ def test_mention_finds_the_name_whatever_case_and_look_alikes(text):
     """When a message names us in any case or with look-alike characters, it mentions us."""
     assert mentions("alice", text)
     assert not mentions("alice", "malice and alicia")
+
+
+def test_add_user_refuses_a_look_alike_of_an_account(tmp_path):
+    """When the users file has alice, add-user A1ice is refused with one line; alice stays."""
+    path = tmp_path / "users.txt"
+    add_user(path, "alice", "wonderland")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "server.py"), "add-user", "A1ice", "--users", str(path)],
+        input="other\n", capture_output=True, text=True, timeout=30, env=CLIENT_ENV, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 1 and "looks like alice" in result.stderr
+    assert list(read_users(path)) == ["alice"]
