@@ -30,9 +30,9 @@ def test_idle_room_is_removed_with_its_history_and_an_occupied_one_is_kept(
     bob.say("first, and then silence")
     bob.messages(1)
     alice = join(server.address, "alice", room="tmp")
+    said = time.monotonic()  # before the message: its id's time is later
     alice.say("hi")
     alice.messages(1)
-    said = time.monotonic()
     alice.close()  # tmp is empty from now on
     assert kv.exists(ROOM_PREFIX + "tmp") and kv.exists(ROOM_PREFIX + "kept")
     assert wait_until(lambda: not kv.exists(ROOM_PREFIX + "tmp"), timeout=20)
