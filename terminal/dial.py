@@ -158,7 +158,8 @@ class Servers:
                     raise ChatError(f"gave up reconnecting: {error.message}") from None
                 if not error.stay:
                     self._next()
-                self._say(f"{error.message}; next try in {wait_s:.1f} s")
+                why = f"cannot reach {address}" if isinstance(error, Unreachable) else error.message
+                self._say(f"{why}; next try in {wait_s:.1f} s")
 
     def _next(self) -> None:
         self._at = (self._at + 1) % len(self.addresses)

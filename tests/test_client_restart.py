@@ -104,7 +104,7 @@ def test_piped_client_outlives_a_restart_saying_where_it_tries_and_why(server_pr
     assert first.wait() == 0
     bob.send("while it was down")
     bob.expect(f"* trying {first.address}")
-    bob.expect("cannot reach the chat server")  # why that try failed
+    bob.expect(f"* cannot reach {first.address}; next try in")  # why that try failed
     server_process(port=first.port)
     bob.expect("[you] while it was down", timeout=RECONNECT_WITHIN_S)
     assert bob.finish() == 0
