@@ -34,6 +34,7 @@ import ipaddress
 import logging
 import threading
 from collections import Counter, OrderedDict
+from urllib.parse import unquote
 
 import grpc
 
@@ -44,6 +45,7 @@ log = logging.getLogger("server")
 MAX_STREAMS_PER_ADDRESS = 32  # open Chat streams from one client network, joined or not
 NETWORK_PREFIX_V4 = 24  # an IPv4 client's network: its /24 ...
 NETWORK_PREFIX_V6 = 64  # ... an IPv6 client's: its /64 (what one host is given)
+IPV6_LOOPBACK = ipaddress.IPv6Address("::1")
 UNJOINED_SHARE = 4  # streams not yet joined hold at most 1/4 of --max-clients, in all
 CHAT_METHOD = "/chat.ChatService/Chat"
 LONG_CALLS_MAX = 8  # open reflection/watch streams at once; the pool keeps more than this spare
@@ -74,16 +76,20 @@ def network_of(address: str) -> str:
     One host has one IPv4 address but a whole /64 of IPv6 ones, and a small
     provider hands a customer a /24 at most: counting by these networks, not
     by address, one host cannot take more by changing addresses. An
-    IPv4-mapped IPv6 address counts as its IPv4 address. Anything else (a
-    Unix socket) is its own key.
+    IPv4-mapped IPv6 address counts as its IPv4 address, and ::1 as
+    127.0.0.1 (both are this host). Anything else (a Unix socket) is its
+    own key.
     """
     kind, _, host = address.partition(":")
+    host = unquote(host).strip("[]")  # gRPC writes "ipv6:%5B::1%5D"
     try:
-        ip = ipaddress.ip_address(host.strip("[]").split("%")[0])  # "%eth0": a zone
+        ip = ipaddress.ip_address(host.split("%")[0])  # "fe80::1%eth0": a zone
     except ValueError:
         return address
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
+    if ip == IPV6_LOOPBACK:  # this host, as 127.0.0.1 is: one network, not two
+        ip = ipaddress.IPv4Address("127.0.0.1")
     prefix = NETWORK_PREFIX_V4 if ip.version == 4 else NETWORK_PREFIX_V6
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 

@@ -61,8 +61,10 @@ def test_network_of_is_the_ipv4_24_or_the_ipv6_64():
     assert network_of("ipv4:198.51.100.7") == "198.51.100.0/24"
     assert network_of("ipv4:198.51.100.250") == "198.51.100.0/24"
     assert network_of("ipv6:[2001:db8:1:2:aaaa::1]") == "2001:db8:1:2::/64"
+    assert network_of("ipv6:%5B2001:db8:1:2:bbbb::1%5D") == "2001:db8:1:2::/64"  # as gRPC says
     assert network_of("ipv6:[2001:db8:1:2:ffff::9]") == "2001:db8:1:2::/64"
     assert network_of("ipv6:[::ffff:198.51.100.7]") == "198.51.100.0/24"
+    assert network_of("ipv6:[::1]") == network_of("ipv4:127.0.0.1") == "127.0.0.0/24"
     assert network_of("unix:/tmp/chat.sock") == "unix:/tmp/chat.sock"
 
 
@@ -218,3 +220,17 @@ def test_users_file_others_may_write_is_refused_with_one_line(users_file):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1 and "others may write it" in result.stderr
     assert "chmod go-w" in result.stderr
+
+
+def test_failed_sign_ins_on_ipv4_loopback_count_for_ipv6_loopback(users_file):
+    """When 127.0.0.1 used up the failures, [::1] (the same host) is refused too."""
+    server = ServerProcess("--host", "[::]", "--users", str(users_file))
+    try:
+        for n in range(auth.FAILURE_BURST):
+            assert unary_code(server.address, basic("alice", f"g{n}"), "ListRooms") == (
+                UNAUTHENTICATED
+            )
+        ipv6 = f"[::1]:{server.port}"
+        assert unary_code(ipv6, basic("alice", "wonderland"), "ListRooms") == EXHAUSTED
+    finally:
+        server.stop()
