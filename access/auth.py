@@ -166,7 +166,6 @@ class Accounts:
                 if seen == self._seen:
                     return None
                 if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-                    self._seen = None  # look again on the next check
                     return self._refuse(
                         f"refusing the users file {self._path}: group or others may write it "
                         f"(mode {stat.filemode(info.st_mode)}); chmod go-w {self._path}"
@@ -175,15 +174,16 @@ class Accounts:
                 self._checked.forget_all()  # a password may have changed
                 log.info("users file %s: %d accounts", self._path, len(self._users))
             except (OSError, UnicodeDecodeError):
-                self._seen = None  # try again on the next check
                 return self._refuse(
                     f"cannot read the users file {self._path}: add one with add-user"
                 )
         return None
 
     def _refuse(self, problem: str) -> str:
-        if self._users:
+        """Under `_lock`: the file cannot be used; said once, then looked at on each check."""
+        if self._seen is not None:  # it was good until now
             log.warning("%s: keeping the accounts read before", problem)
+        self._seen = None  # look again on the next check
         return problem
 
 

@@ -1,6 +1,7 @@
 """Caps and guess limits by client network, bounded credential checks, the header's RFCs."""
 
 import base64
+import logging
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ from terminal.dial import basic
 
 pytestmark = pytest.mark.timeout(60)
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
+OK = grpc.StatusCode.OK
 SAME_NETWORK = ("127.0.0.2", "127.0.0.3")  # beside 127.0.0.1, in its /24
 needs_loopbacks = pytest.mark.skipif(
     not all(can_bind(a) for a in (*SAME_NETWORK, OTHER_HOST)), reason="loopback addresses"
@@ -234,3 +236,18 @@ def test_failed_sign_ins_on_ipv4_loopback_count_for_ipv6_loopback(users_file):
         assert unary_code(ipv6, basic("alice", "wonderland"), "ListRooms") == EXHAUSTED
     finally:
         server.stop()
+
+
+def test_users_file_made_writable_while_running_keeps_accounts_and_says_so_once(
+    gated_users, users_file, caplog
+):
+    """When the users file becomes writable by others while serving, the accounts read
+    before still sign in, and the log says why once, not once per sign-in."""
+    caplog.set_level(logging.WARNING, logger="server")
+    assert unary_code(gated_users, basic("alice", "wonderland"), "ListUsers") == OK
+    users_file.chmod(0o666)
+    for n in range(5):
+        assert unary_code(gated_users, basic("zoe", "pässwörd"), "ListUsers") == OK
+        assert unary_code(gated_users, basic("alice", f"wrong{n}"), "ListUsers") != OK
+    warnings = [r.getMessage() for r in caplog.records if "others may write" in r.getMessage()]
+    assert len(warnings) == 1 and "keeping the accounts read before" in warnings[0]
