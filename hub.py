@@ -4,7 +4,7 @@ Each joined user is a `Client` (member.py) holding a bounded `queue.Queue`
 of outgoing `ServerEvent`s. The Chat handler in session.py drains that
 queue (it is the user's response stream); the hub only ever *puts* into it.
 The hub is called from many threads at once: every client's reader thread
-(messages, typing, moves), the pool threads (join, leave), the timer thread
+(messages, typing, joining and leaving rooms), the pool threads (join, leave), the timer thread
 (typing timeouts) and, with Redis, the store's follower and the cluster's
 follower (messages from the stream, events of other servers).
 
@@ -15,7 +15,8 @@ follower (messages from the stream, events of other servers).
                            generator A  generator B  generator C  (pool threads)
 
 A room's events (messages, typing, joins and leaves) go to that room's
-members only; a direct message to one user wherever they are.
+members only, once each, however many rooms a member is in; a direct
+message to one user wherever they are (in any room, or none).
 
 NOTE: one lock, `_lock`, guards the directory (rooms.py: our clients, their
 rooms, and the users of other servers as far as we know them) *and* the
@@ -38,22 +39,19 @@ import time
 import chat_pb2 as pb
 import metrics
 from cluster.remote import Alone, RemoteUsers
-from events import direct_event, message_event, now_s, system_event, typing_event, user_event
+from events import direct_event, message_event, now_s, system_event, user_event
 from member import DRAIN, EVICTED, Client, Echo, Replay, Timed
 from ratelimit import Buckets
 from rooms import Directory
 from sanitize import name_skeleton
 from store import Duplicate, Message, NotSent, Recent, id_key
 from timers import Timers
+from typers import TYPING_CHANGES_BURST, TYPING_CHANGES_PER_S, Typers
 
 log = logging.getLogger(__name__)
 
 TYPING_SILENCE_S = 5.0  # a typer silent this long gets a TYPING_STOP on their behalf
 EVICT_GRACE_S = 5.0  # an evicted client's call is cancelled if its stream is still stuck
-# Typing changes forwarded per client: a burst, then a few a second. A client
-# flipping START/STOP in a loop would otherwise make us fan out thousands a second.
-TYPING_CHANGES_BURST = 4
-TYPING_CHANGES_PER_S = 2.0
 # A burst from the stream (a dead server's users leaving, another tool's batch) is
 # paced: before each batch of at least PACE_FROM events, the follower waits (up to
 # PACE_WAIT_S) until every queue has room for it, so a client that keeps reading
@@ -61,9 +59,6 @@ TYPING_CHANGES_PER_S = 2.0
 PACE_FROM = 50
 PACE_WAIT_S = 5.0
 PACE_POLL_S = 0.02  # NOTE: queues signal no "has room": the wait looks this often
-# Other servers end a typing indicator after TYPING_SILENCE_S without news, as we
-# do: while our user keeps typing, they are told again this often.
-TYPING_RETOLD_S = 2.0
 
 
 class NameTaken(Exception):
@@ -78,10 +73,11 @@ class NotOnline(Exception):
     """A direct message's recipient is not online anywhere."""
 
 
-class Hub(RemoteUsers):
+class Hub(RemoteUsers, Typers):
     """The registry of online clients and the fan-out to their queues.
 
-    Its methods for the other servers' users are in cluster/remote.py.
+    Its methods for the other servers' users are in cluster/remote.py, its
+    typing indicators in typers.py.
     """
 
     def __init__(
@@ -99,7 +95,9 @@ class Hub(RemoteUsers):
         self._evict_grace_s = evict_grace_s
         # `_lock` guards _dir, _closing and the order of every broadcast.
         self._lock = threading.Lock()
-        self._dir = Directory()  # who is online, here and elsewhere, and in which room
+        self._dir = Directory()  # who is online, here and elsewhere, and in which rooms
+        # room -> id of the last message of it we delivered: where a joiner's history stops
+        self._last_id: dict[str, str] = {}
         self._closing = False  # shut_down() has begun: joins are refused
         # Typing changes, by name (a reconnect refills nothing); its own lock, taken inside ours.
         self._typing_changes = Buckets(TYPING_CHANGES_PER_S, TYPING_CHANGES_BURST)
@@ -120,8 +118,8 @@ class Hub(RemoteUsers):
         with self._lock:
             return self._dir.rooms()
 
-    def users(self, room: str | None = None) -> list[tuple[str, str]]:
-        """(name, room) of everyone online, or of everyone in `room`."""
+    def users(self, room: str | None = None) -> list[tuple[str, list[str]]]:
+        """(name, its rooms sorted) of everyone online, or of everyone in `room`."""
         with self._lock:
             return self._dir.users(room)
 
@@ -133,7 +131,7 @@ class Hub(RemoteUsers):
     # -- joining and leaving ----------------------------------------------
 
     def join(self, client: Client, last_seen_id: str = "") -> None:
-        """Register `client` in its room: history, then USER_JOINED, then who is there.
+        """Register `client` in its first room: history, then USER_JOINED, then who is there.
 
         The other servers heard of the join from the name's claim (cluster/presence.py).
         """
@@ -144,29 +142,47 @@ class Hub(RemoteUsers):
                 raise NameTaken(client.name)  # "Alice" while alice is here, too
             self._dir.remote.pop(client.name, None)  # a stale view of another server
             self._dir.add(client)
-            self._enter_room_locked(client, last_seen_id)
+            for room in client.rooms:
+                self._enter_room_locked(client, room, last_seen_id)
 
-    def move(self, client: Client, room: str) -> bool:
-        """Move `client` to `room`: USER_LEFT in the old, then as a join in the new.
+    def enter(self, client: Client, room: str, last_seen_id: str = "") -> bool:
+        """Add `room` to `client`'s rooms, announced as a join; the others stay as they are.
 
         False if `client` is already there (or gone): nothing happens.
         """
         with self._lock:
-            old = client.room
-            if room == old or self._dir.clients.get(client.name) is not client:
+            if room in client.rooms or self._dir.clients.get(client.name) is not client:
                 return False
-            self._stop_typing_locked(client)
-            self._dir.move(client, room)
-            self._broadcast_locked(user_event(pb.USER_LEFT, client.name, old), old)
-            self._enter_room_locked(client)
-        self.cluster.move(client.name, client.claim, room)
+            self._dir.enter(client, room)
+            self._enter_room_locked(client, room, last_seen_id)
+            rooms = sorted(client.rooms)
+        self.cluster.set_rooms(client.name, client.claim, rooms)
         return True
 
-    def _enter_room_locked(self, client: Client, last_seen_id: str = "") -> None:
-        self._put(client, Replay(client.room, last_seen_id))  # the generator sends history
-        self._broadcast_locked(user_event(pb.USER_JOINED, client.name, client.room), client.room)
-        present = self._dir.names_in(client.room)
-        notice = f"in #{client.room} ({len(present)}): {', '.join(present)}"
+    def part(self, client: Client, room: str) -> bool:
+        """Take `room` from `client`'s rooms: its members, `client` included, get USER_LEFT.
+
+        The stream stays, in no room at all if that was the last. False if
+        `client` is not in `room` (or gone): nothing happens.
+        """
+        with self._lock:
+            if room not in client.rooms or self._dir.clients.get(client.name) is not client:
+                return False
+            if client.typing_room == room:
+                self._stop_typing_locked(client)
+            self._broadcast_locked(user_event(pb.USER_LEFT, client.name, room), room)
+            self._dir.part(client, room)
+            rooms = sorted(client.rooms)
+        self.cluster.set_rooms(client.name, client.claim, rooms)
+        return True
+
+    def _enter_room_locked(self, client: Client, room: str, last_seen_id: str = "") -> None:
+        # The generator sends the history up to the last message delivered so far.
+        upto = self._last_id.get(room) or self.store.followed_from(room)
+        self._put(client, Replay(room, last_seen_id, upto))
+        self._broadcast_locked(user_event(pb.USER_JOINED, client.name, room), room)
+        present = self._dir.names_in(room)
+        notice = f"in #{room} ({len(present)}): {', '.join(present)}"
         self._put(client, system_event(notice))
 
     def leave(self, client: Client, ending: str) -> bool:
@@ -187,7 +203,8 @@ class Hub(RemoteUsers):
     def _remove_locked(self, client: Client) -> None:
         self._stop_typing_locked(client)
         self._dir.remove(client)
-        self._broadcast_locked(user_event(pb.USER_LEFT, client.name, client.room), client.room)
+        for room in sorted(client.rooms):  # each room it was in hears the leave
+            self._broadcast_locked(user_event(pb.USER_LEFT, client.name, room), room)
 
     # -- what clients say ---------------------------------------------------
 
@@ -199,27 +216,30 @@ class Hub(RemoteUsers):
         with self._lock:
             self._put_or_evict_locked(client, event)
 
-    def post(self, client: Client, text: str, action: bool = False, key: str = "") -> bool:
-        """Store an accepted message and send it to its room, sender included.
+    def post(
+        self, client: Client, text: str, room: str, action: bool = False, key: str = ""
+    ) -> bool:
+        """Store an accepted message and send it to `room`, sender included.
 
-        Returns False, storing nothing, if the sender is no longer online.
+        Returns False, storing nothing, if the sender is no longer online or
+        not in `room`.
         A line whose `key` was taken already is echoed to its sender alone,
         with the id it had then.
         """
         with self._lock:
-            if self._dir.clients.get(client.name) is not client:
+            if room not in client.rooms or self._dir.clients.get(client.name) is not client:
                 return False
             self._stop_typing_locked(client)
             # In memory: this message. With Redis: usually none, the stream
             # delivers it in order; during an outage, what the store holds.
             accepted = time.time()
             try:
-                ready = self.store.append(client.name, text, now_s(), client.room, action, key)
+                ready = self.store.append(client.name, text, now_s(), room, action, key)
             except Duplicate as duplicate:
                 self._put_or_evict_locked(client, Echo(message_event(duplicate.first)))
                 return True
             for message in ready:
-                self._broadcast_locked(Timed(message_event(message), accepted), message.room)
+                self._deliver_locked(message, accepted)
         metrics.ACCEPTED.inc()
         return True
 
@@ -236,8 +256,11 @@ class Hub(RemoteUsers):
         with self._lock:
             for message in messages:
                 # Accepted on some server: the time its id says Redis stored it.
-                accepted = id_key(message.id)[0] / 1000
-                self._broadcast_locked(Timed(message_event(message), accepted), message.room)
+                self._deliver_locked(message, id_key(message.id)[0] / 1000)
+
+    def _deliver_locked(self, message: Message, accepted: float) -> None:
+        self._last_id[message.room] = message.id  # a join from now on reads history up to it
+        self._broadcast_locked(Timed(message_event(message), accepted), message.room)
 
     def direct(
         self, client: Client, to: str, text: str, action: bool = False, key: str = ""
@@ -286,52 +309,6 @@ class Hub(RemoteUsers):
         skeleton = name_skeleton(name)
         names = self._dir.clients if here_only else [*self._dir.clients, *self._dir.remote]
         return next((other for other in names if name_skeleton(other) == skeleton), None)
-
-    # -- typing here ------------------------------------------------------------
-
-    def typing(self, client: Client, kind) -> None:
-        """Forward a change of typing state to everyone else; drop repeats.
-
-        Changes past the client's typing bucket are dropped silently, the
-        state left as the others last saw it (typing is ephemeral: a start
-        that stays ends by the silence timer, or with the next message).
-        """
-        with self._lock:
-            if client.name not in self._dir.clients:
-                return
-            is_change = (kind == pb.TYPING_START) != (client.typing_timer is not None)
-            if is_change and self._typing_changes.try_take(client.name):
-                return
-            if kind == pb.TYPING_START:
-                was_typing = client.typing_timer is not None
-                if was_typing:
-                    client.typing_timer.cancel()  # still typing: restart the silence clock
-                client.typing_timer = self._timers.schedule(
-                    self._typing_silence_s, lambda: self._typing_timeout(client)
-                )
-                if not was_typing:
-                    event = typing_event(client.name, pb.TYPING_START, client.room)
-                    self._broadcast_locked(event, client.room, skip=client)
-                if not was_typing or time.monotonic() - client.typing_told_at > TYPING_RETOLD_S:
-                    client.typing_told_at = time.monotonic()  # other servers' silence clocks
-                    self.cluster.publish_typing(client.name, pb.TYPING_START)
-            elif kind == pb.TYPING_STOP:
-                self._stop_typing_locked(client)
-
-    def _typing_timeout(self, client: Client) -> None:
-        """Timer thread: the typer fell silent."""
-        with self._lock:
-            if client.name in self._dir.clients:
-                self._stop_typing_locked(client)
-
-    def _stop_typing_locked(self, client: Client) -> None:
-        if client.typing_timer is None:
-            return
-        client.typing_timer.cancel()
-        client.typing_timer = None
-        event = typing_event(client.name, pb.TYPING_STOP, client.room)
-        self._broadcast_locked(event, client.room, skip=client)
-        self.cluster.publish_typing(client.name, pb.TYPING_STOP)
 
     # -- shutting down ------------------------------------------------------
 

@@ -20,16 +20,21 @@ GONE = "gone"  # the call is already over (cancelled, network lost)
 class Replay:
     """A mark in a client's queue: "send the history of `room` here".
 
-    The hub puts it in when a user joins or moves, before announcing them in
-    the room; the Chat handler reads the history when it meets the mark, so
-    the user sees the room's past, then its present, in that order.
+    The hub puts it in when a user joins a room (the first or another),
+    before announcing them in the room; the Chat handler reads the history
+    when it meets the mark, so the user sees the room's past, then its
+    present, in that order. `upto` is the id of the room's last message the
+    hub had delivered when it put the mark in (or, if none yet, the store's
+    `followed_from`): every later one is queued after the mark, live, so the
+    history read stops there (None: unbounded).
     """
 
-    __slots__ = ("room", "after_id")
+    __slots__ = ("room", "after_id", "upto")
 
-    def __init__(self, room: str, after_id: str = ""):
+    def __init__(self, room: str, after_id: str = "", upto: str | None = None):
         self.room = room
         self.after_id = after_id  # "": the last N messages
+        self.upto = upto
 
 
 class Echo:
@@ -61,7 +66,7 @@ class Timed:
 
 
 class Client:
-    """One joined user. The hub's lock guards `room`, `typing_timer` and `ending`.
+    """One joined user. The hub's lock guards `rooms`, the typing fields and `ending`.
 
     The generator reads `ending` without the lock: it is set once, from None
     to its final value, and a plain attribute read is atomic.
@@ -71,13 +76,14 @@ class Client:
         self, name: str, room: str = "lobby", cancel=lambda: None, queue_max=QUEUE_MAX_EVENTS
     ):
         self.name = name
-        self.room = room  # the one room this user is in (the hub's lock guards it)
+        self.rooms: set[str] = {room}  # every room this user is in (the hub's lock guards it)
         self.claim = ""  # the token of this user's name claim (cluster/presence.py), set at join
         self.network = ""  # the client's network (access/caps.py), for limits by network
         self.cancel = cancel  # ends the gRPC call; used if an evicted client will not read
         self.queue: queue.Queue = queue.Queue(maxsize=queue_max)
         self.typing_timer = None  # a Timer while this user is typing, else None
         self.typing_told_at = 0.0  # monotonic time other servers were last told of the typing
+        self.typing_room = ""  # the room they are typing in while typing_timer is set
         self.ending = None  # None while online, else DRAIN, EVICTED or GONE
 
     def wake(self) -> None:

@@ -41,16 +41,20 @@ TYPING_EVENTS_PER_S = 10
 NEW_ROOMS_BURST = 10
 NEW_ROOMS_PER_MINUTE = 2
 KEY_MAX_CHARS = 64  # a line's key (a client sends 32 hex digits); longer ones are refused
+MAX_ROOMS = 20  # rooms one stream may be in at once (--max-rooms), as on IRC servers
 
 
 class Reader:
     """Reads one client's events at a time; shared by all streams, holds no per-client state."""
 
-    def __init__(self, hub, max_chars: int, buckets=None, new_rooms=None):
+    def __init__(
+        self, hub, max_chars: int, buckets=None, new_rooms=None, max_rooms: int = MAX_ROOMS
+    ):
         self.hub = hub
         self._max_chars = max_chars  # longest message, after cleaning
         self._buckets = buckets  # ratelimit.Buckets by user name; None: no limit
         self._new_rooms = new_rooms or NewRooms(hub, None)  # rooms opened, by network
+        self._max_rooms = max_rooms  # rooms one stream may be in at once
 
     def run(self, client: Client, request_iterator) -> None:
         """The reader thread's body: owns `request_iterator` and `refusals`."""
@@ -79,8 +83,11 @@ class Reader:
     # Each handler returns None, or the reason it refused the event.
 
     def _on_chat_message(self, client: Client, event) -> str | None:
-        """A message to the room, or to one user (`to`); `action` for /me."""
+        """A message to one of the client's rooms, or to one user (`to`); `action` for /me."""
         message = event.chat_message
+        room = None if message.to else room_name(message.room)
+        if not message.to and (refusal := self._check_in(client, room)) is not None:
+            return refusal
         text = clean_text(message.message)
         if not text:
             return self._reject(client, pb.INVALID_EVENT, "empty message: nothing was sent")
@@ -97,7 +104,7 @@ class Reader:
             if message.to:
                 self.hub.direct(client, message.to, text, message.action, message.key)
             else:
-                self.hub.post(client, text, message.action, message.key)
+                self.hub.post(client, text, room, message.action, message.key)
         except NotSent:  # cut off from the other servers: no id would hold
             if self._buckets is not None:
                 self._buckets.give_back(name_skeleton(client.name))  # free to send again
@@ -108,29 +115,53 @@ class Reader:
         return None
 
     def _on_typing_event(self, client: Client, event) -> str | None:
-        kind = event.typing_event.type
-        if kind not in (pb.TYPING_START, pb.TYPING_STOP):
+        typing = event.typing_event
+        if typing.type not in (pb.TYPING_START, pb.TYPING_STOP):
             return self._reject(client, pb.INVALID_EVENT, "typing event without a type")
-        self.hub.typing(client, kind)
+        room = room_name(typing.room)
+        if (refusal := self._check_in(client, room)) is not None:
+            return refusal
+        self.hub.typing(client, typing.type, room)
         return None
 
     def _on_user_event(self, client: Client, event) -> str | None:
-        """After the join, a USER_JOINED moves the user to its room."""
+        """After the join, a USER_JOINED adds a room, a USER_LEFT leaves one.
+
+        `client.rooms` is read without the lock: only this thread changes it
+        (and the hub, when the client is removed, after which nothing counts).
+        """
         user = event.user_event
-        if user.type != pb.USER_JOINED or user.username not in ("", client.name):
-            return self._reject(client, pb.INVALID_EVENT, "user events are for joining a room")
+        kinds, names = (pb.USER_JOINED, pb.USER_LEFT), ("", client.name)
+        if user.type not in kinds or user.username not in names:
+            return self._reject(client, pb.INVALID_EVENT, "user events join or leave a room")
         room = room_name(user.room)
         if room is None:
             return self._reject(client, pb.INVALID_EVENT, f"invalid room: use {ROOM_RULE}")
-        if room == client.room:  # read without the lock: only this thread moves the client
-            self.hub.tell(client, system_event(f"already in #{room}"))
+        joining = user.type == pb.USER_JOINED
+        if joining == (room in client.rooms):  # nothing would change
+            notice = f"already in #{room}" if joining else f"not in #{room}"
+            self.hub.tell(client, system_event(notice))
             return None
+        if joining and len(client.rooms) >= self._max_rooms:
+            limit = self._max_rooms
+            return self._reject(client, pb.INVALID_EVENT, f"too many rooms: at most {limit}")
         if (refusal := self._take_token(client)) is not None:
             return refusal
-        if wait_s := self._new_rooms.wait_s(room, client.network):
+        if joining and (wait_s := self._new_rooms.wait_s(room, client.network)):
             retry = f"too many new rooms from your network: retry in {round_up(wait_s):.1f} s"
             return self._reject(client, pb.RATE_LIMITED, retry)
-        self.hub.move(client, room)
+        if joining:
+            self.hub.enter(client, room, user.last_seen_id)
+        else:
+            self.hub.part(client, room)
+        return None
+
+    def _check_in(self, client: Client, room: str | None) -> str | None:
+        """Is `room` (a cleaned name, None if invalid) one of the client's? The refusal if not."""
+        if room is None:
+            return self._reject(client, pb.INVALID_EVENT, f"invalid room: use {ROOM_RULE}")
+        if room not in client.rooms:
+            return self._reject(client, pb.INVALID_EVENT, f"not in #{room}: join it first")
         return None
 
     def _on_None(self, client: Client, event) -> str | None:  # the oneof was empty

@@ -1,17 +1,20 @@
 """Who is where: each room's members on this server, and the other servers' users.
 
-A user is in exactly one room at a time; every stream starts in `lobby`.
-The hub (hub.py) keeps one `Directory` and changes it only under its own
-lock, so the directory has no lock of its own. It answers the hub's one
-hot question, "whose queues get this room's event?", with the room's own
-member dict: a room of ten costs ten puts, however many rooms there are.
+A user is in a set of rooms at once (at most `--max-rooms`), possibly none;
+every stream starts in one room (`lobby` unless it names another). The hub
+(hub.py) keeps one `Directory` and changes it only under its own lock, so
+the directory has no lock of its own. It answers the hub's one hot
+question, "whose queues get this room's event?", with the room's own
+member dict: a room of ten costs ten puts, however many rooms there are,
+and a member of several rooms is in each room's dict once, so each event
+of a room reaches it once.
 
 Users of other servers (known from cluster/presence.py's events) are kept apart as
 `Remote` entries: the hub never puts into their queues, but they count in
 "who is in #rust", `ListRooms` and `ListUsers`.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from member import Client
 from sanitize import LOBBY
@@ -21,8 +24,8 @@ from sanitize import LOBBY
 class Remote:
     """A user of another server, as far as this one knows."""
 
-    room: str
-    typing: bool = False
+    rooms: set[str] = field(default_factory=set)
+    typing: str = ""  # the room they are typing in, "" when not typing
 
 
 class Directory:
@@ -34,17 +37,23 @@ class Directory:
         self._rooms: dict[str, dict[str, Client]] = {}  # room -> our members, by name
 
     def add(self, client: Client) -> None:
+        """Register `client` in the rooms it already names (its first room)."""
         self.clients[client.name] = client
-        self._rooms.setdefault(client.room, {})[client.name] = client
+        for room in client.rooms:
+            self._rooms.setdefault(room, {})[client.name] = client
 
     def remove(self, client: Client) -> None:
         del self.clients[client.name]
-        self._leave_room(client)
+        for room in client.rooms:
+            self._forget_member(client, room)
 
-    def move(self, client: Client, room: str) -> None:
-        self._leave_room(client)
-        client.room = room
+    def enter(self, client: Client, room: str) -> None:
+        client.rooms.add(room)
         self._rooms.setdefault(room, {})[client.name] = client
+
+    def part(self, client: Client, room: str) -> None:
+        client.rooms.discard(room)
+        self._forget_member(client, room)
 
     def members(self, room: str):
         """Our clients in `room` (a view: copy it before changing the directory)."""
@@ -52,7 +61,7 @@ class Directory:
 
     def names_in(self, room: str) -> list[str]:
         """Everyone in `room`, here and elsewhere, sorted."""
-        remote = [name for name, user in self.remote.items() if user.room == room]
+        remote = [name for name, user in self.remote.items() if room in user.rooms]
         return sorted([*self._rooms.get(room, {}), *remote])
 
     def rooms(self) -> dict[str, int]:
@@ -61,17 +70,19 @@ class Directory:
         for room, members in self._rooms.items():
             counts[room] = counts.get(room, 0) + len(members)
         for user in self.remote.values():
-            counts[user.room] = counts.get(user.room, 0) + 1
+            for room in user.rooms:
+                counts[room] = counts.get(room, 0) + 1
         return counts
 
-    def users(self, room: str | None = None) -> list[tuple[str, str]]:
-        """(name, room) of everyone online, or of everyone in `room`, sorted by name."""
-        everyone = [(c.name, c.room) for c in self.clients.values()]
-        everyone += [(name, user.room) for name, user in self.remote.items()]
-        return sorted(u for u in everyone if room is None or u[1] == room)
+    def users(self, room: str | None = None) -> list[tuple[str, list[str]]]:
+        """(name, its rooms sorted) of everyone online, or of everyone in `room`, by name."""
+        everyone = [(c.name, c.rooms) for c in self.clients.values()]
+        everyone += [(name, user.rooms) for name, user in self.remote.items()]
+        return sorted((n, sorted(r)) for n, r in everyone if room is None or room in r)
 
-    def _leave_room(self, client: Client) -> None:
-        members = self._rooms[client.room]
-        del members[client.name]
-        if not members and client.room != LOBBY:
-            del self._rooms[client.room]  # an empty room is forgotten
+    def _forget_member(self, client: Client, room: str) -> None:
+        members = self._rooms.get(room)
+        if members is None or members.pop(client.name, None) is None:
+            return
+        if not members and room != LOBBY:
+            del self._rooms[room]  # an empty room is forgotten

@@ -243,6 +243,7 @@ def tls_credentials(cert_path: Path, key_path: Path) -> grpc.ServerCredentials:
 @click.option("--no-rate-limit", is_flag=True, help="Switch rate limits off (benchmarks).")
 @click.option("--max-message-chars", default=2000, show_default=True, help="Longest message.")
 @click.option("--max-clients", default=512, show_default=True, help="Concurrent chat streams.")
+@click.option("--max-rooms", default=20, show_default=True, help="Rooms one stream may be in.")
 @click.option(
     "--max-streams-per-address", default=32, show_default=True,
     help="Open chat streams one client network (IPv4 /24, IPv6 /64) may hold, joined or not.",
@@ -283,7 +284,7 @@ def tls_credentials(cert_path: Path, key_path: Path) -> grpc.ServerCredentials:
 )
 @click.pass_context
 def main(ctx, host, port, redis_url, redis_replicas, history, history_max, rate, burst,
-         join_rate, join_burst, no_rate_limit, max_message_chars, max_clients,
+         join_rate, join_burst, no_rate_limit, max_message_chars, max_clients, max_rooms,
          max_streams_per_address, tls_cert, tls_key, token, users, processes, metrics_port,
          room_idle_days, log_level):  # fmt: skip
     """Run the chat server until SIGINT or SIGTERM (or run a COMMAND instead)."""
@@ -297,8 +298,8 @@ def main(ctx, host, port, redis_url, redis_replicas, history, history_max, rate,
         raise click.BadParameter("rates, bursts, --max-clients and --history-max must be positive")
     if history < 0:
         raise click.BadParameter("--history cannot be negative")
-    if max_streams_per_address < 1:
-        raise click.BadParameter("--max-streams-per-address must be positive")
+    if min(max_streams_per_address, max_rooms) < 1:
+        raise click.BadParameter("--max-streams-per-address and --max-rooms must be positive")
     if processes < 1:
         raise click.BadParameter("--processes must be positive")
     if redis_replicas < 0:
@@ -326,6 +327,7 @@ def main(ctx, host, port, redis_url, redis_replicas, history, history_max, rate,
         join_rate=join_rate,
         join_burst=join_burst,
         max_clients=max_clients,
+        max_rooms=max_rooms,
         max_streams_per_address=max_streams_per_address,
     )
     if room_idle_days <= 0:

@@ -28,6 +28,7 @@ import chat_pb2_grpc
 import hub as hubs
 import member
 import metrics
+import reader as readers
 from access import caps
 from access.auth import Anyone
 from access.undecodable import Summarised
@@ -63,6 +64,7 @@ class Settings:
     join_timeout_s: float = JOIN_TIMEOUT_S
     queue_max_events: int = member.QUEUE_MAX_EVENTS  # a client this far behind is evicted
     evict_grace_s: float = hubs.EVICT_GRACE_S  # then cut off if its stream stays stuck
+    max_rooms: int = readers.MAX_ROOMS  # rooms one stream may be in at once
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
@@ -84,7 +86,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             message_buckets = Buckets(settings.rate, settings.burst)  # by name
             self._join_buckets = Buckets(settings.join_rate, settings.join_burst)  # by network
             self._new_rooms = NewRooms.limited(hub)  # rooms opened, by network
-        self._reader = Reader(hub, settings.max_message_chars, message_buckets, self._new_rooms)
+        self._reader = Reader(
+            hub, settings.max_message_chars, message_buckets, self._new_rooms, settings.max_rooms
+        )
 
     def HealthCheck(self, request, context):
         return pb.HealthCheckResponse(
@@ -104,7 +108,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         if request.room and room is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid room: use {ROOM_RULE}")
         users = self.hub.users(room)
-        return pb.ListUsersResponse(users=[pb.User(username=n, room=r) for n, r in users])
+        return pb.ListUsersResponse(
+            users=[pb.User(username=n, room=r[0] if r else "", rooms=r) for n, r in users]
+        )
 
     def Chat(self, request_iterator, context):
         if not self._slots.acquire(blocking=False):
@@ -139,7 +145,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             queue_max=self._settings.queue_max_events,
         )
         client.network = caps.peer_network(context)
-        if wait_s := self._new_rooms.wait_s(client.room, client.network):
+        if wait_s := self._new_rooms.wait_s(next(iter(client.rooms)), client.network):
             log.info("refused a stream from %s: too many new rooms", caps.peer_address(context))
             metrics.refused("rooms")
             context.abort(
@@ -164,7 +170,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             log.info("refused %s: cannot resume while Redis is away", client.name)
             context.abort(grpc.StatusCode.UNAVAILABLE, RESUME_LATER)  # the client retries
         try:
-            claim = self.hub.cluster.claim(client.name, client.room)
+            claim = self.hub.cluster.claim(client.name, next(iter(client.rooms)))
         except ClaimUnconfirmed:
             log.info("refused %s: the name cannot be confirmed in Redis now", client.name)
             context.abort(grpc.StatusCode.UNAVAILABLE, JOIN_LATER)
@@ -182,7 +188,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             log.info("refused %s: name already online", client.name)
             context.abort(grpc.StatusCode.ALREADY_EXISTS, f"{client.name} is already online")
         metrics.JOINS.inc()
-        log.info("%s joined #%s (%d online here)", client.name, client.room, self.hub.count())
+        room = next(iter(client.rooms))
+        log.info("%s joined #%s (%d online here)", client.name, room, self.hub.count())
 
     def _read_join(self, request_iterator, context) -> pb.UserEvent | None:
         """Step 2: the first event, checked. Aborts the call if it is wrong."""
@@ -228,10 +235,12 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     def _replay(self, client: Client, context, mark: Replay):
         """Step 3b: yield a room's history, a page at a time; return the last id the client has.
 
-        What the joiner missed (after `mark.after_id`), or the last N. Only
+        What the joiner missed (after `mark.after_id`), or the last N, up to
+        `mark.upto`: what came later is in the queue, after the mark. Only
         one page is held at a time, and none once it has been sent.
         """
         limit, room = self._settings.history, mark.room
+        upto = id_key(mark.upto) if mark.upto else None
         try:
             pages = self.hub.store.history(limit, mark.after_id or None, room)
             last_id = mark.after_id or None  # seen before: a lagging follower's copy is not new
@@ -243,8 +252,10 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         try:
             for page in pages:
                 for message in page:
+                    if upto is not None and id_key(message.id) > upto:
+                        return last_id  # live, from the queue
                     yield message_event(message, replay=True)
-                last_id = page[-1].id if page else last_id
+                    last_id = message.id
         except HistoryUnavailable:  # Redis went away mid-resume: a gap would be a loss
             context.abort(grpc.StatusCode.UNAVAILABLE, RESUME_LATER)
         return last_id
@@ -256,14 +267,17 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         start step 4: what the joiner says is an answer to what it has seen,
         never a message of its own that it would first meet as history.
 
-        A `Replay` mark in the queue (a join, a move) is replaced by that
-        room's history. Messages of the room posted between the mark and
-        the history read are then in both: the queued copies are skipped,
-        once, by id (a direct message has no id and is never skipped). The
-        first newer message of that room ends the skipping: the rest of the
-        stream pays nothing for it.
+        A `Replay` mark in the queue (a join of a room) is replaced by that
+        room's history, read up to the room's last message delivered before
+        the mark: later ones come live, so a message said into the room
+        during the read reaches its sender as its echo. A message of the room
+        queued and also in the history (ids of a stream that went back, a
+        resume past what this server has delivered) is skipped, once, by id;
+        the first newer message of that room ends the skipping for it, so
+        the rest of the stream pays one dict lookup per message while any
+        room is skipping, and nothing once none is.
         """
-        skip_up_to = None  # (room, id key): queued messages of that room up to it were sent
+        skipping: dict[str, tuple[int, int]] = {}  # room -> id key: queued up to it were sent
         while True:
             event = client.queue.get()
             if client.ending == member.EVICTED:
@@ -274,7 +288,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 return
             if isinstance(event, Replay):
                 last_id = yield from self._replay(client, context, event)
-                skip_up_to = (event.room, id_key(last_id)) if last_id else None
+                skipping.pop(event.room, None)
+                if last_id:
+                    skipping[event.room] = id_key(last_id)
                 if start_reader is not None:  # the join's replay is over
                     start_reader()
                     start_reader = None
@@ -284,12 +300,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 accepted = None
                 if isinstance(event, member.Timed):
                     event, accepted = event.event, event.accepted
-                if skip_up_to is not None:
-                    sent = already_sent(event, skip_up_to)
-                    if sent:
-                        continue
-                    if sent is False:
-                        skip_up_to = None  # live from here on
+                if skipping and already_sent(event, skipping):
+                    continue
                 if accepted is not None:
                     metrics.DELIVERY_SECONDS.observe(max(0.0, time.time() - accepted))
                 yield event
@@ -297,9 +309,12 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 return  # DRAIN: everything queued was delivered
 
 
-def already_sent(event, skip_up_to: tuple[str, tuple[int, int]]) -> bool | None:
-    """For a queued message of the replayed room: was it in the replay? None for others."""
+def already_sent(event, skipping: dict[str, tuple[int, int]]) -> bool:
+    """Was this queued event in a replay? A newer message ends its room's skipping."""
     message = event.chat_message if event.WhichOneof("event") == "chat_message" else None
-    if message is None or not message.id or message.room != skip_up_to[0]:
-        return None
-    return id_key(message.id) <= skip_up_to[1]
+    if message is None or not message.id or message.room not in skipping:
+        return False
+    if id_key(message.id) <= skipping[message.room]:
+        return True
+    del skipping[message.room]  # live from here on
+    return False

@@ -8,6 +8,8 @@ the bus between servers).
 The Chat handler calls `history` when a client joins, to replay what it
 missed, as pages of at most HISTORY_PAGE messages: `for page in
 store.history(limit, after_id)`. `start(deliver)` hands the store the hub's delivery callback.
+`followed_from(room)` says up to which id a room's messages were stored before
+this server began delivering them (all later ones reach the hub's `deliver`).
 
 Two stores, one interface:
 
@@ -163,9 +165,12 @@ class MemoryStore:
         self._lock = threading.Lock()  # guards _rooms (append vs. history)
         self._rooms: dict[str, deque[Message]] = {}  # room -> its last messages
         self._keys = Recent()  # (sender, key) -> the Message it became; under _lock too
+        self._before_start: dict[str, str] = {}  # room -> its last id when start() was called
 
     def start(self, deliver, echo=None) -> None:
-        pass  # the hub delivers what append() returns; nothing arrives from elsewhere
+        """The hub delivers what append() returns from now on; nothing arrives from elsewhere."""
+        with self._lock:
+            self._before_start = {room: kept[-1].id for room, kept in self._rooms.items() if kept}
 
     def reachable(self) -> bool:
         return True  # nothing to lose touch with
@@ -181,6 +186,11 @@ class MemoryStore:
 
     def can_resume(self, after_id: str) -> bool:
         return True  # everything kept is here
+
+    def followed_from(self, room: str) -> str:
+        """The id up to which `room`'s messages were here before the hub began delivering."""
+        with self._lock:
+            return self._before_start.get(room, "0-0")
 
     def append(
         self,

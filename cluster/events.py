@@ -1,4 +1,4 @@
-"""Live events between servers: typing out, everyone's joins, moves, leaves and dms in.
+"""Live events between servers: typing out, everyone's joins, rooms, leaves and dms in.
 
 Part of the cluster (cluster/presence.py keeps names, rooms and liveness). Every
 change of presence is appended to `chat:events` by the Lua script that
@@ -6,10 +6,10 @@ makes it (cluster/keys.py); typing and direct messages are appended here. The
 stream is capped, and every server follows it from the last id it has seen
 (cluster/follow.py), skipping the events about its own users:
 
-- **joined / moved / left** (with the room) -> `hub.remote_event`, which
-  announces only changes, so an event seen twice is shown once;
-- **typing** -> `hub.remote_event("typing", ...)`: the hub knows the
-  typer's room;
+- **joined / rooms / left** (with every room the user is in, as Redis
+  keeps them: `rooms_field`) -> `hub.remote_event`, which announces only
+  changes, so an event seen twice is shown once;
+- **typing** (with the room typed in) -> `hub.remote_event("typing", ...)`;
 - **dm** (sender, to, text, timestamp, action, key, token) ->
   `hub.remote_direct`, on every server, our own included: only the one that
   holds `to` delivers, so a recipient who moved here since the message was
@@ -23,7 +23,7 @@ stream is capped, and every server follows it from the last id it has seen
 
 A server that was cut off catches up from its last id when Redis answers;
 if it missed too much (the cap trimmed it), or at start or after any error,
-it *resyncs*: one script returns every name with its room and the stream's
+it *resyncs*: one script returns every name with its rooms and the stream's
 position at the same instant, the hub announces the difference
 (`hub.resync_remote`), and reading goes on from there.
 
@@ -71,10 +71,10 @@ NOT_TAKEN_TEXT = "the recipient's server did not answer"
 class LiveEvents:
     """The cluster's live events; see the module docstring."""
 
-    def publish_typing(self, name: str, kind: int) -> None:
-        """Hand a local typing change to the other servers. Never blocks."""
+    def publish_typing(self, name: str, kind: int, room: str) -> None:
+        """Hand a local typing change in `room` to the other servers. Never blocks."""
         try:
-            self._outbox.put_nowait((name, int(kind)))
+            self._outbox.put_nowait((name, int(kind), room))
         except queue.Full:
             pass  # Redis has been away long: typing is not worth keeping
 
@@ -93,8 +93,9 @@ class LiveEvents:
 
     def _write_typing(self, batch: list) -> bool:
         pipe = self._link.quick.pipeline(transaction=False)
-        for name, kind in batch:
-            fields = {"kind": "typing", "name": name, "server": self.server_id, "typing": kind}
+        for name, kind, room in batch:
+            fields = {"kind": "typing", "name": name, "server": self.server_id, "typing": kind,
+                      "room": room}  # fmt: skip
             pipe.xadd(EVENTS_KEY, fields, maxlen=EVENTS_MAX, approximate=True)
         try:
             pipe.execute()
@@ -132,7 +133,7 @@ class LiveEvents:
                 del self._acks[token]
 
     def _on_events(self, entries: list) -> None:
-        """Follower thread: other servers' joins, moves, leaves, typing and dms, in order."""
+        """Follower thread: other servers' joins, rooms, leaves, typing and dms, in order."""
         self._hub.make_room(len(entries))  # a burst (a dead server's users) is paced
         for entry_id, fields in entries:
             kind, name = fields.get("kind"), fields.get("name")
@@ -142,10 +143,11 @@ class LiveEvents:
                 self._on_taken(fields)
             elif fields.get("server") == self.server_id or not name:
                 continue  # ours (the hub showed it already), or not an event of ours
-            elif kind in ("joined", "moved", "left"):
-                self._hub.remote_event(kind, name, room=_room(fields.get("room")))
+            elif kind in ("joined", "rooms", "left"):
+                self._hub.remote_event(kind, name, rooms=parse_rooms(fields.get("room")))
             elif kind == "typing" and fields.get("typing", "").isdigit():
-                self._hub.remote_event(kind, name, int(fields["typing"]))
+                room = {_room(fields.get("room"))}
+                self._hub.remote_event(kind, name, int(fields["typing"]), rooms=room)
 
     def first_direct(self, sender: str, key: str) -> bool:
         """A direct message for one of ours, taken here: False if a server took it before.
@@ -189,12 +191,14 @@ class LiveEvents:
                 taken.set()
 
     def _resync(self) -> tuple[str, int]:
-        """Follower thread: who is online elsewhere (and where), and the events' position."""
+        """Follower thread: who is online elsewhere (in which rooms), and the events' position."""
         names, where, (position, added) = self._link.run("resync", PRESENCE_KEYS, [])
         claims = dict(zip(names[::2], names[1::2], strict=False))
         rooms = dict(zip(where[::2], where[1::2], strict=False))
         others = {
-            n: _room(rooms.get(n)) for n, t in claims.items() if _server_of(t) != self.server_id
+            n: parse_rooms(rooms.get(n))
+            for n, t in claims.items()
+            if _server_of(t) != self.server_id
         }
         self._hub.resync_remote(others)
         return position, added
@@ -203,6 +207,19 @@ class LiveEvents:
 def _server_of(token: str) -> str:
     """The server id in a claim token "<server id>:<session>"."""
     return token.split(":", 1)[0]
+
+
+def rooms_field(rooms) -> str:
+    """A set of rooms as Redis keeps it (`chat:where`, the events' `room`): sorted, by commas."""
+    return ",".join(sorted(rooms))
+
+
+def parse_rooms(raw: str | None) -> set[str]:
+    """The rooms in a `rooms_field` ("" is none); missing: the lobby; bad names dropped."""
+    if raw is None:
+        return {LOBBY}
+    rooms = {room_name(part) for part in raw.split(",") if part}
+    return rooms - {None}
 
 
 def _room(raw: str | None) -> str:

@@ -1,7 +1,7 @@
-"""History from Redis for joins and moves: a room's last N, or all after an id, in pages.
+"""History from Redis for joins of rooms: a room's last N, or all after an id, in pages.
 
 The Chat handler (session.py) asks `store.history(limit, after_id, room)`
-when a client joins or moves. These methods are part of `RedisStore`
+when a client joins a room (its first, or another). These methods are part of `RedisStore`
 (cluster/store.py), kept in this file so each reads in one sitting: they use
 its link, its lock and what it holds in memory.
 

@@ -5,7 +5,7 @@ events) talk to one Redis through one `RedisLink`. Only they and their
 redis_*.py helpers import `redis`. Every change to who is online, or in
 which room, is one Lua script that changes the names *and* appends the
 matching event to the events stream, so the two can never disagree, and
-every server sees joins, moves and leaves in the stream's one order.
+every server sees joins, changes of rooms and leaves in the stream's one order.
 
 The message layout (measured in bench/redis_layout.py; the README says why):
 
@@ -43,9 +43,9 @@ from store import StoreUnavailable
 STREAM_KEY = "chat:messages"  # stream: the lobby's messages (and other tools' entries)
 BUS_KEY = "chat:bus"  # stream: every other room's messages, in one order; servers follow it
 ROOM_PREFIX = "chat:room:"  # stream per room but the lobby: its history (same ids as the bus)
-EVENTS_KEY = "chat:events"  # stream: joins, moves, leaves, typing, direct messages; capped
+EVENTS_KEY = "chat:events"  # stream: joins, rooms, leaves, typing, direct messages; capped
 NAMES_KEY = "chat:names"  # hash: online username -> claim token "<server id>:<session>"
-WHERE_KEY = "chat:where"  # hash: online username -> the room they are in
+WHERE_KEY = "chat:where"  # hash: online username -> their rooms, sorted, by commas
 # hash: a name's skeleton (sanitize.name_skeleton) -> the online name holding it, so
 # "Alice" is taken while alice is online; written by the presence scripts beside
 # NAMES_KEY, whose name they compute (cluster/lua.py: SKELETONS).

@@ -4,8 +4,8 @@ Part of the cluster (cluster/presence.py holds the names). Every HEARTBEAT_S
 one script refreshes our alive key, counts the live peers (so the store
 knows whether it is `shared`), and reaps every server whose key expired:
 its names go, with one `left` each, in that same script, so exactly one
-survivor announces them. Then the heartbeat retries releases and moves that
-failed, and claims again what Redis lost:
+survivor announces them. Then the heartbeat retries releases and changes
+of rooms that failed, and claims again what Redis lost:
 
 - **we were reaped** (cut off longer than ALIVE_TTL_MS): a name someone
   else holds now is theirs; our session is told and disconnected;
@@ -76,7 +76,7 @@ class Liveness:
             self._retry_releases()
             self._reconcile(self._emptied)
             self._emptied = False
-            self._retry_moves()
+            self._retry_rooms()
         except redis.ResponseError as error:  # Redis answered (out of memory): no one reaps
             self._last_contact = sent_at
             log.warning("heartbeat refused by Redis: %s", error)
@@ -140,7 +140,7 @@ class Liveness:
         `first_wins`: Redis was emptied, a name held by a later session is ours again.
         """
         with self._names:
-            claims = [(name, claim.token, claim.room) for name, claim in self._claims.items()]
+            claims = [(name, claim.token, claim.rooms) for name, claim in self._claims.items()]
         if not claims:
             return
         triples = [value for claim in claims for value in claim]

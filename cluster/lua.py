@@ -1,6 +1,6 @@
 """Every Lua script the Redis modules run: each change of who is where, and one message.
 
-Each script runs atomically in Redis, so a name, its room and the event that
+Each script runs atomically in Redis, so a name, its rooms and the event that
 announces them (in `chat:events`) can never disagree, and a message of a
 room other than the lobby is in the bus and in the room's history under
 one id. cluster/keys.py registers them on its `RedisLink`; cluster/presence.py and
@@ -12,7 +12,9 @@ on one Redis, not on Redis Cluster (one Redis is the distributed engine here).
 
 # -- Lua: names, rooms and presence ---------------------------------------------------
 # KEYS[1] = NAMES_KEY, KEYS[2] = EVENTS_KEY, KEYS[3] = WHERE_KEY in each; events carry
-# the server they come from and the room they are about.
+# the server they come from and the rooms they are about. A user's rooms are one
+# value, sorted and joined by commas ("go,lobby,rust"; "" for none): a set that
+# changes whole, in the one script that logs the change.
 
 _XADD = """
 local function event(kind, name, server, room)
@@ -62,13 +64,13 @@ event('joined', ARGV[2], ARGV[4], ARGV[5])
 return 1
 """
 
-# ARGV: maxlen, name, token, server, room. 0 if this token does not hold the name;
-# else 1, with a `moved` event only if the room changed (so a retry is harmless).
-MOVE = """
+# ARGV: maxlen, name, token, server, rooms. 0 if this token does not hold the name;
+# else 1, with a `rooms` event only if the rooms changed (so a retry is harmless).
+ROOMS = """
 if redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[3] then return 0 end
 if redis.call('HGET', KEYS[3], ARGV[2]) == ARGV[5] then return 1 end
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[5])
-event('moved', ARGV[2], ARGV[4], ARGV[5])
+event('rooms', ARGV[2], ARGV[4], ARGV[5])
 return 1
 """
 
@@ -81,9 +83,9 @@ end
 return 0
 """
 
-# ARGV: maxlen, server, first wins ('1' or '0'), then name, token, room triples. Per
-# triple: 1 held, 2 claimed again (in that room), 0 taken. Rooms of held names are
-# MOVE's to change, not ours. With "first wins" (Redis was emptied: every server
+# ARGV: maxlen, server, first wins ('1' or '0'), then name, token, rooms triples. Per
+# triple: 1 held, 2 claimed again (in those rooms), 0 taken. Rooms of held names are
+# ROOMS's to change, not ours. With "first wins" (Redis was emptied: every server
 # claims again what it held), a name held by a session that joined later than ours
 # (the time ends each token) is taken back: the other server finds it lost and
 # disconnects its session.
@@ -244,7 +246,7 @@ end
 TAIL = "return position(KEYS[1])"
 
 # KEYS[1] = NAMES_KEY, KEYS[2] = EVENTS_KEY, KEYS[3] = WHERE_KEY. Who is online, in
-# which room, and where the events stream is, at one instant: a reader resumes
+# which rooms, and where the events stream is, at one instant: a reader resumes
 # from there with nothing missed.
 RESYNC = """
 return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[3]), position(KEYS[2])}
@@ -265,7 +267,7 @@ return {entries, first[1] and first[1][1] or '0-0', pos[2], redis.call('XLEN', K
 # Each script with the helpers it calls, by the name `RedisLink.run` takes.
 SCRIPTS = {
     "claim": _XADD + CLAIM,
-    "move": _XADD + MOVE,
+    "rooms": _XADD + ROOMS,
     "release": _XADD + RELEASE,
     "reconcile": _XADD + RECONCILE,
     "heartbeat": _XADD + _FREE_NAMES + HEARTBEAT,

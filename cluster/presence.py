@@ -5,13 +5,14 @@ Messages travel through the message stream (cluster/store.py); this module
 carries the rest, each change one Lua script (cluster/keys.py), so a name and
 the event that announces it can never disagree:
 
-- **Names and rooms.** `claim` is HSETNX of the name and its room + a
-  `joined` event (with the room); `move` is "if this token holds it" HSET of
-  the room + a `moved` event; `release` is "if this token still holds it"
+- **Names and rooms.** `claim` is HSETNX of the name and its first room + a
+  `joined` event (with the room); `set_rooms` is "if this token holds it"
+  HSET of every room the user is in now (one value: the set, sorted, by
+  commas) + a `rooms` event; `release` is "if this token still holds it"
   HDEL + a `left` event. Of two servers claiming one name at once exactly
   one wins; a name online anywhere is taken everywhere, and every server
-  knows everyone's room (`ListRooms`, `ListUsers`, "who is in #rust").
-- **Live events** (joins, moves, leaves, typing, direct messages) go to
+  knows everyone's rooms (`ListRooms`, `ListUsers`, "who is in #rust").
+- **Live events** (joins, changes of rooms, leaves, typing, direct messages) go to
   the capped stream `chat:events`, which every server follows; that half of
   the cluster, and how a server that missed events resyncs, is in
   cluster/events.py.
@@ -25,14 +26,14 @@ retries); cluster/liveness.py covers a server cut off, reaped, or on a
 Redis emptied. Alone on its Redis, a server keeps its claims here while
 Redis is unreachable and the join path does not wait on Redis
 (`link.reachable`); the heartbeat claims them again, with their `joined`
-in their latest room, when Redis answers, and retries releases and moves
-that failed. A move never waits long: one quick call on the mover's
-reader thread, or none if another thread is sending that name's room (it
-sends the latest when its call returns).
+in their latest rooms, when Redis answers, and retries releases and
+changes of rooms that failed. A change of rooms never waits long: one
+quick call on the user's reader thread, or none if another thread is
+sending that name's rooms (it sends the latest when its call returns).
 
 Threads (all owned here): the *publisher* and the *follower* of live events
 (cluster/events.py); the *heartbeat* beats, reaps, retries releases and
-moves, and re-claims. `_names` guards `_claims` (and each `Claim`'s
+changes of rooms, and re-claims. `_names` guards `_claims` (and each `Claim`'s
 fields), `_unreleased`, `_inflight` and `_closing`, never held during a
 Redis call. Without `--redis-url` the server uses `remote.Alone` instead.
 """
@@ -46,7 +47,7 @@ from dataclasses import dataclass
 
 import redis
 
-from cluster.events import LiveEvents
+from cluster.events import LiveEvents, rooms_field
 from cluster.follow import StreamFollower
 from cluster.keys import (
     EPOCH_KEY,
@@ -73,9 +74,9 @@ class Claim:
     """One of our users' names, as claimed in Redis. Guarded by `Cluster._names`."""
 
     token: str  # "<server id>:<session>"
-    room: str  # the room the user is in now
-    room_sent: bool = True  # Redis has `room` (False: a move still to send)
-    sending: bool = False  # a thread is sending the room now: the others leave it to it
+    rooms: str  # the rooms the user is in now, as Redis keeps them (`rooms_field`)
+    rooms_sent: bool = True  # Redis has `rooms` (False: a change still to send)
+    sending: bool = False  # a thread is sending the rooms now: the others leave it to it
 
 
 class Cluster(LiveEvents, Liveness):
@@ -190,49 +191,49 @@ class Cluster(LiveEvents, Liveness):
 
     # -- rooms ----------------------------------------------------------------
 
-    def move(self, name: str, token: str, room: str) -> None:
-        """Our user moved to `room` (the hub did it here): tell Redis, without waiting long.
+    def set_rooms(self, name: str, token: str, rooms: list[str]) -> None:
+        """Our user is in `rooms` now (the hub did it here): tell Redis, without waiting long.
 
-        Called on the mover's reader thread, outside the hub's lock. At most
-        one quick call; if Redis is away, the heartbeat sends the latest room.
+        Called on the user's reader thread, outside the hub's lock. At most
+        one quick call; if Redis is away, the heartbeat sends the latest rooms.
         """
         with self._names:
             if not self._holds(name, token):
                 return
             claim = self._claims[name]
-            claim.room, claim.room_sent = room, False
-        self._send_room(name)
+            claim.rooms, claim.rooms_sent = rooms_field(rooms), False
+        self._send_rooms(name)
 
-    def _send_room(self, name: str) -> None:
-        """Send `name`'s latest room until Redis has it; one thread at a time per name.
+    def _send_rooms(self, name: str) -> None:
+        """Send `name`'s latest rooms until Redis has them; one thread at a time per name.
 
-        A move that comes while another thread's call is in flight only marks
-        the room unsent: that thread sees it when its call returns and sends
-        again, so an older room can never land after a newer one.
+        A change that comes while another thread's call is in flight only
+        marks the rooms unsent: that thread sees it when its call returns and
+        sends again, so older rooms can never land after newer ones.
         """
         while self._link.reachable:
             with self._names:
                 claim = self._claims.get(name)
-                if claim is None or claim.sending or claim.room_sent:
+                if claim is None or claim.sending or claim.rooms_sent:
                     return
-                claim.sending, claim.room_sent = True, True
-                token, room = claim.token, claim.room
+                claim.sending, claim.rooms_sent = True, True
+                token, rooms = claim.token, claim.rooms
             try:
-                sent = self._run("move", name, token, self.server_id, room) == 1
+                sent = self._run("rooms", name, token, self.server_id, rooms) == 1
             except redis.RedisError:
                 self._link.mark_down()
                 sent = False
             with self._names:
                 claim.sending = False
                 if not sent:  # Redis away, or it lost the name: reconcile, then retry
-                    claim.room_sent = False
+                    claim.rooms_sent = False
                     return
 
-    def _retry_moves(self) -> None:
+    def _retry_rooms(self) -> None:
         with self._names:
-            due = [name for name, claim in self._claims.items() if not claim.room_sent]
+            due = [name for name, claim in self._claims.items() if not claim.rooms_sent]
         for name in due:
-            self._send_room(name)
+            self._send_rooms(name)
 
     def _run(self, script: str, *args):
         return self._run_keys(script, PRESENCE_KEYS, list(args))

@@ -150,6 +150,10 @@ class RedisStore(History):
         self._writer.start()
         self._follower.start_at(self._start_at)
 
+    def followed_from(self, room: str) -> str:
+        """The id up to which `room`'s messages were in Redis before we followed its stream."""
+        return self._start_at[followed_key(room)][0]
+
     def reachable(self) -> bool:
         return self.redis.reachable
 

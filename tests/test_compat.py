@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 from conftest import ROOT
-from wire import join, move_event
+from wire import enter_event, join, part_event
 
 import chat_pb2 as pb
 
@@ -92,12 +92,12 @@ def test_original_contract_client_joins_chats_and_sees_typing(server, tmp_path: 
 
 
 def chat_in_rust(conns, quiet: threading.Event) -> None:
-    """Keep #rust busy: messages, typing and a move out and back, until `quiet`."""
+    """Keep #rust busy: messages, typing and a join of #go and back out, until `quiet`."""
     while not quiet.wait(0.02):
         conns[0].say("rust talk")
         conns[1].typing(pb.TYPING_START)
-        conns[1].send(move_event("go"))
-        conns[1].send(move_event("rust"))
+        conns[1].send(enter_event("go"))
+        conns[1].send(part_event("go"))
 
 
 def test_committed_stubs_are_what_make_gen_produces(tmp_path: Path):

@@ -1,7 +1,9 @@
-"""Rooms, moves, direct messages, actions and the room queries, on one server.
+"""Rooms, joining more, direct messages, actions and the room queries, on one server.
 
-Every stream starts in `lobby`; a room's messages, typing, joins and leaves
-reach its members only; a direct message reaches one user wherever they are.
+Every stream starts in one room (`lobby` unless it names another) and may
+join more; a room's messages, typing, joins and leaves reach its members
+only; a direct message reaches one user wherever they are.
+(tests/test_rooms_many.py holds the rules of being in several rooms.)
 """
 
 import threading
@@ -9,7 +11,7 @@ import threading
 import grpc
 import pytest
 from conftest import stored
-from wire import EVENT_TIMEOUT_S, Conn, join, join_event, move_event
+from wire import EVENT_TIMEOUT_S, Conn, enter_event, join, join_event, part_event
 
 import chat_pb2 as pb
 import chat_pb2_grpc
@@ -57,46 +59,57 @@ def test_rooms_are_isolated_with_one_order_each_under_concurrency(server):
             conn.close()
 
 
-def test_a_move_is_left_then_history_then_joined_then_who_is_there(server):
-    """When alice moves to #rust: lobby sees her leave; she gets #rust's history, her
-    USER_JOINED and who is there; #rust sees her join; lobby talk no longer reaches her."""
+def test_a_later_join_is_history_then_joined_then_who_is_there_and_keeps_the_lobby(server):
+    """When alice in lobby joins #rust: she gets #rust's history, her USER_JOINED and who is
+    there; #rust sees her join; lobby sees no leave; talk of both rooms reaches her."""
     carol = join(server.address, "carol", room="rust")
     carol.say("old rust")
     carol.messages(1)
     alice = join(server.address, "alice")
     alice.next_event("system_event")  # "in #lobby (1): alice"
     bob = join(server.address, "bob")
-    alice.send(move_event("#Rust"))
-    bob.next_event("user_event", where=user(pb.USER_LEFT, "alice", "lobby"))
+    alice.send(enter_event("#Rust"))
     carol.next_event("user_event", where=user(pb.USER_JOINED, "alice", "rust"))
-    after_move = []
-    while not after_move or after_move[-1].WhichOneof("event") != "system_event":
-        after_move.append(alice.next_event())
-    kinds = [e.WhichOneof("event") for e in after_move]
+    after_join = []
+    while not after_join or after_join[-1].WhichOneof("event") != "system_event":
+        after_join.append(alice.next_event())
+    kinds = [e.WhichOneof("event") for e in after_join]
     assert kinds[-3:] == ["chat_message", "user_event", "system_event"], kinds
-    history, joined, notice = after_move[-3:]
+    history, joined, notice = after_join[-3:]
     assert (history.chat_message.message, history.chat_message.replay) == ("old rust", True)
+    assert history.chat_message.room == "rust"
     assert user(pb.USER_JOINED, "alice", "rust")(joined.user_event)
     assert notice.system_event.message == "in #rust (2): alice, carol"
-    bob.say("lobby only")
-    carol.say("rust only")
-    assert [m.message for m in alice.messages(1)] == ["rust only"]
+    bob.say("lobby talk")
+    assert [(m.message, m.room) for m in alice.messages(1)] == [("lobby talk", "lobby")]
+    carol.say("rust talk")
+    assert [(m.message, m.room) for m in alice.messages(1)] == [("rust talk", "rust")]
+    bob_saw = [e.user_event for e in bob.drain() if e.WhichOneof("event") == "user_event"]
+    assert [e for e in bob_saw if e.username == "alice"] == []  # no leave, nothing of #rust's
+    assert server.servicer.hub.users() == [
+        ("alice", ["lobby", "rust"]), ("bob", ["lobby"]), ("carol", ["rust"])
+    ]  # fmt: skip
     for conn in (alice, bob, carol):
         conn.close()
 
 
-def test_moving_to_ones_own_room_is_a_notice_and_a_move_takes_a_token(server_factory):
-    """When alice moves to the room she is in, she is told and nothing else happens;
-    a real move costs a rate-limit token."""
-    server = server_factory(rate=0.1, burst=1)
+def test_joining_ones_own_room_is_a_notice_and_a_join_or_leave_takes_a_token(server_factory):
+    """When alice joins a room she is in, she is told and nothing else happens; a real
+    join costs a rate-limit token, and so does a leave."""
+    server = server_factory(rate=0.1, burst=2)
     alice = join(server.address, "alice")
-    alice.send(move_event("lobby"))
+    alice.send(enter_event("lobby"))
     notice = alice.next_event("system_event", where=lambda e: "already in #lobby" in e.message)
     assert notice.system_event.code == pb.SYSTEM_INFO
-    alice.send(move_event("rust"))
+    alice.send(enter_event("rust"))
     alice.next_event("user_event", where=user(pb.USER_JOINED, "alice", "rust"))
-    alice.send(move_event("go"))
+    alice.send(part_event("rust"))
+    alice.next_event("user_event", where=user(pb.USER_LEFT, "alice", "rust"))
+    alice.send(enter_event("go"))
     alice.next_event("system_event", where=lambda e: e.code == pb.RATE_LIMITED)
+    alice.send(part_event("lobby"))
+    alice.next_event("system_event", where=lambda e: e.code == pb.RATE_LIMITED)
+    assert server.servicer.hub.users() == [("alice", ["lobby"])]
     alice.close()
 
 
@@ -105,9 +118,11 @@ def test_room_names_are_normalised_and_bad_ones_refused(server):
     alice = join(server.address, "alice", room="#Rust")
     bad = Conn(server.address, join_event("bob", room="no spaces!"))
     assert bad.wait_end() == grpc.StatusCode.INVALID_ARGUMENT
-    alice.send(move_event("x" * 33))
+    alice.send(enter_event("x" * 33))
     alice.next_event("system_event", where=lambda e: e.code == pb.INVALID_EVENT)
-    assert server.servicer.hub.users() == [("alice", "rust")]
+    alice.send(part_event("no spaces!"))
+    alice.next_event("system_event", where=lambda e: e.code == pb.INVALID_EVENT)
+    assert server.servicer.hub.users() == [("alice", ["rust"])]
     alice.close()
     bad.close()
 
@@ -180,8 +195,8 @@ def test_list_rooms_and_list_users(server):
         rooms = stub.ListRooms(pb.ListRoomsRequest(), timeout=EVENT_TIMEOUT_S).rooms
         assert [(r.name, r.members) for r in rooms] == [("go", 1), ("lobby", 0), ("rust", 2)]
         everyone = stub.ListUsers(pb.ListUsersRequest(), timeout=EVENT_TIMEOUT_S).users
-        assert [(u.username, u.room) for u in everyone] == [
-            ("ann", "rust"), ("ben", "rust"), ("cat", "go")
+        assert [(u.username, u.room, list(u.rooms)) for u in everyone] == [
+            ("ann", "rust", ["rust"]), ("ben", "rust", ["rust"]), ("cat", "go", ["go"])
         ]  # fmt: skip
         rust = stub.ListUsers(pb.ListUsersRequest(room="#rust"), timeout=EVENT_TIMEOUT_S).users
         assert [u.username for u in rust] == ["ann", "ben"]

@@ -13,7 +13,7 @@ import pytest
 import redis
 from conftest import wait_until
 from proxy import Proxy
-from wire import EVENT_TIMEOUT_S, Conn, join, join_event, move_event
+from wire import EVENT_TIMEOUT_S, Conn, enter_event, join, join_event, part_event
 
 import chat_pb2 as pb
 import chat_pb2_grpc
@@ -43,14 +43,16 @@ def rooms_of(address: str) -> list[tuple[str, int]]:
 
 
 def users_of(address: str, room: str = "") -> list[tuple[str, str]]:
+    """(name, rooms joined by commas) of everyone online, or in `room`; `room` is the first."""
     with grpc.insecure_channel(address) as channel:
         stub = chat_pb2_grpc.ChatServiceStub(channel)
         users = stub.ListUsers(pb.ListUsersRequest(room=room), timeout=EVENT_TIMEOUT_S).users
-    return [(u.username, u.room) for u in users]
+    assert all(u.room == (u.rooms[0] if u.rooms else "") for u in users), users
+    return [(u.username, ",".join(u.rooms)) for u in users]
 
 
 def settled(servers, users: list[tuple[str, str]]) -> bool:
-    """Wait until every server lists exactly `users` (name, room), sorted by name."""
+    """Wait until every server lists exactly `users` (name, rooms by commas), sorted by name."""
     return wait_until(
         lambda: all(users_of(s.address) == users for s in servers), timeout=SETTLE_S, interval=0.1
     )
@@ -97,7 +99,7 @@ def test_direct_messages_cross_servers_and_rooms_and_are_never_stored(cluster, r
 
 def test_list_rooms_and_list_users_agree_across_servers(cluster):
     """When people in rooms are spread over two servers, both answer ListRooms and ListUsers
-    alike, and again after a move."""
+    alike, and again after one joins another room and leaves one."""
     a, b = cluster(), cluster()
     conns = [join(a.address, "ann", room="rust"), join(b.address, "ben", room="rust")]
     conns += [join(b.address, "cat", room="go"), join(a.address, "dan")]
@@ -106,7 +108,10 @@ def test_list_rooms_and_list_users_agree_across_servers(cluster):
     for server in (a, b):
         assert rooms_of(server.address) == [("go", 1), ("lobby", 1), ("rust", 2)]
         assert users_of(server.address, "#rust") == [("ann", "rust"), ("ben", "rust")]
-    conns[0].send(move_event("go"))
+    conns[0].send(enter_event("go"))
+    assert settled((a, b), [("ann", "go,rust"), *everyone[1:]])
+    assert rooms_of(a.address) == rooms_of(b.address) == [("go", 2), ("lobby", 1), ("rust", 2)]
+    conns[0].send(part_event("rust"))
     assert settled((a, b), [("ann", "go"), *everyone[1:]])
     assert rooms_of(a.address) == rooms_of(b.address) == [("go", 2), ("lobby", 1), ("rust", 1)]
     for conn in conns:
@@ -148,28 +153,29 @@ def test_rooms_are_isolated_with_one_order_each_across_servers(cluster):
             conn.close()
 
 
-def test_a_move_is_seen_in_order_by_the_other_servers_members(cluster):
-    """When alice on A moves to #rust: bob in lobby on B sees her leave, carol in #rust on B
-    sees her join; her #rust talk reaches carol, not bob; her notice names carol."""
+def test_a_later_join_is_seen_in_order_by_the_other_servers_members(cluster):
+    """When alice on A joins #rust too: carol in #rust on B sees her join, bob in lobby on B
+    sees nothing of it; her #rust talk reaches carol, not bob; lobby talk still reaches her;
+    her notice names carol."""
     a, b = cluster(), cluster()
     carol = join(b.address, "carol", room="rust")
     carol.say("old rust")
     carol.messages(1)
     bob, alice = join(b.address, "bob"), join(a.address, "alice")
     assert settled((a, b), [("alice", "lobby"), ("bob", "lobby"), ("carol", "rust")])
-    alice.send(move_event("rust"))
-    bob.next_event("user_event", where=user(pb.USER_LEFT, "alice", "lobby"))
+    alice.send(enter_event("rust"))
     carol.next_event("user_event", where=user(pb.USER_JOINED, "alice", "rust"))
     replayed = alice.next_event("chat_message").chat_message
     assert (replayed.message, replayed.room, replayed.replay) == ("old rust", "rust", True)
     alice.next_event("user_event", where=user(pb.USER_JOINED, "alice", "rust"))
     notice = alice.next_event("system_event").system_event.message
     assert notice == "in #rust (2): alice, carol"
-    alice.say("rust only")
+    alice.say("rust only", room="rust")
     bob.say("lobby only")
     assert [m.message for m in carol.messages(1)] == ["rust only"]
     assert [m.message for m in bob.messages(1)] == ["lobby only"]
-    assert [m.message for m in alice.messages(1)] == ["rust only"]
+    got = sorted((m.room, m.message) for m in alice.messages(2))
+    assert got == [("lobby", "lobby only"), ("rust", "rust only")]
     bob_saw = [e.user_event for e in bob.drain() if e.WhichOneof("event") == "user_event"]
     assert [e for e in bob_saw if e.username == "alice"] == []  # nothing of #rust's
     for conn in (alice, bob, carol):
@@ -202,19 +208,21 @@ def test_history_resume_and_actions_are_per_room_across_servers(cluster):
 
 
 def test_rooms_heal_after_one_servers_redis_link_is_cut(cluster, redis_proc):
-    """When A is cut off from Redis while its alice and B's bob both move, each server
-    shows both in their new rooms within seconds of A's link coming back."""
+    """When A is cut off from Redis while its alice and B's bob both join another room,
+    each server shows both in their rooms within seconds of A's link coming back."""
     proxy = Proxy(redis_proc.port)
     a, b = cluster(f"redis://127.0.0.1:{proxy.port}/0"), cluster()
     alice, bob = join(a.address, "alice"), join(b.address, "bob")
     assert settled((a, b), [("alice", "lobby"), ("bob", "lobby")])
     proxy.black_hole()
-    alice.send(move_event("rust"))
+    alice.send(enter_event("rust"))
     alice.next_event("user_event", where=user(pb.USER_JOINED, "alice", "rust"))
-    bob.send(move_event("go"))
+    alice.send(part_event("lobby"))
+    alice.next_event("user_event", where=user(pb.USER_LEFT, "alice", "lobby"))
+    bob.send(enter_event("go"))
     bob.next_event("user_event", where=user(pb.USER_JOINED, "bob", "go"))
     proxy.restore()
-    assert settled((a, b), [("alice", "rust"), ("bob", "go")])
+    assert settled((a, b), [("alice", "rust"), ("bob", "go,lobby")])
     proxy.close()
     for conn in (alice, bob):
         conn.close()
@@ -229,9 +237,10 @@ class QuietHub:
     def kick(self, name, text): ...
 
 
-def test_a_move_during_a_slow_move_never_waits_and_the_latest_room_lands_last(redis_proc):
-    """When alice moves again while her first move is still in Redis, the second move
-    returns at once, and Redis ends with her latest room, announced after the first."""
+def test_a_change_of_rooms_during_a_slow_one_never_waits_and_the_latest_lands_last(redis_proc):
+    """When alice joins another room while her first change of rooms is still in Redis,
+    the second returns at once, and Redis ends with her latest rooms, announced after
+    the first."""
     link = RedisLink(redis_proc.url)
     cluster = Cluster(link, "s1")
     cluster.start(QuietHub())
@@ -239,24 +248,24 @@ def test_a_move_during_a_slow_move_never_waits_and_the_latest_room_lands_last(re
     first_in_redis, release = threading.Event(), threading.Event()
     run = link.run
 
-    def slow_first_move(script, keys, args, client=None):
-        if script == "move" and not first_in_redis.is_set():
+    def slow_first_change(script, keys, args, client=None):
+        if script == "rooms" and not first_in_redis.is_set():
             first_in_redis.set()
             assert release.wait(EVENT_TIMEOUT_S)
         return run(script, keys, args, client)
 
-    link.run = slow_first_move
-    mover = threading.Thread(target=cluster.move, args=("alice", token, "rust"))
-    mover.start()
+    link.run = slow_first_change
+    changer = threading.Thread(target=cluster.set_rooms, args=("alice", token, ["lobby", "rust"]))
+    changer.start()
     assert first_in_redis.wait(EVENT_TIMEOUT_S)
     started = time.monotonic()
-    cluster.move("alice", token, "go")
+    cluster.set_rooms("alice", token, ["go", "lobby", "rust"])
     assert time.monotonic() - started < 0.5
     release.set()
-    mover.join(EVENT_TIMEOUT_S)
+    changer.join(EVENT_TIMEOUT_S)
     with redis.Redis.from_url(redis_proc.url, decode_responses=True) as client:
-        assert client.hget(WHERE_KEY, "alice") == "go"
-        moves = [f["room"] for _, f in client.xrange(EVENTS_KEY) if f["kind"] == "moved"]
-    assert moves == ["rust", "go"]
+        assert client.hget(WHERE_KEY, "alice") == "go,lobby,rust"
+        changes = [f["room"] for _, f in client.xrange(EVENTS_KEY) if f["kind"] == "rooms"]
+    assert changes == ["lobby,rust", "go,lobby,rust"]
     cluster.close()
     link.close()

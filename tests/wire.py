@@ -33,6 +33,8 @@ class Conn:
         self.events: queue.Queue = queue.Queue()  # ServerEvents, then the final RpcError/None
         self.ended = threading.Event()
         self.error: grpc.RpcError | None = None
+        # Where `say` and `typing` speak unless told: the room the stream joined first.
+        self.room = first.user_event.room if first is not None else ""
         if first is not None:
             self._outbox.put(first)
         self.call = self.stub.Chat(self._requests(), timeout=timeout)
@@ -59,10 +61,14 @@ class Conn:
         self._outbox.put(event)
 
     def say(self, text: str, **fields) -> None:
+        """Say `text` (in `self.room` unless `room` or `to` is given)."""
+        if "to" not in fields:
+            fields.setdefault("room", self.room)
         self.send(pb.ClientEvent(chat_message=pb.ChatMessageEvent(message=text, **fields)))
 
-    def typing(self, kind) -> None:
-        self.send(pb.ClientEvent(typing_event=pb.TypingEvent(type=kind)))
+    def typing(self, kind, room: str | None = None) -> None:
+        room = self.room if room is None else room
+        self.send(pb.ClientEvent(typing_event=pb.TypingEvent(type=kind, room=room)))
 
     def half_close(self) -> None:
         self._outbox.put(_END)
@@ -117,9 +123,15 @@ def join(address: str, name: str, last_seen_id: str = "", room: str = "") -> Con
     return conn
 
 
-def move_event(room: str) -> pb.ClientEvent:
-    """A joined client's request to move to `room`."""
-    return pb.ClientEvent(user_event=pb.UserEvent(type=pb.USER_JOINED, room=room))
+def enter_event(room: str, last_seen_id: str = "") -> pb.ClientEvent:
+    """A joined client's request to join `room` too (after `last_seen_id`, if given)."""
+    joined = pb.UserEvent(type=pb.USER_JOINED, room=room, last_seen_id=last_seen_id)
+    return pb.ClientEvent(user_event=joined)
+
+
+def part_event(room: str) -> pb.ClientEvent:
+    """A joined client's request to leave `room` (its stream stays)."""
+    return pb.ClientEvent(user_event=pb.UserEvent(type=pb.USER_LEFT, room=room))
 
 
 def health(address: str) -> pb.HealthCheckResponse:
