@@ -1,8 +1,9 @@
 """The chat client: `python client.py --name alice`, one user's session.
 
 This file is the session: joining, rejoining after a drop (on another
-server if there are several, in the room we were in), what each event
-means to us, and the command line. terminal/link.py is one Chat call and its
+server if there are several, in every room we were in), what each event
+means to us, and the command line. terminal/rooms.py keeps our rooms: which
+we are in, the current one, and the last id seen in each. terminal/link.py is one Chat call and its
 receive thread; terminal/commands.py runs what the user types; terminal/lines.py keeps what
 the user said until the server confirms it; terminal/render.py is how events look;
 terminal/roster.py who is in our room; terminal/prompt.py (terminal) and terminal/piped.py (piped
@@ -18,23 +19,22 @@ ending means (leave, report an error, or reconnect). NOTE: the threads
 share only thread-safe things: `Lines` (its own lock), the queue
 `Link.outbox`, the Events `Link.answered` and `Link.ended` (`Link.error` and
 `Link.shutting_down` are written before `ended` is set), the Renderer, whose
-lock serialises output, and the Roster (its own lock). The receive thread
-also writes `Chat.last_seen` and `Chat.room`; the main thread reads
-`last_seen` only after `Link.ended` is set, and `room` (one reference,
-replaced whole) for the prompt and the queries; only the main thread
-replaces `Chat.link`.
+lock serialises output, the Roster and `Chat.rooms` (each its own lock);
+only the main thread replaces `Chat.link`.
 
 Reconnect: a call that drops, or whose server says it is shutting down
 (SHUTTING_DOWN: a restart, a rolling deploy), is reopened with backoff, on
 the next address given, saying where it tries and why the last try failed,
-joining the room the server last
-confirmed with the id of the last message shown there, so the server sends
-exactly what was missed; ids already shown are skipped, so nothing appears
-twice. Ids are compared within a room only: each room has its own order
-(and, with Redis, its own history), so `last_seen` keeps one id per room.
+joining the current room with the id of the last message shown there, then
+each other room we were in with its own last id (lines queued before the
+ones still pending), so the server sends exactly what was missed in each;
+ids already shown are skipped, so nothing appears twice. Ids are compared
+within a room only: each room has its own order (and, with Redis, its own
+history).
 """
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -48,9 +48,8 @@ import grpc
 
 import chat_pb2 as pb
 from sanitize import LOBBY, NAME_RULE, ROOM_RULE, clean_text, is_valid_name, room_name
-from store import id_key
 from terminal.dial import Dialer, Servers, basic, bearer
-from terminal.lines import DEFAULT_MAX_MESSAGE_CHARS, Lines, echo_key, moved_key
+from terminal.lines import DEFAULT_MAX_MESSAGE_CHARS, Lines, echo_key, join_line, room_key
 from terminal.link import (
     END,
     ChatError,
@@ -65,6 +64,7 @@ from terminal.link import (
 from terminal.piped import run_pipe
 from terminal.prompt import Prompt
 from terminal.render import Renderer, ask_name, use_colour
+from terminal.rooms import RoomState
 from terminal.roster import Roster
 
 DEFAULT_ADDRESS = "localhost:8080"
@@ -78,21 +78,23 @@ CLOSE_TIMEOUT_S = 1.0  # on leaving, wait this long for the server to end the ca
 LEAVE_QUIET_S = 10.0
 LEAVE_LOOK_S = 0.25  # meanwhile, look this often whether the call dropped
 LEAVE_SAY_S = 1.0  # say that we wait only once it has lasted this long
+# The server's notice that a join or a leave had nothing to do: it confirms that line.
+NOTHING_TO_DO = re.compile(r"(already|not) in #([a-z0-9_\-]+)")
 
 
 class Chat:
     """One user's session across calls: the current Link, what was shown, reconnects."""
 
     def __init__(
-        self, addresses, name, renderer, max_chars=DEFAULT_MAX_MESSAGE_CHARS, dial=None, room=LOBBY
-    ):
+        self, addresses, name, renderer, max_chars=DEFAULT_MAX_MESSAGE_CHARS, dial=None,
+        rooms=(LOBBY,),
+    ):  # fmt: skip
         self.name, self.renderer = name, renderer
         self.dial = dial or Dialer()  # address -> channel: TLS and credentials (terminal/dial.py)
         self.max_chars = max_chars
         self.on_down = lambda: None  # called on the receive thread when a call ends
-        self.room = room  # the room the server last confirmed we are in (or --room)
-        self.roster = Roster(name, room)  # who else is in it, for Tab
-        self.last_seen: dict[str, str] = {}  # room -> id of the newest message shown there
+        self.rooms = RoomState(rooms)  # joined rooms, the current one, last id seen in each
+        self.roster = Roster(name, self.rooms.current)  # who else is in it, for Tab
         self.link: Link | None = None
         self.lines = Lines(self._lost, self._leave)
         # which server we use, and the next; where we try and why a try failed, told
@@ -110,8 +112,10 @@ class Chat:
         except grpc.FutureTimeoutError:
             channel.close()
             raise Unreachable(self.dial.unreachable(address)) from None
-        resume = self.last_seen.get(self.room, "")
-        link = Link(channel, self.name, self.room, resume, self._on_event, self._on_end)
+        rooms = self.rooms
+        joined = rooms.joined()
+        first = rooms.current or (joined[0] if joined else LOBBY)  # a stream starts in one
+        link = Link(channel, self.name, first, rooms.last_seen(first), self._on_event, self._on_end)
         if not link.answered.wait(JOIN_TIMEOUT_S):
             reason = f"the server did not answer within {JOIN_TIMEOUT_S:.0f} s"  # before cancel
             link.close()
@@ -120,14 +124,17 @@ class Chat:
             link.close()
             raise join_refused(link.error)
         self.link = link
-        self.lines.up(link)
+        others = [r for r in joined if r != first]
+        self.lines.up(link, [join_line(r, f"/join #{r}", rooms.last_seen(r)) for r in others])
 
-    def heading(self) -> str:
-        """The room we will be in once the moves typed so far are done."""
-        return self.lines.heading() or self.room
+    @property
+    def room(self) -> str:
+        """The current room: where what we type goes ("" when we are in none)."""
+        return self.rooms.current
 
     def typing(self, started: bool) -> None:
-        self.link.typing(pb.TYPING_START if started else pb.TYPING_STOP)
+        if room := self.rooms.current:
+            self.link.typing(pb.TYPING_START if started else pb.TYPING_STOP, room)
 
     def recover(self) -> bool:
         """After a DOWN: reconnect if the call dropped (True), else False if it is fine.
@@ -199,9 +206,9 @@ class Chat:
             if message.username == self.name:
                 self.lines.confirm(echo_key(message), message.key)  # replayed ones count too
         elif kind == "user_event":
-            joined = event.user_event
-            if joined.type == pb.USER_JOINED and joined.username == self.name:
-                self._entered(joined.room or LOBBY)
+            user = event.user_event
+            if user.username == self.name and user.type in (pb.USER_JOINED, pb.USER_LEFT):
+                self._confirmed(user.type, user.room or LOBBY)
         elif kind == "system_event":
             code = event.system_event.code
             if code == pb.SHUTTING_DOWN:  # the call ends once drained; then we move
@@ -209,26 +216,24 @@ class Chat:
                 self.lines.down(link)  # nothing more on it: what it takes now may be lost
             elif code in (pb.RATE_LIMITED, pb.INVALID_EVENT, pb.NOT_SENT, pb.NOT_ONLINE):
                 self.lines.refused(code, event.system_event.message)
+            elif code == pb.SYSTEM_INFO and (
+                nothing := NOTHING_TO_DO.fullmatch(event.system_event.message)
+            ):
+                kind = pb.USER_JOINED if nothing[1] == "already" else pb.USER_LEFT
+                self.lines.confirm(room_key(kind, nothing[2]))
         self.roster.see(event)
         self.renderer.show(event)
 
-    def _entered(self, room: str) -> None:
-        """The server put us in `room` (a join, or a move we asked for)."""
-        self.room = room
-        self.renderer.enter_room(room)  # its typing line; the prompt shows the room
-        self.lines.confirm(moved_key(room))
+    def _confirmed(self, kind, room: str) -> None:
+        """The server says we joined or left `room`."""
+        current = self.rooms.current
+        if room == current or kind == pb.USER_LEFT:  # the room on screen is the current one
+            self.renderer.enter_room(current)
+        self.lines.confirm(room_key(kind, room))
 
     def _is_new(self, message: pb.ChatMessageEvent) -> bool:
         """False for an id at or before the last one shown in its room; else remember it."""
-        room = message.room or LOBBY
-        last = self.last_seen.get(room, "")
-        try:
-            if last and id_key(message.id) <= id_key(last):
-                return False
-        except ValueError:
-            return True  # no usable id (a direct message, an older server): cannot dedupe
-        self.last_seen[room] = message.id
-        return True
+        return self.rooms.is_new(message.room or LOBBY, message.id)
 
     def _lost(self, notice: str) -> None:
         """On the send thread: a line was dropped (too big for the server)."""
@@ -257,8 +262,9 @@ class Chat:
     help="host:port of the chat server; several, comma-separated, to fail over in turn.",
 )  # fmt: skip
 @click.option(
-    "--room", envvar="CHAT_ROOM", show_envvar=True, default=LOBBY, show_default=True,
-    help="The room to start in (#rust or rust); /join moves later.",
+    "--room", "rooms", envvar="CHAT_ROOM", show_envvar=True, multiple=True,
+    default=(LOBBY,), show_default=True,
+    help="A room to start in (#rust or rust); repeat it for several, the first is current.",
 )  # fmt: skip
 @click.option("--timestamps", is_flag=True, help="Start each line with the time, HH:MM.")
 @click.option(
@@ -280,7 +286,7 @@ class Chat:
     prompt_required=False, hide_input=True,
     help="Your account's password (server.py --users); --password alone asks for it.",
 )  # fmt: skip
-def main(name, address, room, timestamps, max_message_chars, tls, ca_cert, token, password):
+def main(name, address, rooms, timestamps, max_message_chars, tls, ca_cert, token, password):
     """Chat with everyone on a grpc-chat server.
 
     On a terminal, type and press Enter; /help lists commands. With input
@@ -298,15 +304,17 @@ def main(name, address, room, timestamps, max_message_chars, tls, ca_cert, token
             raise ChatError("no name: use --name or set CHAT_NAME")
         if not is_valid_name(name):
             raise ChatError(f"invalid name {name!r}: use {NAME_RULE}")
-        if (start_room := room_name(room)) is None:
-            raise ChatError(f"invalid room {room!r}: use {ROOM_RULE}")
+        for room in rooms:
+            if room_name(room) is None:
+                raise ChatError(f"invalid room {room!r}: use {ROOM_RULE}")
         colour = use_colour(sys.stdout)
         renderer = Renderer(name, colour, timestamps, show_typing=interactive, bell=interactive)
         if token and password:
             raise ChatError("use --token or --password, not both")
         authorization = bearer(token) if token else basic(name, password) if password else ""
         dial = Dialer(tls, ca_cert, authorization)
-        chat = Chat(addresses, name, renderer, max_message_chars, dial, start_room)
+        start_rooms = [room_name(room) for room in rooms]
+        chat = Chat(addresses, name, renderer, max_message_chars, dial, start_rooms)
         try:
             Prompt(chat).run() if interactive else run_pipe(chat)
         finally:

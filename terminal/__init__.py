@@ -9,7 +9,8 @@ order:
 2. `link.py`: one Chat call: its requests queue and the receive thread
    that drains the responses and reports.
 3. `lines.py`: what the user said that the server has not confirmed yet:
-   kept, paced and sent again until its echo comes back.
+   kept, paced and sent again until its echo comes back; `rooms.py`: the
+   rooms we are in, the current one, and the last id seen in each.
 4. `commands.py`: what a line does (`/join`, `/msg`, `/who`, ...), in
    IRC's words.
 5. `render.py`: how each server event looks (one line, cleaned, coloured

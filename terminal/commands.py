@@ -3,17 +3,21 @@
 terminal/prompt.py (a terminal) and terminal/piped.py (piped input) hand every line to
 `Commands.enter` on the main thread. A line whose first word is a known
 command (any case, IRC's aliases too: `/J`, `/j`, `/leave`, `/names`)
-runs it; any other line is text for the room. Commands that say
-something (`/msg`, `/me`) and moves (`/join`, `/part`) become lines of
-terminal/lines.py, kept until the server confirms them and sent in the order typed;
-the queries (`/rooms`, `/who`) are unary calls, answered here.
+runs it; any other line is text for the current room. Commands that say
+something (`/msg`, `/me`), joins and leaves (`/join`, `/part`) become lines
+of terminal/lines.py, kept until the server confirms them and sent in the
+order typed; the queries (`/rooms`, `/who`) are unary calls, answered here.
+The rooms we are in, and the current one, are terminal/rooms.py's
+`RoomState` (`chat.rooms`).
 
-    /join #rust   JOIN     a UserEvent USER_JOINED with the room
-    /part         PART     the same, to #lobby
+    /join #rust   JOIN     a UserEvent USER_JOINED with the room; it becomes current
+                           (a room we are in: only made current)
+    /part [#rust] PART     a UserEvent USER_LEFT with the room (the current one)
     /rooms        LIST     ListRooms
     /who          NAMES    ListUsers of our room
     /msg bob hi   PRIVMSG  a ChatMessageEvent with `to`
-    /me waves     ACTION   a ChatMessageEvent with `action`
+    /me waves     ACTION   a ChatMessageEvent with `action`, in the current room
+    text                   a ChatMessageEvent with `room`, the current one
 
 A query waits first (QUERY_TIMEOUT_S at most) for the lines typed before it
 to be confirmed, so `/join #ops` then `/who` lists #ops. It uses the open
@@ -25,8 +29,8 @@ import grpc
 
 import chat_pb2 as pb
 import chat_pb2_grpc
-from sanitize import LOBBY, NAME_RULE, ROOM_RULE, clean_text, is_valid_name, room_name
-from terminal.lines import message_line, move_line, refusal
+from sanitize import NAME_RULE, ROOM_RULE, clean_text, is_valid_name, room_name
+from terminal.lines import join_line, message_line, part_line, refusal
 from terminal.link import describe
 
 QUERY_TIMEOUT_S = 5.0  # deadline of /rooms and /who, and their wait for earlier lines
@@ -35,8 +39,8 @@ QUIT = object()  # a command's answer: leave
 # name: (arguments, what it does), in the order /help lists them. An argument
 # in [brackets] may be left out; "" takes none.
 COMMANDS = {
-    "/join": ("#room", "go to a room (anyone may open one)"),
-    "/part": ("", "leave the room, back to #lobby"),
+    "/join": ("#room", "join a room (anyone may open one) and talk there; yours: go to it"),
+    "/part": ("[#room]", "leave this room, or the one named"),
     "/rooms": ("", "list the rooms and how many are in each, yours marked"),
     "/who": ("[#room]", "list who is in this room, or in the one named"),
     "/msg": ("name text", "send text to one person, wherever they are"),
@@ -106,7 +110,7 @@ class Commands:
             )
             self._refused(f"unknown command {word}: {usage} ({ESCAPE}x sends /x)")
         else:
-            self._say(message_line(rest))
+            self._say_here(rest)
         return True
 
     # -- one method per command (dispatch by name, as http.server's do_GET) ------
@@ -115,17 +119,26 @@ class Commands:
         room = room_name(rest)
         if not rest or " " in rest or room is None:
             return self._usage("/join", f"a room is {ROOM_RULE}" if rest else "")
-        self._move(room, f"/join {rest}")
+        if self.chat.rooms.join(room):  # new to us: current once the server confirms it
+            self.chat.lines.add(join_line(room, f"/join {rest}"))
+        else:
+            self.switch(room)
 
     def do_part(self, rest: str):
-        self._move(LOBBY, "/part")
+        room = room_name(rest) if rest else self.chat.rooms.current
+        if room is None:
+            return self._usage("/part", f"a room is {ROOM_RULE}")
+        if not room or not self.chat.rooms.part(room):
+            return self._refused(f"not in #{room}" if room else "not in any room")
+        self.chat.lines.add(part_line(room, f"/part {rest}".strip()))
 
     def do_rooms(self, rest: str):
         if (link := self._settled("/rooms")) is None:
             return
         if (answer := self._call(link, "/rooms", "ListRooms", pb.ListRoomsRequest())) is None:
             return
-        rooms = [self._listed(clean_text(r.name), r.members) for r in answer.rooms]
+        mine = set(self.chat.rooms.joined())
+        rooms = [self._listed(clean_text(r.name), r.members, mine) for r in answer.rooms]
         self.renderer.notice(f"rooms ({len(rooms)}): {', '.join(rooms)}")
 
     def do_who(self, rest: str):
@@ -152,7 +165,7 @@ class Commands:
     def do_me(self, rest: str):
         if not clean_text(rest):
             return self._usage("/me")
-        self._say(message_line(rest, action=True))
+        self._say_here(rest, action=True)
 
     def do_help(self, rest: str):
         for name, (arguments, what) in COMMANDS.items():
@@ -167,10 +180,19 @@ class Commands:
         return QUIT
 
     def switch(self, room: str) -> None:
-        """Put `room`, one we are in, on screen: what was missed there, then its lines."""
-        self.renderer.enter_room(room)
+        """Make `room`, one we are in, current: what was missed there, then its lines."""
+        if self.chat.rooms.switch(room):
+            self.renderer.enter_room(room)
 
     # -- what they share -----------------------------------------------------------
+
+    def _say_here(self, text: str, action: bool = False) -> None:
+        """Say `text` in the current room."""
+        if not (room := self.chat.rooms.current):
+            if clean_text(text):
+                self._refused("not sent: you are in no room (/join one)")
+            return
+        self._say(message_line(text, action=action, room=room))
 
     def _say(self, line) -> None:
         """Send a line, kept until it comes back; refuse it here if the server would."""
@@ -181,15 +203,9 @@ class Commands:
             return self.renderer.refuse(reason)
         self.chat.lines.add(line)
 
-    def _move(self, room: str, label: str) -> None:
-        """Queue a move, unless the lines before it already lead to `room`."""
-        if room == self.chat.heading():
-            return self.renderer.notice(f"already in #{room}")
-        self.chat.lines.add(move_line(room, label))
-
-    def _listed(self, room: str, members: int) -> str:
-        """ "#rust (3)", or "#rust (3, here)" for the room we are in."""
-        here = ", here" if room == self.chat.room else ""
+    def _listed(self, room: str, members: int, mine: set[str]) -> str:
+        """ "#rust (3)"; "(3, here)" for the current room, "(3, yours)" for another of ours."""
+        here = ", here" if room == self.chat.room else ", yours" if room in mine else ""
         return f"#{room} ({members}{here})"
 
     def _refused(self, text: str) -> None:

@@ -2,10 +2,12 @@
 
 No line is lost (README, "Using the client"): each line the user pressed
 Enter on stays in `Lines` until its echo, our own message coming back from
-the server, arrives. A line is a message to the room, a `/me` action or a
-`/msg` to one user (its echo carries `to`), or a move to another room
-(`/join`, `/part`: its echo is our own USER_JOINED with that room). Moves
-queue with the messages, so `/join #ops` then `deployed` posts to #ops.
+the server, arrives. A line is a message to a room (it names its
+room), a `/me` action or a `/msg` to one user (its echo carries `to`), or
+a join or a leave of a room (`/join`, `/part`: confirmed by our own
+USER_JOINED or USER_LEFT with that room, or by the server's notice that
+nothing had to change). They queue with the messages, so `/join #ops`
+then `deployed` joins #ops before the line said there is sent.
 terminal/commands.py adds lines (`add`); client.py says when a call is joined or
 has ended (`up`, `down`); the receive thread reports the server's answers
 (`confirm`, `refused`); the send thread, started here, puts the oldest line
@@ -17,24 +19,26 @@ Every message line carries a `key` (random, made once), sent again with it
 on every resend: a server that already took the line (its echo was lost)
 answers with the echo of the first copy instead of delivering it twice.
 
-One line is in flight at a time, moves included. The server answers each
-event of a stream in order, with its echo or a refusal (a move can be rate
-limited too), so with one in flight a refusal is always about that line.
+One line is in flight at a time, joins and leaves included. The server
+answers each event of a stream in order, with its echo or a refusal (a join
+can be rate limited too), so with one in flight a refusal is always about
+that line.
 What each answer does to it:
 
     echo (or the same text replayed after a rejoin) --> done, the next goes
-    our USER_JOINED in the room a move asked for    --> done, the next goes
+    our USER_JOINED / USER_LEFT in the line's room  --> done, the next goes
     RATE_LIMITED  --> sent again after the wait the notice names
     NOT_SENT      --> sent again after NOT_SENT_RETRY_S (that server is cut off);
                       after NOT_SENT_LEAVE_S of them, the call is left
     INVALID_EVENT, NOT_ONLINE --> dropped; the notice says why (too long, away)
-    the call ends --> sent again once the client has rejoined (in the last
-                      room the server confirmed: a move not confirmed goes again)
+    the call ends --> sent again once the client has rejoined its rooms (the
+                      joins of the rooms it was in go first: `up(link, first)`)
     no answer for ECHO_TIMEOUT_S --> the call is left, as if it had ended
 
 A line is never given up while it may still be delivered: it stays until
 its fate is known, and only on leaving (`close`) are the ones left named,
 each as never sent, or as sent without an answer (it may still arrive).
+
 
 NOTE: one lock, `_lock` (with its Condition `_changed`), guards every field
 of `Lines`; nothing blocks while holding it (`Link.send` only puts on an
@@ -49,7 +53,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import chat_pb2 as pb
-from sanitize import clean_text
+from sanitize import LOBBY, clean_text
 
 MAX_WIRE_BYTES = 64 * 1024  # the server refuses bigger requests outright (server.py)
 DEFAULT_MAX_MESSAGE_CHARS = 2000  # the server's default --max-message-chars
@@ -70,28 +74,36 @@ KEY_BYTES = 16
 _RETRY_IN = re.compile(r"retry in (\d+(?:\.\d+)?) s")
 
 
-def message_line(text: str, to: str = "", action: bool = False) -> "Line":
-    """A line of text for the room, or for `to` alone; `action` for /me."""
+def message_line(text: str, to: str = "", action: bool = False, room: str = "") -> "Line":
+    """A line of text for `room`, or for `to` alone; `action` for /me."""
     message = pb.ChatMessageEvent(
-        message=text, to=to, action=action, key=secrets.token_hex(KEY_BYTES)
-    )
+        message=text, to=to, action=action, key=secrets.token_hex(KEY_BYTES),
+        room="" if to else room,
+    )  # fmt: skip
     return Line(pb.ClientEvent(chat_message=message), echo_key(message), text)
 
 
-def move_line(room: str, label: str) -> "Line":
-    """A move to `room` (a valid room name), as the user typed it in `label`."""
-    move = pb.UserEvent(type=pb.USER_JOINED, room=room)
-    return Line(pb.ClientEvent(user_event=move), moved_key(room), label)
+def join_line(room: str, label: str, last_seen_id: str = "") -> "Line":
+    """A join of `room` (a valid room name), as the user typed it in `label`."""
+    join = pb.UserEvent(type=pb.USER_JOINED, room=room, last_seen_id=last_seen_id)
+    return Line(pb.ClientEvent(user_event=join), room_key(pb.USER_JOINED, room), label)
+
+
+def part_line(room: str, label: str) -> "Line":
+    """A leave of `room`, as the user typed it in `label`."""
+    part = pb.UserEvent(type=pb.USER_LEFT, room=room)
+    return Line(pb.ClientEvent(user_event=part), room_key(pb.USER_LEFT, room), label)
 
 
 def echo_key(message: pb.ChatMessageEvent) -> tuple:
-    """What identifies a message's echo: its recipient, whether an action, its text."""
-    return ("say", message.to, message.action, clean_text(message.message))
+    """What identifies a message's echo: its recipient or room, whether an action, its text."""
+    where = message.to or message.room or LOBBY
+    return ("say", bool(message.to), where, message.action, clean_text(message.message))
 
 
-def moved_key(room: str) -> tuple:
-    """What identifies the confirmation of a move: our own USER_JOINED in `room`."""
-    return ("move", room)
+def room_key(kind, room: str) -> tuple:
+    """What confirms a join or a leave: our own USER_JOINED or USER_LEFT in `room`."""
+    return ("room", kind, room)
 
 
 def refusal(line: "Line", max_chars: int) -> str | None:
@@ -119,7 +131,7 @@ def retry_wait_s(notice: str) -> float:
 @dataclass
 class Line:
     event: pb.ClientEvent  # what is sent
-    want: tuple  # what confirms it: echo_key() of its echo, or moved_key()
+    want: tuple  # what confirms it: echo_key() of its echo, or room_key()
     label: str  # as the user typed it, for notices
     maybe: bool = False  # a copy went on a call that ended before answering it
 
@@ -151,9 +163,16 @@ class Lines:
             self._pending.append(line)
             self._changed.notify()
 
-    def up(self, link) -> None:
-        """A call is joined: pending lines go on it, the one in flight again."""
+    def up(self, link, first=()) -> None:
+        """A call is joined: `first` (rejoins) then the pending lines go on it, in order.
+
+        A pending line that `first` repeats (the join of a room, from an earlier
+        rejoin or typed by the user) is dropped: `first` joins that room now.
+        """
         with self._lock:
+            again = {line.want for line in first}
+            kept = [line for line in self._pending if line.want not in again]
+            self._pending = deque([*first, *kept])
             self._link, self._in_flight = link, False
             self._not_sent_since = self._leave = None
             self._changed.notify()
@@ -181,12 +200,6 @@ class Lines:
         with self._lock:
             return len(self._pending)
 
-    def heading(self) -> str | None:
-        """The room the last pending move goes to; None if no move is pending."""
-        with self._lock:
-            moves = [line.want[1] for line in self._pending if line.want[0] == "move"]
-        return moves[-1] if moves else None
-
     def close(self) -> None:
         """Send nothing more (answers still count)."""
         with self._lock:
@@ -210,7 +223,7 @@ class Lines:
                 self._unlink()
 
     def confirm(self, want: tuple, key: str = "") -> None:
-        """Our own message came back (live, or replayed after a rejoin), or a move happened.
+        """Our own message came back (live, or replayed after a rejoin), or a join or leave.
 
         `key` is the echo's own key, if the server sent it back: it must be
         the line's too (the same text typed twice is two lines).

@@ -6,8 +6,9 @@ events: what to send goes into `outbox`, which gRPC's own request thread
 drains; what comes back is handed, one event at a time, to `on_event` on the
 receive thread, which only drains and reports. When the call ends, the
 receive thread stores why in `error`, sets `ended`, and calls `on_end`.
-The join names the room to start in (`--room`, or the room we were in
-before a drop) and the last message seen there, so a rejoin resumes it.
+The join names the room to start in (the first `--room`, or the current
+room before a drop) and the last message seen there, so a rejoin resumes
+it; client.py joins the other rooms right after, each with its own.
 
     main / send thread --> Link.outbox --> gRPC request thread --> server
     server --> receive thread (Link._receive) --> on_event --> renderer
@@ -109,8 +110,8 @@ class Link:
     def send(self, event: pb.ClientEvent) -> None:
         self.outbox.put(event)
 
-    def typing(self, kind) -> None:
-        self.outbox.put(pb.ClientEvent(typing_event=pb.TypingEvent(type=kind)))
+    def typing(self, kind, room: str) -> None:
+        self.outbox.put(pb.ClientEvent(typing_event=pb.TypingEvent(type=kind, room=room)))
 
     def abandon(self, why: str) -> None:
         """End the call, as a drop (the server stopped answering): the user is told `why`."""

@@ -5,7 +5,7 @@ test, `echo hi | python client.py --name ci`). Each line is data: it is
 sent as text unless it is a known command (`/join #ops`, `/msg bob hi`,
 `/quit`: terminal/commands.py), and `//x` sends `/x`, so `/var/lib/db is 91% full`
 goes out as written. Every line is kept until its echo (terminal/lines.py resends
-after a rate limit, a NOT_SENT or a rejoin), and moves queue with them, so
+after a rate limit, a NOT_SENT or a rejoin), and joins queue with them, so
 `/join #ops` then `deployed` posts to #ops; at the end of input the client
 waits for the last echoes and leaves. It exits 0 when every line went (its
 echo came, or its command ran), 1 when any was refused for good (client.py).

@@ -1,4 +1,4 @@
-"""The client's parts for rooms, alone: commands, lines with moves, the roster, renderings."""
+"""The client's parts for rooms, alone: commands, lines with joins, rooms, roster, renderings."""
 
 import threading
 
@@ -6,8 +6,9 @@ import pytest
 
 import chat_pb2 as pb
 from terminal.commands import parse
-from terminal.lines import Lines, echo_key, message_line, move_line, moved_key
+from terminal.lines import Lines, echo_key, join_line, message_line, part_line, room_key
 from terminal.render import BELL, MENTION, Renderer, mentions
+from terminal.rooms import RoomState
 from terminal.roster import Roster
 
 # -- what a line is ---------------------------------------------------------------------
@@ -31,6 +32,12 @@ from terminal.roster import Roster
         ("/var/lib/db is 91% full", ("unknown", "/var/lib/db", "/var/lib/db is 91% full")),
         ("//help", ("text", "", "/help")),
         ("hello /join", ("text", "", "hello /join")),
+        ("/J #rust", ("command", "/join", "#rust")),
+        ("/Leave", ("command", "/part", "")),
+        ("/part #go", ("command", "/part", "#go")),
+        ("/LIST", ("command", "/rooms", "")),
+        ("/names #go", ("command", "/who", "#go")),
+        ("/exit", ("command", "/quit", "")),
     ],
 )
 def test_a_line_is_a_command_only_when_its_first_word_is_one(line, parsed):
@@ -38,7 +45,7 @@ def test_a_line_is_a_command_only_when_its_first_word_is_one(line, parsed):
     assert parse(line) == parsed
 
 
-# -- lines and moves ------------------------------------------------------------------------
+# -- lines with joins and leaves --------------------------------------------------------------
 
 
 class Recorder:
@@ -59,23 +66,59 @@ class Recorder:
             return list(self.sent)
 
 
-def test_a_move_waits_for_the_line_before_and_the_next_waits_for_the_move():
-    """When text, a move and text are entered, each goes only once the one before is confirmed,
-    and a refusal while the move is in flight is the move's."""
+def test_a_join_waits_for_the_line_before_and_the_next_waits_for_the_join():
+    """When text, a join, text into the joined room and a leave are entered, each goes only
+    once the one before is confirmed, and a refusal while the join is in flight is the join's."""
     lines, link = Lines(lambda notice: None), Recorder()
-    for line in (message_line("one"), move_line("ops", "/join ops"), message_line("two")):
+    for line in (message_line("one", room="lobby"), join_line("ops", "/join ops"),
+                 message_line("two", room="ops"), part_line("ops", "/part")):  # fmt: skip
         lines.add(line)
     lines.up(link)
     assert len(link.wait_for(1)) == 1
-    lines.confirm(echo_key(pb.ChatMessageEvent(message="one")))
-    move = link.wait_for(2)[1]
-    assert move.user_event.room == "ops" and lines.heading() == "ops"
+    lines.confirm(echo_key(pb.ChatMessageEvent(message="one", room="lobby")))
+    join = link.wait_for(2)[1]
+    assert (join.user_event.type, join.user_event.room) == (pb.USER_JOINED, "ops")
     lines.refused(pb.RATE_LIMITED, "rate limited: retry in 0.1 s")
-    assert link.wait_for(3)[2] == move  # the move again, not "two"
-    lines.confirm(moved_key("ops"))
-    assert link.wait_for(4)[3].chat_message.message == "two"
-    assert lines.heading() is None
+    assert link.wait_for(3)[2] == join  # the join again, not "two"
+    lines.confirm(room_key(pb.USER_JOINED, "ops"))
+    two = link.wait_for(4)[3].chat_message
+    assert (two.message, two.room) == ("two", "ops")
+    lines.confirm(echo_key(pb.ChatMessageEvent(message="two", room="lobby")))  # not its echo
+    assert lines.count() == 2
+    lines.confirm(echo_key(pb.ChatMessageEvent(message="two", room="ops")))
+    part = link.wait_for(5)[4].user_event
+    assert (part.type, part.room) == (pb.USER_LEFT, "ops")
+    lines.confirm(room_key(pb.USER_LEFT, "ops"))
+    assert lines.count() == 0
     lines.close()
+
+
+def test_rejoins_go_before_the_lines_still_pending():
+    """When a call is up again, the joins of the other rooms go first, then what was pending."""
+    lines, link = Lines(lambda notice: None), Recorder()
+    lines.add(message_line("pending", room="go"))
+    lines.up(link, [join_line("go", "/join #go", "5-0")])
+    rejoin = link.wait_for(1)[0].user_event
+    assert (rejoin.room, rejoin.last_seen_id) == ("go", "5-0")
+    lines.confirm(room_key(pb.USER_JOINED, "go"))
+    assert link.wait_for(2)[1].chat_message.message == "pending"
+    lines.close()
+
+
+def test_room_state_keeps_joined_rooms_the_current_one_and_last_ids_per_room():
+    """When rooms are joined, switched to and left, the current one follows; ids are new
+    or not per room."""
+    rooms = RoomState(["ops", "lobby", "ops"])
+    assert (rooms.joined(), rooms.current) == (["ops", "lobby"], "ops")
+    assert rooms.join("rust") and rooms.current == "rust"
+    assert not rooms.join("ops") and rooms.current == "ops"  # a room we are in: switch only
+    assert rooms.switch("lobby") and not rooms.switch("go")
+    assert rooms.part("lobby") and rooms.current == "rust"  # the one joined last
+    assert not rooms.part("lobby")
+    assert rooms.is_new("rust", "10-0") and rooms.is_new("ops", "5-0")
+    assert not rooms.is_new("rust", "9-0") and not rooms.is_new("rust", "10-0")
+    assert rooms.is_new("rust", "") and rooms.last_seen("rust") == "10-0"
+    assert rooms.part("rust") and rooms.part("ops") and rooms.current == ""
 
 
 def test_a_direct_message_is_confirmed_by_its_echo_to_that_user_only():

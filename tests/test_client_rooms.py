@@ -45,8 +45,9 @@ def test_piped_room_flag_posts_to_that_room_only(server, pipe_client):
     lobby.close()
 
 
-def test_piped_join_moves_the_lines_after_it_and_part_comes_back(server, pipe_client):
-    """When piped lines hold /join #ops and /part, each text line goes to the room it follows."""
+def test_piped_join_takes_the_lines_after_it_and_part_comes_back(server, pipe_client):
+    """When piped lines hold /join #ops and /part, each text line goes to the room it follows,
+    and ci leaves #ops, never the lobby."""
     ops = join(server.address, "opswatch", room="ops")
     lobby = join(server.address, "lobbywatch")
     ci = pipe_client(server.address, "ci")
@@ -58,13 +59,14 @@ def test_piped_join_moves_the_lines_after_it_and_part_comes_back(server, pipe_cl
     assert said(ops, "inside").room == "ops"
     assert no_messages(ops) == []
     assert "* ci joined #ops" in ci.seen and "* ci joined the chat" in ci.seen
+    assert "* ci left #ops" in ci.seen and "* ci left the chat" not in ci.seen
     ops.close()
     lobby.close()
 
 
-def test_piped_moves_over_the_rate_limit_wait_their_turn(server_factory, pipe_client):
-    """When a move is rate limited, it is sent again after the wait, and the lines after it
-    still land in the new room: a refusal of the move is not taken for a line's."""
+def test_piped_joins_over_the_rate_limit_wait_their_turn(server_factory, pipe_client):
+    """When a join or a leave is rate limited, it is sent again after the wait, and the lines
+    after it still land in their room: a refusal of the join is not taken for a line's."""
     server = server_factory(rate=4.0, burst=1)
     ops = join(server.address, "opswatch", room="ops")
     lobby = join(server.address, "lobbywatch")
@@ -108,6 +110,10 @@ def test_piped_rooms_lists_every_room_with_its_count(server, pipe_client):
     ci = pipe_client(server.address, "ci")
     ci.send("/rooms")
     ci.expect("* rooms (3): #go (1), #lobby (1, here), #rust (2)")
+    ci.send("/join #go")
+    ci.send("/join #lobby")  # ours: made current
+    ci.send("/rooms")
+    ci.expect("* rooms (3): #go (2, yours), #lobby (1, here), #rust (2)")
     assert ci.finish() == 0
     for conn in conns:
         conn.close()
@@ -143,6 +149,43 @@ def test_a_reconnect_rejoins_the_room_it_was_in(pipe_client, server_process):
     assert said(ops, "two").room == "ops"
     assert alice.finish() == 0
     ops.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_restart_resumes_three_rooms_each_after_its_own_id(
+    pipe_client, server_process, redis_proc
+):
+    """When the server is killed and restarted while alice is in lobby, #rust and #go, she
+    gets what each room said meanwhile, once, then each room live; nothing seen before
+    comes again."""
+    port, rooms = free_port(), ("lobby", "rust", "go")
+    first = server_process("--redis-url", redis_proc.url, "--no-rate-limit", port=port)
+    alice = pipe_client(first.address, "alice", *[f"--room={room}" for room in rooms])
+    alice.expect("* alice joined #go")
+    before = [join(first.address, f"b{room}", room=room) for room in rooms]
+    for room, conn in zip(rooms, before, strict=True):
+        conn.say(f"{room} before")
+        assert said(conn, f"{room} before").room == room
+        alice.expect(f"[b{room}] {room} before")
+    first.signal(signal.SIGKILL)
+    alice.expect("* reconnecting...")
+    again = server_process("--redis-url", redis_proc.url, "--no-rate-limit", port=port)
+    during = [join(again.address, f"d{room}", room=room) for room in rooms]
+    for room, conn in zip(rooms, during, strict=True):
+        conn.say(f"{room} during")
+        said(conn, f"{room} during")
+    for room in rooms:
+        alice.expect(f"[d{room}] {room} during", timeout=RECONNECT_WITHIN_S)
+    for room, conn in zip(rooms, during, strict=True):
+        conn.say(f"{room} after")
+        alice.expect(f"[d{room}] {room} after")
+    assert alice.finish() == 0
+    for room in rooms:
+        for when in ("before", "during", "after"):
+            shown = [line for line in alice.seen if line.endswith(f"] {room} {when}")]
+            assert len(shown) == 1, (room, when, alice.seen)
+    for conn in (*before, *during):
+        conn.close()
 
 
 # -- on a terminal ---------------------------------------------------------------------
