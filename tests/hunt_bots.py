@@ -1,9 +1,11 @@
 """Simulated users for the fault hunt: each joins, chats, types and leaves at random.
 
-A `Bot` behaves as the real client does, over the wire: it sends one line
-at a time and keeps it until its echo arrives, sending it again after a
-`NOT_SENT` or `RATE_LIMITED` notice or after its stream broke (then on
-another live server, joining with `last_seen_id`). Each attempt carries its
+A `Bot` behaves as the real client does, over the wire: it lives in the
+lobby and one or two more rooms (`ROOMS`) at once, sends one line at a time
+into one of them and keeps it until its echo arrives, sending it again
+after a `NOT_SENT` or `RATE_LIMITED` notice or after its stream broke (then
+on another live server, joining the lobby with its `last_seen_id` there,
+then each other room with its own). Each attempt carries its
 own text ("u1:7.2" is line 7, third try), so the checker can tell which
 try was stored. A bot writes down everything it receives; `hunt_check.py`
 judges it afterwards.
@@ -19,7 +21,7 @@ import time
 from dataclasses import dataclass
 
 import grpc
-from wire import join_event
+from wire import enter_event, join_event
 
 import chat_pb2 as pb
 import chat_pb2_grpc
@@ -29,7 +31,8 @@ JOIN_GIVE_UP_S = 45.0  # no join anywhere for this long: the bot reports it and 
 ANSWER_WAIT_S = 20.0  # a sent line is echoed or refused within this
 LEAVE_WAIT_S = 5.0  # a half-closed stream ends within this
 STREAM_DEADLINE_S = 3600.0  # the deadline on every Chat stream: longer than any hunt
-_ONLINE = re.compile(r"(?:online|in #lobby) \((\d+)\): (.*)")  # who is here, told at join
+_ONLINE = re.compile(r"in #([a-z0-9_\-]+) \((\d+)\): (.*)")  # who is in a room, told at join
+ROOMS = ("lobby", "r1", "r2")  # every bot is in the lobby and in one or both of the others
 _RETRY = re.compile(r"retry in ([\d.]+) s")
 
 
@@ -40,6 +43,7 @@ class Attempt:
     text: str
     sent_t: float
     session: int
+    room: str
     outcome: str = ""  # "echo", "not sent", "rate limited", or "lost" (the stream broke)
     id: str = ""
     retry_s: float = 0.0
@@ -53,19 +57,24 @@ class Received:
     replay: bool
     t: float
     session: int
+    room: str
 
 
 class Session:
     """One Chat stream; its receive thread hands each event to the bot."""
 
-    def __init__(self, bot, address: str, index: int, last_seen_id: str):
+    def __init__(self, bot, address: str, index: int, last_seen: dict[str, str]):
         self.address, self.index = address, index
         self.opened_t, self.ended_t = bot.clock(), None
-        self.joined, self.ended = threading.Event(), threading.Event()
+        self.joined, self.ended = threading.Event(), threading.Event()  # joined: every room
+        self.entered: set[str] = set()  # rooms whose USER_JOINED of ours came (bot's lock)
         self.error: grpc.RpcError | None = None
         self.channel = grpc.insecure_channel(address)
         self._outbox: queue.Queue = queue.Queue()
-        self._outbox.put(join_event(bot.name, last_seen_id))
+        first, *others = bot.rooms
+        self._outbox.put(join_event(bot.name, last_seen.get(first, ""), room=first))
+        for room in others:  # each after its own last id: read after the first join's history
+            self._outbox.put(enter_event(room, last_seen.get(room, "")))
         stub = chat_pb2_grpc.ChatServiceStub(self.channel)
         self.call = stub.Chat(iter(self._outbox.get, None), timeout=STREAM_DEADLINE_S)
         threading.Thread(target=self._receive, args=(bot,), daemon=True).start()
@@ -108,9 +117,11 @@ class Bot:
         self.received: list[Received] = []
         self.attempts: list[Attempt] = []
         self.first_join_t: float | None = None
-        self.view: set[str] | None = None  # who is online, as this bot was told
-        self.typing_view: set[str] = set()
-        self.presence_log: list[tuple] = []  # (t, stream, type, name): 1 joined, 2 left; typing 1/2
+        self.rooms = ["lobby", *sorted(rng.sample(ROOMS[1:], rng.randint(1, 2)))]  # for life
+        self.view: dict[str, set[str]] = {}  # room -> who is in it, as this bot was told
+        self.typing_view: dict[str, set[str]] = {}  # room -> who types there
+        self.presence_log: list[tuple] = []  # (t, stream, type, name, room): 1 joined, 2 left
+        self._typing_room = ""
         self.problems: list[str] = []  # wrong on the spot (an unknown code, a slow answer)
         self.error: BaseException | None = None
         self._typing = False
@@ -127,9 +138,10 @@ class Bot:
     def online(self) -> bool:
         return self.session is not None and self.session.joined.is_set()
 
-    def last_seen_id(self) -> str:
+    def last_seen(self) -> dict[str, str]:
+        """Room -> the id of the last message received there."""
         with self._lock:
-            return self.received[-1].id if self.received else ""
+            return {r.room: r.id for r in self.received}
 
     # -- what arrives (receive threads) -------------------------------------------
 
@@ -146,7 +158,7 @@ class Bot:
 
     def _got_chat_message(self, session: Session, m) -> None:
         self.received.append(
-            Received(m.id, m.username, m.message, m.replay, self.clock(), session.index)
+            Received(m.id, m.username, m.message, m.replay, self.clock(), session.index, m.room)
         )
         if m.username != self.name:
             return
@@ -163,27 +175,31 @@ class Bot:
             retry = _RETRY.search(e.message)
             pending[-1].retry_s = float(retry[1]) if retry else 0.5
         elif e.code == pb.SYSTEM_INFO and (online := _ONLINE.fullmatch(e.message)):
-            self.view = set(online[2].split(", ")) if int(online[1]) else set()
+            self.view[online[1]] = set(online[3].split(", ")) if int(online[2]) else set()
         elif e.code not in (pb.SYSTEM_INFO, pb.SHUTTING_DOWN):
             self.problems.append(f"{self.clock():.1f} s: unexpected notice {e.code} {e.message!r}")
 
     def _got_user_event(self, session: Session, e) -> None:
-        self.presence_log.append((self.clock(), session.index, e.type, e.username))
+        self.presence_log.append((self.clock(), session.index, e.type, e.username, e.room))
+        view = self.view.get(e.room)
         if e.username == self.name and e.type == pb.USER_JOINED and not session.joined.is_set():
-            session.joined.set()
-            self.first_join_t = self.first_join_t or self.clock()
-        elif self.view is not None and e.type == pb.USER_JOINED:
-            self.view.add(e.username)
-        elif self.view is not None and e.type == pb.USER_LEFT:
-            self.view.discard(e.username)
-            self.typing_view.discard(e.username)
+            session.entered.add(e.room)
+            if session.entered >= set(self.rooms):
+                session.joined.set()
+                self.first_join_t = self.first_join_t or self.clock()
+        elif view is not None and e.type == pb.USER_JOINED:
+            view.add(e.username)
+        elif view is not None and e.type == pb.USER_LEFT:
+            view.discard(e.username)
+            self.typing_view.get(e.room, set()).discard(e.username)
 
     def _got_typing_event(self, session: Session, e) -> None:
-        self.presence_log.append((self.clock(), session.index, f"typing {e.type}", e.username))
+        kind = f"typing {e.type}"
+        self.presence_log.append((self.clock(), session.index, kind, e.username, e.room))
         if e.type == pb.TYPING_START:
-            self.typing_view.add(e.username)
+            self.typing_view.setdefault(e.room, set()).add(e.username)
         else:
-            self.typing_view.discard(e.username)
+            self.typing_view.get(e.room, set()).discard(e.username)
 
     # -- what the bot does (its own thread) -----------------------------------------
 
@@ -216,8 +232,11 @@ class Bot:
 
     def _type(self, kind) -> None:
         self._typing = kind == pb.TYPING_START
+        if self._typing:
+            self._typing_room = self.rng.choice(self.rooms)
         if self.session is not None:
-            self.session.send(pb.ClientEvent(typing_event=pb.TypingEvent(type=kind)))
+            typing = pb.TypingEvent(type=kind, room=self._typing_room)
+            self.session.send(pb.ClientEvent(typing_event=typing))
 
     def _leave(self) -> None:
         self._typing = False
@@ -230,10 +249,10 @@ class Bot:
         while time.monotonic() < given_up:
             addresses = self._addresses()
             if addresses:
-                address, last_seen_id = self.rng.choice(addresses), self.last_seen_id()
+                address, last_seen = self.rng.choice(addresses), self.last_seen()
                 with self._lock:  # its events are ours from the first one
-                    self.view, self.typing_view = None, set()
-                    session = Session(self, address, len(self.sessions), last_seen_id)
+                    self.view, self.typing_view = {}, {}
+                    session = Session(self, address, len(self.sessions), last_seen)
                     self.sessions.append(session)
                 if self._wait(lambda s=session: s.joined.is_set() or s.ended.is_set(), JOIN_WAIT_S):
                     if session.joined.is_set():
@@ -249,16 +268,17 @@ class Bot:
     def _say(self) -> None:
         """Send one line and keep it until its echo, as the real client does."""
         self._lines += 1
+        room = self.rng.choice(self.rooms)  # every try of a line goes to the same room
         for attempt_no in range(1000):
             if not self.online:
                 self._join()
             session = self.session
-            attempt = Attempt(
-                f"{self.name}:{self._lines}.{attempt_no}", self.clock(), session.index
-            )
+            text = f"{self.name}:{self._lines}.{attempt_no}"
+            attempt = Attempt(text, self.clock(), session.index, room)
             with self._lock:
                 self.attempts.append(attempt)
-            session.send(pb.ClientEvent(chat_message=pb.ChatMessageEvent(message=attempt.text)))
+            message = pb.ChatMessageEvent(message=attempt.text, room=room)
+            session.send(pb.ClientEvent(chat_message=message))
             self._wait(lambda a=attempt, s=session: a.outcome or s.ended.is_set(), ANSWER_WAIT_S)
             with self._lock:
                 if not attempt.outcome and not session.ended.is_set():

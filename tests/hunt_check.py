@@ -1,17 +1,21 @@
 """The fault hunt's judge: what the bots saw, against what the chat promises.
 
 Each check returns a list of failures, one short line each with an excerpt;
-`Verdict` gathers them under the promise they break. The promises, from the
-README's section on several servers:
+`Verdict` gathers them under the promise they break. Each bot is in the
+lobby and one or two more rooms, for its whole life, and every promise is
+held per room (ids are only comparable within a room: the lobby's and the
+other rooms' come from two streams). The promises, from the README's
+section on several servers:
 
-1. every accepted message (its sender got the echo) reaches every user
-   online throughout its life exactly once; a user's streams, each joined
-   with the last id it saw, count as one life;
-2. the ids each user receives only increase, and an id means one message;
-3. every online user's view of who is online (and of who is typing) is
-   right once things settle;
-4. history holds every accepted message once, in order, and nothing the
-   server refused with NOT_SENT;
+1. every accepted message (its sender got the echo) reaches every member of
+   its room online throughout its life exactly once; a user's streams, each
+   joining every room with the last id it saw there, count as one life;
+2. the ids each user receives in a room only increase, and an id of a room
+   means one message;
+3. every online user's view of who is in each of its rooms (and of who is
+   typing there) is right once things settle;
+4. each room's history holds every accepted message of it once, in order,
+   and nothing the server refused with NOT_SENT;
 5. servers stopped with SIGTERM exit 0 and leave no name claimed;
 6. (the client's side) each line is answered, each join confirmed, in time.
 """
@@ -21,10 +25,11 @@ from collections import Counter
 EXCERPT_ITEMS = 4  # examples shown per failure
 
 PROMISES = {
-    1: "every accepted message reaches every client online throughout its life, exactly once",
-    2: "the ids each client receives only increase; one id is one message",
-    3: "every client's view of who is online (and typing) is right after settling",
-    4: "history holds every accepted message once, in order, and nothing NOT_SENT",
+    1: "every accepted message reaches every member of its room online throughout its life, "
+    "exactly once",
+    2: "the ids each client receives in a room only increase; one id is one message",
+    3: "every client's view of who is in each of its rooms (and typing) is right after settling",
+    4: "each room's history holds its accepted messages once, in order, and nothing NOT_SENT",
     5: "servers stopped with SIGTERM exit 0 and leave no name claimed",
     6: "each line is answered and each join confirmed within a deadline; no stray notices",
 }
@@ -51,19 +56,21 @@ def _excerpt(items) -> str:
 
 
 def owed(bot, messages) -> list:
-    """The accepted messages `bot` must have: sent after its first join and, if it
-    is offline at the end, no later than the last message it received."""
+    """The accepted messages `bot` must have: of its rooms, sent after its first join and,
+    if it is offline at the end, no later than the last message it received there."""
     if bot.first_join_t is None:
         return []
-    last = id_key(bot.received[-1].id) if bot.received else (0, 0)
+    last = {r.room: id_key(r.id) for r in bot.received}
     return [
-        a for a in messages if a.sent_t > bot.first_join_t and (bot.online or id_key(a.id) <= last)
-    ]
+        a for a in messages
+        if a.room in bot.rooms and a.sent_t > bot.first_join_t
+        and (bot.online or id_key(a.id) <= last.get(a.room, (0, 0)))
+    ]  # fmt: skip
 
 
 def missing(bot, messages) -> list:
-    got = {r.id for r in bot.received}
-    return [a for a in owed(bot, messages) if a.id not in got]
+    got = {(r.room, r.id) for r in bot.received}
+    return [a for a in owed(bot, messages) if (a.room, a.id) not in got]
 
 
 def check_delivery(bots, messages) -> list[str]:
@@ -73,9 +80,9 @@ def check_delivery(bots, messages) -> list[str]:
         if gaps:
             failures.append(
                 f"{bot.name} missed {len(gaps)} of {len(owed(bot, messages))}: "
-                + _excerpt(f"{a.text} id {a.id} sent {a.sent_t:.1f} s" for a in gaps)
+                + _excerpt(f"{a.text} #{a.room} id {a.id} sent {a.sent_t:.1f} s" for a in gaps)
             )
-        twice = [i for i, n in Counter(r.id for r in bot.received).items() if n > 1]
+        twice = [i for i, n in Counter((r.room, r.id) for r in bot.received).items() if n > 1]
         if twice:
             failures.append(f"{bot.name} got {len(twice)} ids more than once: {_excerpt(twice)}")
     return failures
@@ -87,21 +94,26 @@ def check_delivery(bots, messages) -> list[str]:
 def check_order(bots) -> list[str]:
     failures, meaning = [], {}
     for bot in bots:
-        seen = bot.received
-        for before, after in zip(seen, seen[1:], strict=False):
-            if id_key(after.id) <= id_key(before.id):
+        for room in bot.rooms:
+            seen = [r for r in bot.received if r.room == room]
+            for before, after in zip(seen, seen[1:], strict=False):
+                if id_key(after.id) <= id_key(before.id):
+                    failures.append(
+                        f"{bot.name} got {after.text} #{room} id {after.id} (stream "
+                        f"{after.session}{', replay' if after.replay else ''}, {after.t:.1f} s) "
+                        f"after {before.text} id {before.id} (stream {before.session}, "
+                        f"{before.t:.1f} s)"
+                    )
+                    break
+        strays = sorted({r.room for r in bot.received} - set(bot.rooms))
+        if strays:
+            failures.append(f"{bot.name} got messages of rooms it is not in: {strays}")
+        for r in bot.received:
+            said = (r.username, r.text)
+            if meaning.setdefault((r.room, r.id), said) != said:
                 failures.append(
-                    f"{bot.name} got {after.text} id {after.id} (stream {after.session}"
-                    f"{', replay' if after.replay else ''}, {after.t:.1f} s) after "
-                    f"{before.text} id {before.id} (stream {before.session}, "
-                    f"{before.t:.1f} s)"
-                )
-                break
-        for r in seen:
-            if meaning.setdefault(r.id, (r.username, r.text)) != (r.username, r.text):
-                failures.append(
-                    f"id {r.id} is {meaning[r.id]} for one client and "
-                    f"{(r.username, r.text)} for {bot.name}"
+                    f"#{r.room} id {r.id} is {meaning[(r.room, r.id)]} for one client and "
+                    f"{said} for {bot.name}"
                 )
     return failures
 
@@ -110,31 +122,33 @@ def check_order(bots) -> list[str]:
 
 
 def presence_errors(bots) -> list[str]:
-    truth = {bot.name for bot in bots if bot.online}
     failures = []
     for bot in bots:
         if not bot.online:
             continue
-        with bot._lock:
-            view, typing = set(bot.view or ()), set(bot.typing_view)
-            address = bot.sessions[-1].address
-        if view != truth:
-            failures.append(
-                f"{bot.name} (on {address}) shows "
-                f"{sorted(view - truth)} online who are not and misses "
-                f"{sorted(truth - view)}"
-            )
-        if typing:
-            failures.append(f"{bot.name} still shows {sorted(typing)} typing")
+        for room in bot.rooms:
+            truth = {b.name for b in bots if b.online and room in b.rooms}
+            with bot._lock:
+                view = set(bot.view.get(room, ()))
+                typing = set(bot.typing_view.get(room, ()))
+                address = bot.sessions[-1].address
+            if view != truth:
+                failures.append(
+                    f"{bot.name} (on {address}) shows {sorted(view - truth)} in #{room} who are "
+                    f"not and misses {sorted(truth - view)}"
+                )
+            if typing:
+                failures.append(f"{bot.name} still shows {sorted(typing)} typing in #{room}")
     return failures
 
 
 # -- 4. history ----------------------------------------------------------------------------
 
 
-def check_history(entries, bots, messages) -> list[str]:
-    """`entries`: (id, fields) from XRANGE of the stream, oldest first."""
+def check_history(entries, bots, messages, room: str) -> list[str]:
+    """`entries`: (id, fields) from XRANGE of `room`'s history stream, oldest first."""
     failures = []
+    messages = [a for a in messages if a.room == room]
     ids = [entry_id for entry_id, _ in entries]
     if ids != sorted(ids, key=id_key):
         failures.append("the stream's ids are out of order")
@@ -152,7 +166,7 @@ def check_history(entries, bots, messages) -> list[str]:
     ):
         if items:
             failures.append(
-                f"{len(items)} of {len(kept)} accepted messages {what}: "
+                f"#{room}: {len(items)} of {len(kept)} accepted messages {what}: "
                 + _excerpt(f"{a.text} id {a.id} -> {stored.get(a.text)}" for a in items)
             )
     refused = {a.text for bot in bots for a in bot.attempts if a.outcome == "not sent"}

@@ -54,7 +54,8 @@ SEEDS = (
     if os.environ.get("HUNT_SEED")
     else [random.randrange(1_000_000) for _ in range(int(os.environ.get("HUNT_SEEDS", "1")))]
 )
-STREAM_KEY = "chat:messages"  # the stream of every message, in its one order
+# Each room's history stream (the lobby's is also its bus), in its one order.
+HISTORY_KEYS = {"lobby": "chat:messages", "r1": "chat:room:r1", "r2": "chat:room:r2"}
 NAMES_KEY = "chat:names"  # hash: the names claimed by online users
 SETTLE_S = 30.0  # after the faults stop, for messages on their way and bots settling
 REAP_S = 15.0  # a SIGKILLed server's users are gone within this
@@ -131,7 +132,8 @@ def judge(verdict: Verdict, bots, stage: Stage, redis_url: str, faults: Faults, 
     waited = f"after waiting {clock() - began:.1f} s"
     verdict.add(3, [f"{error} ({waited})" for error in presence_errors(bots)])
     with redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=10) as client:
-        verdict.add(4, check_history(client.xrange(STREAM_KEY), bots, messages))
+        for room, key in HISTORY_KEYS.items():
+            verdict.add(4, check_history(client.xrange(key), bots, messages, room))
         faults.note("SIGTERM to every server")
         codes = stage.stop_servers()
         claimed = client.hgetall(NAMES_KEY)
