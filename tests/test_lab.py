@@ -14,6 +14,7 @@ from lab import LAB_MD, Lab, blocks
 # What one exercise may take; the frozen client waits for keepalive (~20 s).
 pytestmark = pytest.mark.timeout(45)
 KEEPALIVE_NOTICED_S = 30.0  # server: ping after 10 s idle, give up 10 s later
+NAME_FREED_S = 30.0  # a crashed server's names are freed when its 10 s alive key expires
 NEEDS_REDIS = pytest.mark.skipif(
     shutil.which("redis-server") is None or shutil.which("redis-cli") is None,
     reason="redis-server and redis-cli are not installed (.ci/run installs them)",
@@ -30,7 +31,8 @@ def lab():
 def test_every_exercise_has_commands_and_expected_output():
     """When LAB.md is parsed, each exercise has a command block and promises some output."""
     commands, expected = blocks(LAB_MD.read_text())
-    exercises = {"flood", "lazy", "full", "redis", "frozen", "two", "sigterm", "inject", "token"}
+    exercises = {"flood", "lazy", "full", "redis", "frozen", "two", "sigterm", "inject", "token",
+                 "rooms"}  # fmt: skip
     assert exercises <= commands.keys()
     assert set(expected) <= set(commands) | {"lazy-read"}
     assert all(expected.get(name) for name in exercises - {"redis"})
@@ -101,3 +103,17 @@ def test_wrong_token_is_refused(lab):
     """When the server has --token, a wrong or missing token is one error line; the right chats."""
     lab.run("token")
     lab.check("token")
+
+
+@NEEDS_REDIS
+@pytest.mark.timeout(75)
+def test_two_rooms_each_resume_after_a_server_crash(lab):
+    """When alice is in two rooms and the server crashes, she comes back to each room with
+    what it said meanwhile, and nothing of either room twice."""
+    lab.run("rooms")
+    lab.check("rooms")
+    lab.run("rooms-restart")
+    lab.check("rooms-restart", timeout=NAME_FREED_S)
+    alice = lab.terminal(3).lines
+    for text in ("anyone for lunch?", "borrow or clone?", "lunch at noon", "clone, always"):
+        assert sum(text in line for line in alice) == 1, f"{text!r} not once: {alice}"
