@@ -14,7 +14,8 @@ cli.py (the command line) starts each server under test in turn and calls
    deliveries/s that held: the sustainable fan-out.
 
 With `rooms` above 1 the load's clients are spread over that many rooms
-(load.py says which); each message then reaches its room only.
+(load.py says which); each message then reaches its room only. With `each`
+above 1 every client is in that many of the rooms at once (one stream).
 """
 
 import time
@@ -47,12 +48,14 @@ class Bench:
     chars: int
     p99_limit_ms: float
     rooms: int = 1  # the load phase's clients are spread over this many rooms
+    each: int = 1  # and each client is in this many of them
     phases: int = 0
 
-    def join(self, server: Server, clients: int, rooms: int = 1) -> dict:
+    def join(self, server: Server, clients: int, rooms: int = 1, each: int = 1) -> dict:
         """Connect `clients`, let them join at once; time, refusals, memory per client."""
         self.phases += 1
-        self.generator.connect(server.target, clients, prefix=f"b{self.phases}c", rooms=rooms)
+        prefix = f"b{self.phases}c"
+        self.generator.connect(server.target, clients, prefix, rooms, each)
         rss_before = server.rss_bytes()
         joined = self.generator.join()
         time.sleep(SETTLE_S)
@@ -67,6 +70,7 @@ class Bench:
         self.phases += 1
         label = f"{server.kind} {self.senders}x{rate:g} msg/s to {self.clients}"
         label += f" in {self.rooms} rooms" if self.rooms > 1 else ""
+        label += f", {self.each} each" if self.each > 1 else ""
         before, started = self.cpu_s(server), time.monotonic()
         with Progress(self.generator, label):
             result = self.generator.load(f"p{self.phases}", self.senders, rate, self.duration_s,
@@ -110,7 +114,7 @@ class Bench:
         as failed: the machine is shared, and one stall must not end the sweep.
         """
         low, high, best, steps = 0.0, None, None, []
-        rate = self.rate * self.rooms  # a message reaches 1/rooms of the clients
+        rate = self.rate * self.rooms / self.each  # a message reaches each/rooms of the clients
         for _ in range(SWEEP_MAX_RATES):
             for _ in range(1 + SWEEP_RETRIES):
                 result = self.load(server, rate)
@@ -136,11 +140,13 @@ class Bench:
         server.stop()
         self.generator.leave()
         server = start()
-        self.join(server, self.clients, self.rooms)
+        self.join(server, self.clients, self.rooms, self.each)
         return server
 
 
-def run_server(bench: Bench, start, burst_clients: int, sweep: bool, rooms: int = 1) -> dict:
+def run_server(
+    bench: Bench, start, burst_clients: int, sweep: bool, rooms: int = 1, each: int = 1
+) -> dict:
     """One repetition against one server: the burst of joins, then the load (or sweep).
 
     Fails if any of the load's clients was refused: the figures would mean nothing.
@@ -155,10 +161,10 @@ def run_server(bench: Bench, start, burst_clients: int, sweep: bool, rooms: int 
             bench.generator.leave()
         row = {"burst_join_s": burst["join_s"], "burst_refused": burst["refused"],
                "idle_kib_per_client": burst.get("idle_kib_per_client")}  # fmt: skip
-    bench.rooms = rooms
+    bench.rooms, bench.each = rooms, each
     server = start()
     try:
-        joined = bench.join(server, bench.clients, rooms)
+        joined = bench.join(server, bench.clients, rooms, each)
         if joined["refused"]:
             raise click.ClickException(f"{server.kind}: {joined['refused']} of {bench.clients} "
                                        f"clients refused ({joined['refused_codes']})")  # fmt: skip

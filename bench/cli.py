@@ -15,7 +15,10 @@ Same-run comparisons, each a column of the table:
 - `--before COMMIT` adds server "before", server.py as it was at COMMIT, from
   a git worktree made in a temp dir for the run and removed after it;
 - `--rooms 1,10` runs the load once per room count on every server that has
-  rooms: the columns `project` (one room) and `project:10rooms`;
+  rooms: the columns `project` (one room) and `project:10rooms`; `5/5`
+  puts every client in all 5 rooms at once (column `project:5rooms/5`),
+  with a fifth of `--clients`, so that the rooms have as many members as
+  with `5`: a user in 5 rooms against 5 users in one room each;
 - server "processes" is `server.py --processes 2` on a private Redis, to
   set beside "project+redis" (one process on the same kind of Redis).
 
@@ -39,10 +42,15 @@ from bench.report import finite, medians, report
 from bench.servers import BASELINES, KINDS, ROOT, PrivateRedis, Server, Worktree, start_server
 
 
-def columns(kinds: list[str], rooms: list[int]) -> list[tuple[str, str, int]]:
-    """(column, kind, rooms) for each measurement of one repetition, in order."""
-    return [(kind if n == 1 else f"{kind}:{n}rooms", kind, n) for kind in kinds for n in rooms
+def columns(kinds: list[str], rooms: list[tuple[int, int]]) -> list[tuple[str, str, int, int]]:
+    """(column, kind, rooms, rooms each client is in) for each measurement of one
+    repetition, in order."""
+    return [(column_name(kind, n, each), kind, n, each) for kind in kinds for n, each in rooms
             if n == 1 or kind == "target" or KINDS[kind].rooms]  # fmt: skip
+
+
+def column_name(kind: str, rooms: int, each: int) -> str:
+    return kind if rooms == 1 else f"{kind}:{rooms}rooms" + (f"/{each}" if each > 1 else "")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -92,7 +100,8 @@ def columns(kinds: list[str], rooms: list[int]) -> list[tuple[str, str, int]]:
     show_default=True,
     help="Room counts, comma-separated: the load runs once per count, its clients spread "
     "over that many rooms (client i in r{i % N}); servers without rooms run 1 only. "
-    "The sweep starts N times faster, as a message reaches 1/N of the clients.",
+    "N/K: each client in K of the N rooms at once, with --clients/K clients. "
+    "The sweep starts N/K times faster, as a message reaches K/N of the clients.",
 )
 @click.option(
     "--rate",
@@ -153,7 +162,7 @@ def main(servers, baseline, target, server_pid, alt_dir, before, with_redis, red
         raise click.ClickException(f"no {alt / 'server.py'}")
 
     plan = columns(kinds, room_counts)
-    runs: dict[str, list[dict]] = {column: [] for column, _, _ in plan}
+    runs: dict[str, list[dict]] = {column: [] for column, _, _, _ in plan}
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         worktree = Worktree(before, Path(tmp)) if before else None
         directories = {"alt": alt, "before": worktree.path if worktree else None}
@@ -164,15 +173,16 @@ def main(servers, baseline, target, server_pid, alt_dir, before, with_redis, red
         bench = Bench(generator, clients, senders, rate, duration, message_chars, p99_limit_ms)
         try:
             for run in range(repeat):
-                for column, kind, n in plan:
+                for column, kind, n, each in plan:
                     click.echo(f"run {run + 1}/{repeat}: {column}", err=True)
+                    bench.clients = clients // each  # as many in each room as with one each
                     if target:
                         start = partial(Server, "target", target, pid=server_pid)
                     else:
                         directory = directories.get(kind) or ROOT
                         start = partial(start_server, kind, directory, Path(tmp), redis_url, redis)
-                    burst = burst_clients if n == room_counts[0] else 0  # once per server
-                    runs[column].append(run_server(bench, start, burst, sweep, n))
+                    burst = burst_clients if (n, each) == room_counts[0] else 0  # once per server
+                    runs[column].append(run_server(bench, start, burst, sweep, n, each))
         finally:
             generator.close()
             if redis:
@@ -196,14 +206,14 @@ def main(servers, baseline, target, server_pid, alt_dir, before, with_redis, red
         Path(json_path).write_text(json.dumps(finite(document), indent=2) + "\n")
 
 
-def parse_rooms(rooms: str, clients: int) -> list[int]:
-    """--rooms "1,10" -> [1, 10]; each count between 1 and the number of clients."""
+def parse_rooms(rooms: str, clients: int) -> list[tuple[int, int]]:
+    """--rooms "1,10,5/5" -> [(1, 1), (10, 1), (5, 5)]: rooms, and rooms each client is in."""
     try:
-        counts = [int(n) for n in rooms.split(",")]
+        counts = [tuple(int(n) for n in f"{item}/1".split("/")[:2]) for item in rooms.split(",")]
     except ValueError:
-        raise click.BadParameter("comma-separated numbers", param_hint="--rooms") from None
-    if not all(0 < n <= clients for n in counts):
-        raise click.BadParameter("each between 1 and --clients", param_hint="--rooms")
+        raise click.BadParameter("comma-separated N or N/K", param_hint="--rooms") from None
+    if not all(0 < n <= clients and 0 < each <= n for n, each in counts):
+        raise click.BadParameter("each N between 1 and --clients, K up to N", param_hint="--rooms")
     return counts
 
 

@@ -12,7 +12,7 @@ from collections import Counter
 
 import psutil
 
-from bench.load import _worker_main, room_of
+from bench.load import _worker_main, room_of, rooms_of
 from bench.report import merge_reports
 
 CLIENTS_PER_CHANNEL = 32  # default streams multiplexed on one channel (one TCP connection)
@@ -52,6 +52,7 @@ class LoadGenerator:
         self.clients_per_channel = clients_per_channel
         self.clients = 0
         self.rooms = 1
+        self.each = 1  # rooms each client is in
 
     def _each(self, command: str, kwargs_list: list[dict]) -> list:
         for conn, kwargs in zip(self.conns, kwargs_list, strict=True):
@@ -64,14 +65,15 @@ class LoadGenerator:
             results.append(result)
         return results
 
-    def connect(self, target: str, clients: int, prefix: str, rooms: int = 1) -> int:
-        """Open the channels for `clients` clients named prefix0, prefix1, ... in `rooms`."""
-        self.clients, self.rooms = clients, rooms
+    def connect(self, target: str, clients: int, prefix: str, rooms: int = 1, each=1) -> int:
+        """Open the channels for `clients` clients named prefix0, prefix1, ... in `rooms`
+        (each client in `each` of them)."""
+        self.clients, self.rooms, self.each = clients, rooms, each
         workers = len(self.conns)
         shares = [{} for _ in range(workers)]  # contiguous blocks, so senders spread evenly
         for i in range(clients):
             shares[i * workers // clients][i] = f"{prefix}{i}"
-        kwargs = [{"target": target, "names": share, "rooms": rooms,
+        kwargs = [{"target": target, "names": share, "rooms": rooms, "each": each,
                    "per_channel": self.clients_per_channel} for share in shares]  # fmt: skip
         return sum(self._each("connect", kwargs))
 
@@ -96,7 +98,8 @@ class LoadGenerator:
         kwargs = dict(tag=tag, senders=roles, total_senders=senders, rate=rate, chars=chars,
                       duration_s=duration_s, start_ns=start_ns, drain_s=drain_s,
                       rooms=self.rooms)  # fmt: skip
-        room_sizes = Counter(room_of(i, self.rooms) for i in range(self.clients))
+        room_sizes = Counter(room for i in range(self.clients)
+                             for room in rooms_of(i, self.rooms, self.each))  # fmt: skip
         merged = merge_reports(self._each("load", [kwargs] * len(self.conns)), room_sizes)
         merged["active_s"] = max(duration_s, (merged.pop("last_ns") - start_ns) / 1e9)
         return merged

@@ -5,8 +5,9 @@ loop holding a share of the chat clients on grpc.aio, spread over a few
 channels (one TCP connection each), and obeying commands sent down a pipe:
 connect, join, load, leave, quit. A joined client reads its stream for as
 long as it is joined; the senders among the clients write chat messages on
-a fixed schedule. With rooms, client i joins room `room_of(i, rooms)`, and
-a sender's messages reach its room only. This is a tool, not part of the
+a fixed schedule. With rooms, client i joins room `room_of(i, rooms)` (and,
+with `each` above 1, the next each - 1 rooms too: `rooms_of`), and a
+sender's messages, said in its first room, reach that room only. This is a tool, not part of the
 lesson: it uses asyncio and several processes so that it is not the
 bottleneck of the measurement.
 
@@ -44,11 +45,16 @@ def room_of(index: int, rooms: int) -> str:
     return f"r{index % rooms}" if rooms > 1 else ""
 
 
+def rooms_of(index: int, rooms: int, each: int = 1) -> list[str]:
+    """The rooms client `index` is in: its own, then the next `each` - 1 in turn."""
+    return [room_of(index + k, rooms) for k in range(each)]
+
+
 @dataclass
 class Client:
     index: int  # 0..N-1 across all workers
     name: str
-    room: str  # "" = the server's default room
+    rooms: list[str]  # the first is joined with the stream, and is where it speaks
     stub: chat_pb2_grpc.ChatServiceStub
     call: grpc.aio.StreamStreamCall | None = None
     reader: asyncio.Task | None = None
@@ -80,7 +86,9 @@ class Worker:
         self.clients: list[Client] = []
         self.phase: Phase | None = None
 
-    async def connect(self, target: str, names: dict[int, str], rooms: int, per_channel: int):
+    async def connect(
+        self, target: str, names: dict[int, str], rooms: int, per_channel: int, each: int = 1
+    ):
         """Open channels, `per_channel` clients on each; `target` may list several servers
         ("a,b,c"): channels alternate. Returns how many channels."""
         targets = target.split(",")
@@ -92,7 +100,7 @@ class Worker:
         await asyncio.gather(*(channel.channel_ready() for channel in self.channels))
         stubs = [chat_pb2_grpc.ChatServiceStub(channel) for channel in self.channels]
         self.clients = [
-            Client(i, name, room_of(i, rooms), stubs[k % count])
+            Client(i, name, rooms_of(i, rooms, each), stubs[k % count])
             for k, (i, name) in enumerate(names.items())
         ]
         return count
@@ -106,19 +114,24 @@ class Worker:
         return {"joined": len(joined), "refused": dict(refused), "done_ns": max(joined, default=0)}
 
     async def _join(self, client: Client):
-        """Joined = the client saw its own USER_JOINED. Returns that time or a status name."""
+        """Joined = the client saw its own USER_JOINED in each of its rooms (the first with
+        the stream, the others asked for after it). Returns that time or a status name."""
         client.call = client.stub.Chat()
-        join = pb.UserEvent(type=pb.USER_JOINED, username=client.name, room=client.room)
+        join = pb.UserEvent(type=pb.USER_JOINED, username=client.name, room=client.rooms[0])
         try:
             async with asyncio.timeout(JOIN_TIMEOUT_S):
                 await client.call.write(pb.ClientEvent(user_event=join))
-                while True:
+                for room in client.rooms[1:]:
+                    more = pb.UserEvent(type=pb.USER_JOINED, room=room)
+                    await client.call.write(pb.ClientEvent(user_event=more))
+                waiting = set(client.rooms)
+                while waiting:
                     event = await client.call.read()
                     if event is grpc.aio.EOF:
                         return "EOF"
                     user = event.user_event
                     if user.type == pb.USER_JOINED and user.username == client.name:
-                        break
+                        waiting.discard(user.room if len(client.rooms) > 1 else client.rooms[0])
         except TimeoutError:
             client.call.cancel()
             return "TIMEOUT"
@@ -161,11 +174,11 @@ class Worker:
         """Senders write `rate` messages/s for `duration_s`; wait for every delivery.
 
         `senders` maps a client index to its sender number; each sender's
-        messages are expected by every client of its room.
+        messages are expected by every client of its (first) room.
         """
         count = round(rate * duration_s)
         in_room = Counter(room_of(index, rooms) for index in senders)
-        expected = count * sum(in_room[client.room] for client in self.clients)
+        expected = count * sum(in_room[room] for client in self.clients for room in client.rooms)
         self.phase = phase = Phase(tag, expected=expected)
         for client in self.clients:
             client.last_id = ()
@@ -205,13 +218,13 @@ class Worker:
                 await asyncio.sleep(wait_ns / 1e9)
             worst_lag_ns = max(worst_lag_ns, -wait_ns)
             text = f"{phase.tag} {sender} {seq} {due_ns} "
-            event = pb.ChatMessageEvent(message=text.ljust(chars, "x"))
+            event = pb.ChatMessageEvent(message=text.ljust(chars, "x"), room=client.rooms[0])
             try:
                 await client.call.write(pb.ClientEvent(chat_message=event))
             except (grpc.RpcError, asyncio.InvalidStateError):
                 return seq, worst_lag_ns  # the stream ended under us: counted as loss
             self.progress[0] += 1
-            phase.sent_by_room[client.room] += 1
+            phase.sent_by_room[client.rooms[0]] += 1
         return count, worst_lag_ns
 
     async def leave(self) -> int:
