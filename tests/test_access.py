@@ -16,6 +16,8 @@ from test_hogging import OTHER_HOST, FromAddress, can_bind
 from test_security import UNAUTHENTICATED, chat_code, unary_code
 from wire import Conn, join
 
+import chat_pb2 as pb
+import chat_pb2_grpc
 from access import auth
 from access.caps import network_of
 from access.credentials import basic_pair, credentials
@@ -23,7 +25,7 @@ from access.users import add_user
 from server import create_server
 from session import Settings
 from store import MemoryStore
-from terminal.dial import basic
+from terminal.dial import Authorization, basic
 
 pytestmark = pytest.mark.timeout(60)
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -251,3 +253,30 @@ def test_users_file_made_writable_while_running_keeps_accounts_and_says_so_once(
         assert unary_code(gated_users, basic("alice", f"wrong{n}"), "ListUsers") != OK
     warnings = [r.getMessage() for r in caplog.records if "others may write" in r.getMessage()]
     assert len(warnings) == 1 and "keeping the accounts read before" in warnings[0]
+
+
+def own_connection_code(address: str, header: str) -> grpc.StatusCode:
+    """ListRooms on a channel with its own TCP connection (so --processes spreads them)."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    with grpc.insecure_channel(address, options=options) as plain:
+        stub = chat_pb2_grpc.ChatServiceStub(grpc.intercept_channel(plain, Authorization(header)))
+        try:
+            stub.ListRooms(pb.ListRoomsRequest(), timeout=10)
+            return OK
+        except grpc.RpcError as error:
+            return error.code()
+
+
+def test_failed_sign_ins_are_counted_across_processes(redis_proc, users_file):
+    """When --processes 2 share the port, the failures of both count in one bucket."""
+    server = ServerProcess(
+        "--processes", "2", "--redis-url", redis_proc.url, "--users", str(users_file)
+    )
+    try:
+        codes = [own_connection_code(server.address, basic("alice", f"g{n}")) for n in range(8)]
+        assert codes[: auth.FAILURE_BURST] == [UNAUTHENTICATED] * auth.FAILURE_BURST
+        assert set(codes[auth.FAILURE_BURST :]) == {EXHAUSTED}, codes
+    finally:
+        server.signal()
+        server.wait(20)
+        server.stop()
