@@ -6,7 +6,7 @@ import grpc
 import pytest
 import redis
 from conftest import wait_until
-from wire import Conn, join, join_event, move_event
+from wire import Conn, enter_event, join, join_event
 
 import chat_pb2 as pb
 from cluster.keys import ROOM_PREFIX, ROOMS_ACTIVE_KEY
@@ -56,18 +56,18 @@ def drain(conn) -> list:
 
 def test_rooms_opened_by_one_network_are_limited(server_factory):
     """When one network opens room after room, past NEW_ROOMS_BURST it is refused with a retry
-    time, on a move and on a join; a room someone is in can still be joined."""
+    time, on a later join and on a stream's first; a room someone is in can still be joined."""
     server = server_factory(rate=1000.0, burst=1000)
     bob = join(server.address, "bob", room="busy")  # one room opened from 127.0.0.0/24
     alice = join(server.address, "alice")
     for n in range(NEW_ROOMS_BURST - 1):
-        alice.send(move_event(f"r{n}"))
+        alice.send(enter_event(f"r{n}"))
         alice.next_event("user_event", where=lambda e, n=n: e.room == f"r{n}")
-    alice.send(move_event("one-too-many"))
+    alice.send(enter_event("one-too-many"))
     notice = alice.next_event("system_event", where=lambda e: e.code == pb.RATE_LIMITED)
     assert "too many new rooms" in notice.system_event.message
     assert "retry in" in notice.system_event.message
-    alice.send(move_event("busy"))  # bob is there: not a new room
+    alice.send(enter_event("busy"))  # bob is there: not a new room
     alice.next_event("user_event", where=lambda e: e.room == "busy" and e.username == "alice")
     carol = Conn(server.address, join_event("carol", room="another-new"))
     assert carol.wait_end() == grpc.StatusCode.RESOURCE_EXHAUSTED
