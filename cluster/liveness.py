@@ -53,6 +53,7 @@ KICK_TEXT = "{} is online on another server: this session ends"
 # ALIVE_TTL_MS others reap it and free its names, which must not be online twice.
 CUT_OFF_S = ALIVE_TTL_MS / 1000 - HEARTBEAT_S - 1.0
 CUT_OFF_TEXT = "this server is cut off from the others: reconnect"
+WATCHDOG_S = 0.5  # how often the cut-off rule is checked
 # After Redis was emptied, claims wait this long while every live server claims
 # again what it held (each does at its next heartbeat, within HEARTBEAT_S).
 SETTLE_MS = int(2 * HEARTBEAT_S * 1000 + 1000)
@@ -66,6 +67,14 @@ class Liveness:
     def _heartbeat_loop(self) -> None:
         while not self._stopped.wait(HEARTBEAT_S):
             self._heartbeat()
+
+    def _watchdog_loop(self) -> None:
+        """Its own thread: a heartbeat stuck in a timeout must not delay the cut-off rule."""
+        while not self._stopped.wait(WATCHDOG_S):
+            try:
+                self._end_sessions_if_cut_off()
+            except Exception:  # a bug must not stop the watchdog
+                log.exception("watchdog failed (going on)")
 
     def _heartbeat(self) -> None:
         sent_at = time.monotonic()
@@ -83,7 +92,6 @@ class Liveness:
         except redis.RedisError as error:
             self._link.mark_down()
             log.debug("heartbeat skipped: %s", error)
-            self._end_sessions_if_cut_off()
         except Exception:  # a bug must not stop the heartbeat: we would be reaped
             log.exception("heartbeat failed (going on)")
 
@@ -103,7 +111,7 @@ class Liveness:
             if not self._claims:
                 return
             count = len(self._claims)
-        log.warning("cut off from Redis for %.0f s: ending %d sessions", cut_off_s, count)
+        log.warning("cut off from Redis for %.1f s: ending %d sessions", cut_off_s, count)
         self._hub.end_all(CUT_OFF_TEXT)
 
     def _beat(self) -> bool:

@@ -111,6 +111,7 @@ class Cluster(LiveEvents, Liveness):
         self._threads = [
             threading.Thread(target=self._publish_loop, name="cluster-publisher"),
             threading.Thread(target=self._heartbeat_loop, name="cluster-heartbeat"),
+            threading.Thread(target=self._watchdog_loop, name="cluster-watchdog"),
         ]
 
     def start(self, hub) -> None:
