@@ -12,6 +12,7 @@ message.
     bots --gRPC--> server 2 --relay 2--/
 """
 
+import shutil
 import signal
 import threading
 import time
@@ -35,6 +36,7 @@ class Slot:
         self.port = port
         self.process: ServerProcess | None = None
         self.generation = 0  # how many times it was started
+        self.frozen = False  # SIGSTOPped: bots do not pick it (a join there would hang)
         self.tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
 
     @property
@@ -61,7 +63,7 @@ class Stage:
 
     def live_addresses(self) -> list[str]:
         with self._lock:
-            return [slot.address for slot in self.slots if slot.up]
+            return [slot.address for slot in self.slots if slot.up and not slot.frozen]
 
     # -- servers --------------------------------------------------------------
 
@@ -97,11 +99,18 @@ class Stage:
             except (OSError, ValueError):
                 pass  # the pipe was closed by ServerProcess.stop()
 
-    def kill_server(self, slot: Slot) -> None:
+    def kill_server(self, slot: Slot, sig=signal.SIGKILL) -> int:
+        """Stop `slot`'s server with `sig` (SIGKILL, or SIGTERM: a planned restart); its code."""
         with self._lock:
             process = slot.process
-        process.signal(signal.SIGKILL)
-        process.wait(SERVER_STOP_S)
+        process.signal(sig)
+        return process.wait(SERVER_STOP_S)
+
+    def freeze_server(self, slot: Slot, frozen: bool) -> None:
+        """SIGSTOP (frozen) or SIGCONT `slot`'s server: alive to the kernel, silent to all."""
+        with self._lock:
+            process, slot.frozen = slot.process, frozen
+        process.signal(signal.SIGSTOP if frozen else signal.SIGCONT)
 
     def stop_servers(self) -> list[int]:
         """SIGTERM every server at once; their exit codes."""
@@ -121,8 +130,12 @@ class Stage:
     def kill_redis(self) -> None:
         self.redis.kill()
 
-    def start_redis(self) -> None:
-        self.redis.start()  # same port, same dir: the append-only file brings the data back
+    def start_redis(self, empty: bool = False) -> None:
+        """Same port, same dir: the append-only file brings the data back, unless `empty`."""
+        if empty:
+            for path in self.redis.directory.glob("appendonly*"):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        self.redis.start()
 
     def logs(self) -> str:
         return "\n".join(line for slot in self.slots for line in slot.tail)
@@ -131,14 +144,21 @@ class Stage:
 class Faults:
     """A seeded schedule of faults, one at a time, run on its own thread."""
 
-    KINDS = ("redis_restart", "cut", "black_hole", "server_kill")
+    KINDS = (
+        "redis_restart", "cut", "black_hole", "server_kill", "server_term", "server_freeze",
+        "slow_link", "redis_empty", "burst",
+    )  # fmt: skip
 
-    def __init__(self, stage: Stage, rng, clock, kinds=KINDS):
+    def __init__(self, stage: Stage, rng, clock, kinds=KINDS, burst=None):
         self.stage = stage
         self.rng = rng
         self.clock = clock  # seconds since the hunt began
         self.kinds = kinds
+        self.burst = burst  # burst(address): users arriving on one server and dying together
         self.timeline: list[str] = []
+        self.term_codes: list[int] = []  # exit codes of servers stopped with SIGTERM
+        self.frozen: list[tuple] = []  # (address, from t, to t): servers SIGSTOPped
+        self.wiped: list[float] = []  # when Redis was killed to come back empty
         self.last_kill_t = -1e9  # when a server was last SIGKILLed (its users linger until reaped)
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -177,6 +197,14 @@ class Faults:
         self.stage.start_redis()
         self.note("redis-server restarted")
 
+    def _do_redis_empty(self, seconds: float) -> None:
+        self.note("redis-server SIGKILLed (to come back empty)")
+        self.stage.kill_redis()
+        self.wiped.append(self.clock())
+        self._hold(min(seconds, 2.0))
+        self.stage.start_redis(empty=True)
+        self.note("redis-server restarted empty")
+
     def _do_cut(self, seconds: float) -> None:
         slot = self.rng.choice(self.stage.slots)
         self.note(f"server {slot.index}: Redis connection cut")
@@ -192,6 +220,39 @@ class Faults:
         self._hold(seconds)
         slot.relay.restore()
         self.note(f"server {slot.index}: Redis connection restored (black-holed ones reset)")
+
+    def _do_slow_link(self, seconds: float) -> None:
+        slot, rtt_s = self.rng.choice(self.stage.slots), self.rng.uniform(0.5, 1.8)
+        self.note(f"server {slot.index}: Redis round trips {rtt_s:.1f} s longer")
+        slot.relay.slow(rtt_s)
+        self._hold(seconds)
+        slot.relay.slow(0)
+        self.note(f"server {slot.index}: Redis link fast again")
+
+    def _do_server_freeze(self, seconds: float) -> None:
+        slot = self.rng.choice(self.stage.slots)
+        self.note(f"server {slot.index} SIGSTOPped")
+        self.stage.freeze_server(slot, True)
+        frozen_t = self.clock()
+        self._hold(seconds * 2)  # up to 12 s: past 10 s it is reaped, and wakes to find it out
+        self.stage.freeze_server(slot, False)
+        self.frozen.append((slot.address, frozen_t, self.clock()))
+        self.last_kill_t = self.clock()
+        self.note(f"server {slot.index} SIGCONTed")
+
+    def _do_server_term(self, seconds: float) -> None:
+        slot = self.rng.choice(self.stage.slots)
+        self.note(f"server {slot.index} SIGTERMed (a planned restart)")
+        self.term_codes.append(self.stage.kill_server(slot, signal.SIGTERM))
+        self._hold(min(seconds, 2.0))
+        self.stage.start_server(slot)
+        self.note(f"server {slot.index} restarted")
+
+    def _do_burst(self, seconds: float) -> None:
+        slot = self.rng.choice(self.stage.slots)
+        if self.burst is not None and slot.up:
+            self.note(f"server {slot.index}: a burst of users arrive, then all die at once")
+            self.burst(slot.address, seconds)
 
     def _do_server_kill(self, seconds: float) -> None:
         slot = self.rng.choice(self.stage.slots)

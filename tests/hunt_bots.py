@@ -7,8 +7,13 @@ after a `NOT_SENT` or `RATE_LIMITED` notice or after its stream broke (then
 on another live server, joining the lobby with its `last_seen_id` there,
 then each other room with its own). Each attempt carries its
 own text ("u1:7.2" is line 7, third try), so the checker can tell which
-try was stored. A bot writes down everything it receives; `hunt_check.py`
-judges it afterwards.
+try was stored, and every try of a line the line's `key`, so a try whose
+echo was lost (the bot drops its stream on purpose now and then) is never
+taken twice: the server answers it with the first try's echo. A bot also
+sends direct messages (kept until echoed, NOT_ONLINE ends them) and now
+and then tries to join as another bot (an impostor, which must be
+refused while that bot is online). A bot writes down everything it
+receives; `hunt_check.py` judges it afterwards.
 
 Threads: a bot's own thread decides and sends; each stream's receive thread
 records what arrives (`_on_event`). `_lock` guards what both touch.
@@ -18,6 +23,7 @@ import queue
 import re
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 
 import grpc
@@ -31,6 +37,7 @@ JOIN_GIVE_UP_S = 45.0  # no join anywhere for this long: the bot reports it and 
 ANSWER_WAIT_S = 20.0  # a sent line is echoed or refused within this
 LEAVE_WAIT_S = 5.0  # a half-closed stream ends within this
 STREAM_DEADLINE_S = 3600.0  # the deadline on every Chat stream: longer than any hunt
+LOSE_ECHO = 0.05  # a line whose stream the bot breaks right after sending it (a lost echo)
 _ONLINE = re.compile(r"in #([a-z0-9_\-]+) \((\d+)\): (.*)")  # who is in a room, told at join
 ROOMS = ("lobby", "r1", "r2")  # every bot is in the lobby and in one or both of the others
 _RETRY = re.compile(r"retry in ([\d.]+) s")
@@ -44,9 +51,14 @@ class Attempt:
     sent_t: float
     session: int
     room: str
-    outcome: str = ""  # "echo", "not sent", "rate limited", or "lost" (the stream broke)
+    # "echo", "duplicate" (answered with an earlier try's echo), "not sent", "rate limited",
+    # "not online" (a direct message), or "lost" (the stream broke)
+    outcome: str = ""
     id: str = ""
     retry_s: float = 0.0
+    key: str = ""
+    to: str = ""  # a direct message's recipient
+    answered_t: float = 0.0
 
 
 @dataclass
@@ -65,7 +77,7 @@ class Session:
 
     def __init__(self, bot, address: str, index: int, last_seen: dict[str, str]):
         self.address, self.index = address, index
-        self.opened_t, self.ended_t = bot.clock(), None
+        self.opened_t, self.ended_t, self.joined_t = bot.clock(), None, None
         self.joined, self.ended = threading.Event(), threading.Event()  # joined: every room
         self.entered: set[str] = set()  # rooms whose USER_JOINED of ours came (bot's lock)
         self.error: grpc.RpcError | None = None
@@ -124,6 +136,8 @@ class Bot:
         self._typing_room = ""
         self.problems: list[str] = []  # wrong on the spot (an unknown code, a slow answer)
         self.error: BaseException | None = None
+        self.directs_in: list[tuple] = []  # (sender, text, t, stream): direct messages received
+        self.impostors: list[tuple] = []  # (t, name, address): our joins as another bot
         self._typing = False
         self._lines = 0
 
@@ -157,6 +171,9 @@ class Bot:
             self._changed.notify_all()
 
     def _got_chat_message(self, session: Session, m) -> None:
+        if m.to:
+            self._got_direct(session, m)
+            return
         self.received.append(
             Received(m.id, m.username, m.message, m.replay, self.clock(), session.index, m.room)
         )
@@ -167,6 +184,17 @@ class Bot:
                 if attempt.outcome == "not sent":
                     self.problems.append(f"{m.message!r} came back (id {m.id}) after NOT_SENT")
                 attempt.outcome, attempt.id = "echo", m.id
+            elif m.key and attempt.key == m.key and attempt.outcome in ("", "lost"):
+                attempt.outcome, attempt.id = "duplicate", m.id  # answered with the first
+
+    def _got_direct(self, session: Session, m) -> None:
+        if m.to == self.name and m.username != self.name:
+            self.directs_in.append((m.username, m.message, self.clock(), session.index))
+        if m.username != self.name:
+            return
+        for attempt in self.attempts:
+            if attempt.to and m.key and attempt.key == m.key and attempt.outcome in ("", "lost"):
+                attempt.outcome, attempt.answered_t = "echo", self.clock()
 
     def _got_system_event(self, session: Session, e) -> None:
         pending = [a for a in self.attempts if a.outcome == ""]
@@ -174,6 +202,8 @@ class Bot:
             pending[-1].outcome = "not sent" if e.code == pb.NOT_SENT else "rate limited"
             retry = _RETRY.search(e.message)
             pending[-1].retry_s = float(retry[1]) if retry else 0.5
+        elif e.code == pb.NOT_ONLINE and pending and pending[-1].to:
+            pending[-1].outcome = "not online"
         elif e.code == pb.SYSTEM_INFO and (online := _ONLINE.fullmatch(e.message)):
             self.view[online[1]] = set(online[3].split(", ")) if int(online[2]) else set()
         elif e.code not in (pb.SYSTEM_INFO, pb.SHUTTING_DOWN):
@@ -185,6 +215,7 @@ class Bot:
         if e.username == self.name and e.type == pb.USER_JOINED and not session.joined.is_set():
             session.entered.add(e.room)
             if session.entered >= set(self.rooms):
+                session.joined_t = self.clock()
                 session.joined.set()
                 self.first_join_t = self.first_join_t or self.clock()
         elif view is not None and e.type == pb.USER_JOINED:
@@ -222,8 +253,12 @@ class Bot:
             self.error = error
 
     def _act(self, dice: float) -> None:
-        if dice < 0.55:
+        if dice < 0.45:
             self._say()
+        elif dice < 0.53:
+            self._direct()
+        elif dice < 0.55:
+            self._impostor()
         elif dice < 0.75:
             self._type(pb.TYPING_STOP if self._typing else pb.TYPING_START)
         elif dice < 0.8:
@@ -265,20 +300,24 @@ class Bot:
             time.sleep(self.rng.uniform(0.2, 1.0))
         raise AssertionError(f"{self.name} could not join for {JOIN_GIVE_UP_S} s: {refusal}")
 
-    def _say(self) -> None:
-        """Send one line and keep it until its echo, as the real client does."""
+    def _say(self, to: str = "") -> None:
+        """Send one line (to a room, or to one user) and keep it until its echo, as the
+        real client does: every try with the line's key."""
         self._lines += 1
-        room = self.rng.choice(self.rooms)  # every try of a line goes to the same room
+        room = "" if to else self.rng.choice(self.rooms)  # every try goes to the same room
+        key = uuid.uuid4().hex
         for attempt_no in range(1000):
             if not self.online:
                 self._join()
             session = self.session
-            text = f"{self.name}:{self._lines}.{attempt_no}"
-            attempt = Attempt(text, self.clock(), session.index, room)
+            text = f"{self.name}:{'dm' if to else ''}{self._lines}.{attempt_no}"
+            attempt = Attempt(text, self.clock(), session.index, room, key=key, to=to)
             with self._lock:
                 self.attempts.append(attempt)
-            message = pb.ChatMessageEvent(message=attempt.text, room=room)
+            message = pb.ChatMessageEvent(message=attempt.text, room=room, key=key, to=to)
             session.send(pb.ClientEvent(chat_message=message))
+            if self.rng.random() < LOSE_ECHO:  # the echo is lost: the stream breaks now
+                session.close(half_close=False)
             self._wait(lambda a=attempt, s=session: a.outcome or s.ended.is_set(), ANSWER_WAIT_S)
             with self._lock:
                 if not attempt.outcome and not session.ended.is_set():
@@ -287,19 +326,56 @@ class Bot:
                     )
                 if not attempt.outcome:
                     attempt.outcome = "lost"  # an echo in the next join's replay still counts
+            if attempt.outcome == "not online":
+                return  # a direct message to someone gone: given up, as the client does
             if attempt.outcome in ("not sent", "rate limited"):
                 time.sleep(min(attempt.retry_s, 2.0))
             elif attempt.outcome == "lost":
                 session.close(half_close=False)
                 self._join()
-            if self._echoed(self._lines):
+            if self._echoed(key):
                 return
         raise AssertionError(f"{self.name}: line {self._lines} never got through")
 
-    def _echoed(self, line: int) -> bool:
-        prefix = f"{self.name}:{line}."
+    def _echoed(self, key: str) -> bool:
         with self._lock:
-            return any(a.outcome == "echo" and a.text.startswith(prefix) for a in self.attempts)
+            return any(a.key == key and a.outcome in ("echo", "duplicate") for a in self.attempts)
+
+    def _other_bots(self) -> list[str]:
+        """Other bots this one sees online (in the lobby, where every bot is)."""
+        with self._lock:
+            seen = set(self.view.get("lobby", ())) - {self.name}
+        return sorted(name for name in seen if re.fullmatch(r"u\d+", name))  # not a burst
+
+    def _direct(self) -> None:
+        """A direct message to another bot this one sees online."""
+        if others := self._other_bots():
+            self._say(to=self.rng.choice(others))
+
+    def _impostor(self) -> None:
+        """Try to join as another bot: refused while it is online; if let in, noted, left."""
+        others, addresses = self._other_bots(), self._addresses()
+        if not others or not addresses:
+            return
+        name, address = self.rng.choice(others), self.rng.choice(addresses)
+        with grpc.insecure_channel(address) as channel:
+            stub = chat_pb2_grpc.ChatServiceStub(channel)
+            outbox: queue.Queue = queue.Queue()
+            outbox.put(join_event(name))
+            call = stub.Chat(iter(outbox.get, None), timeout=JOIN_WAIT_S)
+            t = self.clock()
+            try:
+                for event in call:
+                    user = event.user_event if event.WhichOneof("event") == "user_event" else None
+                    if user is not None and user.username == name and user.type == pb.USER_JOINED:
+                        with self._lock:
+                            self.impostors.append((t, name, address))
+                        break
+            except grpc.RpcError:
+                pass  # refused (ALREADY_EXISTS, UNAVAILABLE) or cut: as it should be
+            finally:
+                outbox.put(None)
+                call.cancel()
 
     def record(self) -> dict:
         """Everything this bot saw and did, for a failure's record file."""
@@ -314,8 +390,30 @@ class Bot:
                 "received": [vars(r) for r in self.received],
                 "problems": self.problems,
                 "presence": self.presence_log,
+                "directs_in": self.directs_in,
+                "impostors": self.impostors,
             }
 
     def _wait(self, predicate, timeout: float) -> bool:
         with self._changed:
             return self._changed.wait_for(predicate, timeout)
+
+
+BURST_USERS = 40  # users of one burst: they arrive together and die together
+_bursts = iter(range(1_000_000))  # a number per burst, for its users' names
+
+
+def burst(address: str, hold_s: float) -> None:
+    """`BURST_USERS` users join one server at once, stay `hold_s`, then all vanish at once."""
+    number, channel = next(_bursts), grpc.insecure_channel(address)  # one connection for all
+    stub, calls = chat_pb2_grpc.ChatServiceStub(channel), []
+    try:
+        for i in range(BURST_USERS):
+            outbox: queue.Queue = queue.Queue()
+            outbox.put(join_event(f"b{number}x{i}"))
+            calls.append(stub.Chat(iter(outbox.get, None), timeout=JOIN_WAIT_S + hold_s + 5))
+        time.sleep(min(hold_s, 3.0))  # nothing to wait for: they are there, or refused
+    finally:
+        for call in calls:
+            call.cancel()  # all at once, as when their machine dies
+        channel.close()

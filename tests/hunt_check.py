@@ -17,7 +17,11 @@ section on several servers:
 4. each room's history holds every accepted message of it once, in order,
    and nothing the server refused with NOT_SENT;
 5. servers stopped with SIGTERM exit 0 and leave no name claimed;
-6. (the client's side) each line is answered, each join confirmed, in time.
+6. (the client's side) each line is answered, each join confirmed, in time;
+7. no name is online twice: an impostor's join never succeeds while the
+   bot of that name is online (on a server that was not frozen);
+8. no direct message is echoed and lost: one echoed reaches its recipient
+   (unless the recipient's stream ended right after), and none arrives twice.
 """
 
 from collections import Counter
@@ -32,7 +36,13 @@ PROMISES = {
     4: "each room's history holds its accepted messages once, in order, and nothing NOT_SENT",
     5: "servers stopped with SIGTERM exit 0 and leave no name claimed",
     6: "each line is answered and each join confirmed within a deadline; no stray notices",
+    7: "no name is online twice",
+    8: "no direct message is echoed and lost, nor delivered twice",
 }
+ONLINE_MARGIN_S = 2.0  # a session counts as online this long inside its own ends
+LOSS_GRACE_S = 5.0  # a recipient's stream that ended this soon after an echo may lose it
+WIPE_WINDOW_S = 10.0  # messages this soon before Redis is emptied may be lost to history
+FROZEN_GRACE_S = 15.0  # a frozen server's users are reaped, and may be claimed, within this
 
 
 def id_key(message_id: str) -> tuple[int, ...]:
@@ -40,10 +50,9 @@ def id_key(message_id: str) -> tuple[int, ...]:
 
 
 def accepted(bots) -> list:
-    """Every attempt whose sender got the echo, in id order."""
-    return sorted(
-        (a for bot in bots for a in bot.attempts if a.outcome == "echo"), key=lambda a: id_key(a.id)
-    )
+    """Every room message whose sender got the echo, in id order."""
+    echoed = (a for bot in bots for a in bot.attempts if a.outcome == "echo" and not a.to)
+    return sorted(echoed, key=lambda a: id_key(a.id))
 
 
 def _excerpt(items) -> str:
@@ -55,31 +64,39 @@ def _excerpt(items) -> str:
 # -- 1. delivery ------------------------------------------------------------------------
 
 
-def owed(bot, messages) -> list:
+def owed(bot, messages, wiped=()) -> list:
     """The accepted messages `bot` must have: of its rooms, sent after its first join and,
-    if it is offline at the end, no later than the last message it received there."""
+    if it is offline at the end, no later than the last message it received there. One
+    sent just before Redis was emptied (`wiped`: when) is owed only to a bot online
+    then: history lost it, so a bot between streams cannot resume it."""
     if bot.first_join_t is None:
         return []
     last = {r.room: id_key(r.id) for r in bot.received}
+
+    def lost_to_history(a) -> bool:
+        near = any(t - WIPE_WINDOW_S <= a.sent_t <= t for t in wiped)
+        return near and _online_at(bot, a.sent_t + 1.0, 1.0) is None
+
     return [
         a for a in messages
         if a.room in bot.rooms and a.sent_t > bot.first_join_t
         and (bot.online or id_key(a.id) <= last.get(a.room, (0, 0)))
+        and not lost_to_history(a)
     ]  # fmt: skip
 
 
-def missing(bot, messages) -> list:
+def missing(bot, messages, wiped=()) -> list:
     got = {(r.room, r.id) for r in bot.received}
-    return [a for a in owed(bot, messages) if (a.room, a.id) not in got]
+    return [a for a in owed(bot, messages, wiped) if (a.room, a.id) not in got]
 
 
-def check_delivery(bots, messages) -> list[str]:
+def check_delivery(bots, messages, wiped=()) -> list[str]:
     failures = []
     for bot in bots:
-        gaps = missing(bot, messages)
+        gaps = missing(bot, messages, wiped)
         if gaps:
             failures.append(
-                f"{bot.name} missed {len(gaps)} of {len(owed(bot, messages))}: "
+                f"{bot.name} missed {len(gaps)} of {len(owed(bot, messages, wiped))}: "
                 + _excerpt(f"{a.text} #{a.room} id {a.id} sent {a.sent_t:.1f} s" for a in gaps)
             )
         twice = [i for i, n in Counter((r.room, r.id) for r in bot.received).items() if n > 1]
@@ -169,7 +186,7 @@ def check_history(entries, bots, messages, room: str) -> list[str]:
                 f"#{room}: {len(items)} of {len(kept)} accepted messages {what}: "
                 + _excerpt(f"{a.text} id {a.id} -> {stored.get(a.text)}" for a in items)
             )
-    refused = {a.text for bot in bots for a in bot.attempts if a.outcome == "not sent"}
+    refused = {a.text for bot in bots for a in bot.attempts if a.outcome == "not sent" and not a.to}
     leaked = sorted(refused & set(stored))
     if leaked:
         failures.append(
@@ -188,6 +205,67 @@ def check_lines(bots) -> list[str]:
         if bot.error is not None:
             failures.append(f"{bot.name} stopped: {bot.error!r}")
         failures += [f"{bot.name}: {problem}" for problem in bot.problems]
+    return failures
+
+
+# -- 7. names -----------------------------------------------------------------------------
+
+
+def _online_at(bot, t: float, margin: float):
+    """The session of `bot` joined and open from `t - margin` to `t + margin`, if any."""
+    for session in bot.sessions:
+        joined, ended = session.joined_t, session.ended_t
+        if joined is not None and joined < t - margin and (ended is None or ended > t + margin):
+            return session
+    return None
+
+
+def check_names(bots, frozen) -> list[str]:
+    """`frozen`: (address, from t, to t) of servers SIGSTOPped (their users are reaped)."""
+    by_name, failures = {bot.name: bot for bot in bots}, []
+    for bot in bots:
+        for t, name, address in bot.impostors:
+            real = by_name.get(name)
+            session = real and _online_at(real, t, ONLINE_MARGIN_S)
+            if not session:
+                continue
+            spans = [f for f in frozen if f[0] == session.address]
+            if not any(start < t < end + FROZEN_GRACE_S for _, start, end in spans):
+                failures.append(
+                    f"{bot.name} joined as {name} on {address} at {t:.1f} s while {name} was "
+                    f"online on {session.address} (stream {session.index})"
+                )
+    return failures
+
+
+# -- 8. direct messages -------------------------------------------------------------------
+
+
+def check_directs(bots) -> list[str]:
+    by_name, failures = {bot.name: bot for bot in bots}, []
+    for bot in bots:
+        lines: dict[str, list] = {}
+        for a in bot.attempts:
+            if a.to:
+                lines.setdefault(a.key, []).append(a)
+        for tries in lines.values():
+            recipient = by_name.get(tries[0].to)
+            if recipient is None:
+                continue
+            texts = {a.text for a in tries}
+            got = [d for d in recipient.directs_in if d[0] == bot.name and d[1] in texts]
+            if len(got) > 1:
+                failures.append(f"{tries[0].to} got {bot.name}'s {tries[0].text} {len(got)} times")
+            echoes = [a.answered_t for a in tries if a.outcome == "echo"]
+            if echoes and not got:
+                session = _online_at(recipient, echoes[0], 1.0)
+                if session is not None and (
+                    session.ended_t is None or session.ended_t > echoes[0] + LOSS_GRACE_S
+                ):
+                    failures.append(
+                        f"{bot.name}'s {tries[0].text} to {tries[0].to} was echoed at "
+                        f"{echoes[0]:.1f} s and never arrived (stream {session.index} open)"
+                    )
     return failures
 
 
