@@ -168,13 +168,14 @@ class Commands:
         self._say_here(rest, action=True)
 
     def do_help(self, rest: str):
-        for name, (arguments, what) in COMMANDS.items():
+        for name, (arguments, what) in COMMANDS.items():  # "/part [#room] (or /leave): ..."
             also = [alias for alias, command in ALIASES.items() if command == name]
-            what += f" (also {', '.join(also)})" if also else ""
-            self.renderer.notice(f"{f'{name} {arguments}':<18} {what}")
-        self.renderer.notice(f"{f'{ESCAPE}text':<18} send a line that starts with /")
-        self.renderer.notice(f"{'Alt-A':<18} go to the next room with unread lines")
-        self.renderer.notice(f"{'Tab':<18} complete a command, a #room, or a name (after /msg, @)")
+            usage = " ".join([name, arguments] if arguments else [name])
+            usage += f" (or {', '.join(also)})" if also else ""
+            self.renderer.notice(f"{usage}: {what}")
+        self.renderer.notice(f"{ESCAPE}text: send a line that starts with /")
+        self.renderer.notice("Alt-A: go to the next room with unread lines")
+        self.renderer.notice("Tab: complete a command, a #room, or a name (after /msg, @)")
 
     def do_quit(self, rest: str):
         return QUIT

@@ -3,7 +3,7 @@
 import pytest
 
 import chat_pb2 as pb
-from terminal.render import BELL, Renderer
+from terminal.render import BELL, MENTION, Renderer
 from terminal.view import KEPT_LINES, View
 
 pytestmark = pytest.mark.timeout(10)
@@ -71,6 +71,17 @@ def test_a_direct_message_shows_in_any_room_and_rings(capsys):
     renderer.show(message("alice", "hi", room="", to="bob"))
     assert capsys.readouterr().out.splitlines() == [f"[bob -> you] psst{BELL}", "[you -> bob] hi"]
     assert view.unread() == {}
+
+
+def test_a_direct_message_to_us_is_highlighted_like_a_mention(capsys):
+    """When colour is on, a direct message from someone else has its text highlighted; the
+    echo of our own has not."""
+    renderer, _ = on_screen()
+    renderer.colour = True
+    renderer.show(message("bob", "psst", room="", to="alice"))
+    renderer.show(message("alice", "hi", room="", to="bob"))
+    theirs, ours = capsys.readouterr().out.splitlines()
+    assert f"\x1b[{MENTION}mpsst\x1b[0m" in theirs and f"\x1b[{MENTION}m" not in ours
 
 
 def test_a_mention_in_another_room_rings_at_once_and_marks_the_room(capsys):

@@ -59,3 +59,18 @@ def test_terminal_direct_message_shows_in_any_room_and_rings(server, terminal):
     alice.send("/quit\r")
     assert alice.exit_code() == 0
     bob.close()
+
+
+def test_piped_help_lists_every_command_with_its_aliases(server, pipe_client):
+    """When /help runs, each command is listed with its IRC aliases, and Alt-A and Tab too."""
+    ci = pipe_client(server.address, "ci")
+    ci.send("/HELP")
+    ci.expect("Tab")
+    assert ci.finish() == 0
+    listed = "\n".join(ci.seen)
+    for command, aliases in [("/join", "/j"), ("/part", "/leave"), ("/rooms", "/list"),
+                             ("/who", "/names"), ("/quit", "/exit")]:  # fmt: skip
+        assert any(row.startswith(f"* {command}") and f"(or {aliases}):" in row
+                   for row in ci.seen), listed  # fmt: skip
+    for word in ("* /msg ", "* /me ", "* /help:", "* Alt-A:", "* Tab:"):
+        assert word in listed, word
