@@ -1,5 +1,6 @@
 """The client when the server goes away: it rejoins and shows exactly what it missed."""
 
+import queue
 import re
 import signal
 
@@ -19,6 +20,7 @@ from proxy import Proxy
 from wire import join
 
 import chat_pb2 as pb
+import terminal.lines as lines_module
 
 # Keepalive (terminal/link.py): a ping every 10 s, 10 s for its ack. Beyond this, a
 # dead connection went unnoticed.
@@ -217,3 +219,32 @@ def test_join_refused_unavailable_is_tried_again_not_an_error(pipe_client):
         alice.expect("[you] hello")
         assert alice.finish() == 0
     assert servicer.joins == 2
+
+
+class Sent:
+    """A stand-in for a Link, for Lines alone: what went on it, and whether it was left."""
+
+    def __init__(self):
+        self.sent: queue.Queue = queue.Queue()  # ClientEvents, in order
+        self.left: queue.Queue = queue.Queue()  # why Lines left it
+
+    def send(self, event) -> None:
+        self.sent.put(event)
+
+
+def test_line_without_an_answer_is_sent_again_on_the_next_call_never_given_up(monkeypatch):
+    """When a line gets no answer at all, the client leaves that call and sends the line,
+    same key, on the next; on leaving it is named as possibly delivered, not as lost."""
+    monkeypatch.setattr(lines_module, "ECHO_TIMEOUT_S", 0.3)  # 30 s in the real client
+    lines = lines_module.Lines(lambda notice: None, lambda link, why: link.left.put(why))
+    stuck, fresh = Sent(), Sent()
+    lines.add(lines_module.message_line("hello", room="lobby"))
+    lines.up(stuck)
+    first = stuck.sent.get(timeout=5).chat_message
+    assert stuck.left.get(timeout=5) == lines_module.SILENT  # left, not given up
+    assert lines.count() == 1
+    lines.up(fresh)
+    again = fresh.sent.get(timeout=5).chat_message
+    assert (again.message, again.key) == (first.message, first.key)
+    lines.close()
+    assert lines.left() == [("hello", True)]  # it may have been delivered: never "not sent"
