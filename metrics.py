@@ -72,9 +72,6 @@ PENDING = prom.Gauge(
     "chat_redis_pending_writes", "Accepted messages not yet written to Redis.",
     multiprocess_mode="livesum",
 )  # fmt: skip
-OURS = [ACCEPTED, DIRECT, DELIVERIES, REFUSALS, EVICTIONS, JOINS, DELIVERY_SECONDS,
-        ONLINE, QUEUED, QUEUE_MAX, REDIS_UP, PENDING]  # fmt: skip
-
 # The refusal reasons of SystemCodes (reader.py refuses with a code).
 REASON_OF_CODE = {1: "rate_limit", 2: "invalid", 4: "not_online", 5: "not_sent"}
 
@@ -150,9 +147,14 @@ def share_between_processes(directory: str) -> None:
     """
     os.environ[MULTIPROC_ENV] = directory
     values.ValueClass = values.get_value_class()
-    for metric in OURS:
+    for metric in _ours():
         prom.REGISTRY.unregister(metric)
     importlib.reload(sys.modules[__name__])
+
+
+def _ours() -> list:
+    """Every metric this module defines (a new one needs no list kept by hand)."""
+    return [v for v in globals().values() if isinstance(v, prom.metrics.MetricWrapperBase)]
 
 
 def process_dead(pid: int, directory: str) -> None:

@@ -22,6 +22,9 @@ pytestmark = pytest.mark.timeout(60)
 
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per client
 REJOIN_WITHIN_S = 15.0  # a client of a stopped backend is chatting again by then
+# A killed backend's names stay claimed until Redis reaps them (~12 s): the client's
+# rejoin is refused ALREADY_EXISTS until then, and retried with backoff (up to 5 s).
+KILLED_REJOIN_WITHIN_S = 25.0
 RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ALREADY_EXISTS)
 SHORT_S = 2  # the silence timeouts of the "nginx defaults, scaled down" config
 SILENCE = ("client_body_timeout", "grpc_read_timeout", "grpc_send_timeout")
@@ -207,4 +210,31 @@ def test_real_client_through_nginx_moves_to_the_other_backend_on_sigterm(
     assert alice.finish() == 0
     assert sum("said while alice moved" in line for line in alice.seen) == 1
     assert server_of([other], "alice") is other  # rejoined there, through nginx
+    bob.close()
+
+
+def test_real_client_through_nginx_survives_its_backend_killed(
+    backends,
+    nginx,  # noqa: F811
+    pipe_client,
+):
+    """When the backend of a real client behind nginx is killed (SIGKILL), the client
+    rejoins through nginx on the other backend once its name is freed, and nothing is
+    lost: what was said meanwhile is shown once, and its own next line arrives."""
+    proxy = nginx([s.address for s in backends])
+    alice = pipe_client(proxy.address, "alice")
+    alice.expect("alice joined")
+    assert wait_until(lambda: server_of(backends, "alice") is not None)
+    killed = server_of(backends, "alice")
+    other = next(s for s in backends if s is not killed)
+    bob = Conn(other.address, join_event("bob"))  # directly on the survivor
+    bob.next_event("user_event", where=lambda e: e.username == "bob")
+    killed.signal(signal.SIGKILL)
+    bob.say("said while alice was cut off")
+    alice.expect("said while alice was cut off", timeout=KILLED_REJOIN_WITHIN_S)
+    alice.send("alice again")
+    assert "alice again" in texts(bob.messages(2))
+    assert alice.finish() == 0
+    assert sum("said while alice was cut off" in line for line in alice.seen) == 1
+    assert server_of([other], "alice") is other
     bob.close()
