@@ -95,8 +95,8 @@ def test_quiet_stream_is_cut_by_short_timeouts_and_kept_by_the_deploy_config(
     server_process,
     nginx,  # noqa: F811
 ):
-    """When a stream is silent longer than nginx's silence timeouts it is cut (shown with
-    them scaled down to 2 s); with the deploy config's it stays up and still chats."""
+    """When a stream is silent longer than nginx's silence timeouts (set to 2 s here, under
+    the servers' 10 s keepalive pings) it is cut; with the deploy config's it stays up."""
     server = server_process("--rate", "100")
     short = nginx([server.address], overrides=dict.fromkeys(SILENCE, f"{SHORT_S}s"))
     kept = nginx([server.address])
