@@ -94,3 +94,19 @@ def test_redis_emptied_keeps_each_name_with_the_session_that_joined_first(
     alice.say("still here")
     assert alice.next_event("chat_message").chat_message.message == "still here"
     alice.close()
+
+
+def test_join_while_shared_redis_is_out_of_memory_is_unavailable_until_it_has_room(
+    server_process, redis_proc
+):
+    """When a shared Redis refuses writes (out of memory), a join is UNAVAILABLE, then taken."""
+    server = server_process("--redis-url", redis_proc.url)
+    server_process("--redis-url", redis_proc.url)  # another server sharing the Redis
+    with redis.Redis.from_url(redis_proc.url) as client:
+        client.config_set("maxmemory-policy", "noeviction")
+        client.config_set("maxmemory", 1)  # every write is refused: OOM
+        try:
+            assert outcome(server.address, "alice") == grpc.StatusCode.UNAVAILABLE
+        finally:
+            client.config_set("maxmemory", 0)
+    assert outcome(server.address, "alice") is None
