@@ -384,7 +384,8 @@ class Bot:
                 "name": self.name,
                 "first_join_t": self.first_join_t,
                 "streams": [
-                    (s.index, s.address, s.opened_t, s.ended_t, s.status()) for s in self.sessions
+                    (s.index, s.address, s.opened_t, s.ended_t, s.status(), s.joined_t)
+                    for s in self.sessions
                 ],
                 "attempts": [vars(a) for a in self.attempts],
                 "received": [vars(r) for r in self.received],

@@ -119,6 +119,8 @@ def test_random_faults_on_three_servers_break_no_promise(seed, redis_proc, tmp_p
             )
         )
         stats += f"\nwhat each bot saw: {record}; server logs: {tmp_path}/server*.log"
+    if not verdict:  # also on disk: a soak's report comes only at its end
+        (tmp_path / "verdict.txt").write_text(verdict.message(faults.timeline, stage.logs(), stats))
     assert verdict, verdict.message(faults.timeline, stage.logs(), stats)
     print(f"hunt seed {seed}: {stats}")
 
