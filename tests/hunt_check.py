@@ -162,8 +162,11 @@ def presence_errors(bots) -> list[str]:
 # -- 4. history ----------------------------------------------------------------------------
 
 
-def check_history(entries, bots, messages, room: str) -> list[str]:
-    """`entries`: (id, fields) from XRANGE of `room`'s history stream, oldest first."""
+def check_history(entries, bots, messages, room: str, wiped=()) -> list[str]:
+    """`entries`: (id, fields) from XRANGE of `room`'s history stream, oldest first.
+
+    Redis emptied (`wiped`: when) took the history before it with it: a message
+    sent before the last time may be absent (if there, it must be right)."""
     failures = []
     messages = [a for a in messages if a.room == room]
     ids = [entry_id for entry_id, _ in entries]
@@ -173,7 +176,8 @@ def check_history(entries, bots, messages, room: str) -> list[str]:
     copies = Counter(fields.get("message") for _, fields in entries)
     stored = {fields.get("message"): entry_id for entry_id, fields in entries}
     kept = [a for a in messages if id_key(a.id) >= oldest]  # older ones may be trimmed
-    absent = [a for a in kept if a.text not in stored]
+    last_wipe = max(wiped, default=-1.0)
+    absent = [a for a in kept if a.text not in stored and a.sent_t > last_wipe]
     moved = [a for a in kept if a.text in stored and stored[a.text] != a.id]
     doubled = [a for a in kept if copies[a.text] > 1]
     for what, items in (

@@ -145,7 +145,7 @@ def judge(verdict: Verdict, bots, stage: Stage, redis_url: str, faults: Faults, 
     verdict.add(3, [f"{error} ({waited})" for error in presence_errors(bots)])
     with redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=10) as client:
         for room, key in HISTORY_KEYS.items():
-            verdict.add(4, check_history(client.xrange(key), bots, messages, room))
+            verdict.add(4, check_history(client.xrange(key), bots, messages, room, wiped))
         faults.note("SIGTERM to every server")
         codes = stage.stop_servers()
         claimed = client.hgetall(NAMES_KEY)
