@@ -113,6 +113,7 @@ class Chat:
             channel.close()
             raise Unreachable(self.dial.unreachable(address)) from None
         rooms = self.rooms
+        rooms.new_call()
         joined = rooms.joined()
         first = rooms.current or (joined[0] if joined else LOBBY)  # a stream starts in one
         link = Link(channel, self.name, first, rooms.last_seen(first), self._on_event, self._on_end)
@@ -133,7 +134,9 @@ class Chat:
         return self.rooms.current
 
     def typing(self, started: bool) -> None:
-        if room := self.rooms.current:
+        """Tell the current room we type (or stopped), once the server has us in it."""
+        room = self.rooms.current
+        if room and self.rooms.confirmed(room):
             self.link.typing(pb.TYPING_START if started else pb.TYPING_STOP, room)
 
     def recover(self) -> bool:
@@ -226,6 +229,7 @@ class Chat:
 
     def _confirmed(self, kind, room: str) -> None:
         """The server says we joined or left `room`."""
+        self.rooms.entered(room, kind == pb.USER_JOINED)
         current = self.rooms.current
         if room == current or kind == pb.USER_LEFT:  # the room on screen is the current one
             self.renderer.enter_room(current)

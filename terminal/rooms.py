@@ -8,7 +8,11 @@ rest of the client asks about rooms:
 - `current`: where what we type goes, and what the prompt names;
 - `last_seen(room)`: the id of the newest message shown in that room, sent
   with the room's join after a reconnect so the server sends exactly what
-  was missed there (ids increase within a room, not across rooms).
+  was missed there (ids increase within a room, not across rooms);
+- `confirmed(room)`: the server has said, on this call, that we are in it
+  (our own USER_JOINED): only then is typing sent there, as the server
+  refuses typing into a room we are not in, and a refusal arriving while a
+  line is in flight would be taken for that line's.
 
 terminal/commands.py changes it when the user types `/join` and `/part`
 (at once: a line typed after `/join #ops` goes to #ops, as it is queued
@@ -34,6 +38,7 @@ class RoomState:
         self._joined: list[str] = list(dict.fromkeys(rooms)) or [LOBBY]  # in joining order
         self._current = self._joined[0]  # "" when we are in no room
         self._last_seen: dict[str, str] = {}  # room -> id of the newest message shown there
+        self._confirmed: set[str] = set()  # rooms the server put us in, on this call
         self.on_change = lambda: None  # set by a user interface: redraw
 
     @property
@@ -84,7 +89,25 @@ class RoomState:
         self.on_change()
         return True
 
+    def confirmed(self, room: str) -> bool:
+        """Has the server said, on this call, that we are in `room`?"""
+        with self._lock:
+            return room in self._confirmed
+
+    def new_call(self) -> None:
+        """A new call begins: no room is confirmed on it yet."""
+        with self._lock:
+            self._confirmed.clear()
+
     # -- from the receive thread ----------------------------------------------------
+
+    def entered(self, room: str, inside: bool) -> None:
+        """The server says we are in `room` now (`inside`), or no longer."""
+        with self._lock:
+            if inside:
+                self._confirmed.add(room)
+            else:
+                self._confirmed.discard(room)
 
     def is_new(self, room: str, message_id: str) -> bool:
         """False for an id at or before the last one shown in `room`; else remember it."""

@@ -107,7 +107,7 @@ def test_rejoins_go_before_the_lines_still_pending():
 
 def test_room_state_keeps_joined_rooms_the_current_one_and_last_ids_per_room():
     """When rooms are joined, switched to and left, the current one follows; ids are new
-    or not per room."""
+    or not per room; a room is confirmed by the server on each call anew."""
     rooms = RoomState(["ops", "lobby", "ops"])
     assert (rooms.joined(), rooms.current) == (["ops", "lobby"], "ops")
     assert rooms.join("rust") and rooms.current == "rust"
@@ -119,6 +119,11 @@ def test_room_state_keeps_joined_rooms_the_current_one_and_last_ids_per_room():
     assert not rooms.is_new("rust", "9-0") and not rooms.is_new("rust", "10-0")
     assert rooms.is_new("rust", "") and rooms.last_seen("rust") == "10-0"
     assert rooms.part("rust") and rooms.part("ops") and rooms.current == ""
+    assert not rooms.confirmed("go")  # typing goes only to a room the server put us in
+    rooms.entered("go", True)
+    assert rooms.confirmed("go")
+    rooms.new_call()
+    assert not rooms.confirmed("go")
 
 
 def test_a_direct_message_is_confirmed_by_its_echo_to_that_user_only():
