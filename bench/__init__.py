@@ -20,5 +20,6 @@ Not part of the chat program: a tool that measures it. `make bench` (or
   layout");
 - `failover.py`: apart too, `python -m bench.failover` kills the Redis
   master under a steady chat and counts messages echoed, then lost (the
-  README's "Performance": the loss window).
+  README's "Performance": the loss window); `lag.py` puts the replica a
+  chosen delay away from the master for it.
 """

@@ -2,6 +2,7 @@
 
     python -m bench.failover                      # without --redis-replicas
     python -m bench.failover --replicas 1         # with it: expect 0 lost
+    python -m bench.failover --replica-delay-ms 50  # the replica 50 ms away
 
 Starts a Redis master, replica and three sentinels (deploy/sentinel/start.sh,
 short timings), two servers on the Sentinel URL, and `--senders` clients
@@ -33,6 +34,7 @@ import redis
 
 import chat_pb2 as pb
 import chat_pb2_grpc
+from bench.lag import DelayedLink
 from bench.servers import ROOT, STREAMS_PER_ADDRESS, free_port, wait_healthy
 
 START = ROOT / "deploy" / "sentinel" / "start.sh"
@@ -81,17 +83,33 @@ class Sender:
         self.channel.close()
 
 
-def start_redis(directory: Path) -> tuple[str, dict]:
-    """deploy/sentinel/start.sh on free ports in `directory`: (URL, ports)."""
+def start_redis(directory: Path, delay_ms: float) -> tuple[str, dict, DelayedLink | None]:
+    """deploy/sentinel/start.sh on free ports in `directory`: (URL, ports, the lag relay).
+
+    With `delay_ms`, the replica then replicates through a DelayedLink. NOTE:
+    Sentinel puts back a replica whose master looks wrong, but only once
+    failover-timeout has passed since its last change: 60 s here, past the run.
+    """
     ports = {"master": free_port(), "replica": free_port()}
     sentinels = [free_port() for _ in range(3)]
+    timeout_ms = "60000" if delay_ms else "3000"
     env = {**os.environ, "DIR": str(directory), "MASTER_PORT": str(ports["master"]),
            "REPLICA_PORT": str(ports["replica"]), "SENTINEL_PORTS": " ".join(map(str, sentinels)),
-           "DOWN_AFTER_MS": "1000", "FAILOVER_TIMEOUT_MS": "3000"}  # fmt: skip
+           "DOWN_AFTER_MS": "1000", "FAILOVER_TIMEOUT_MS": timeout_ms}  # fmt: skip
     done = subprocess.run([str(START)], env=env, capture_output=True, text=True, check=True)
     ports["sentinel"] = sentinels[0]
+    link = None
+    if delay_ms:
+        link = DelayedLink(ports["master"], delay_ms)
+        with redis.Redis(port=ports["replica"], decode_responses=True) as replica:
+            replica.replicaof("127.0.0.1", link.port)
+            deadline = time.monotonic() + 20
+            while replica.info("replication").get("master_link_status") != "up":
+                if time.monotonic() > deadline:
+                    raise click.ClickException("the replica did not sync through the lag relay")
+                time.sleep(0.1)
     time.sleep(2)  # the sentinels find each other (hello messages every 2 s)
-    return done.stdout.strip().splitlines()[-1], ports
+    return done.stdout.strip().splitlines()[-1], ports, link
 
 
 def master_port(ports: dict) -> int:
@@ -99,10 +117,10 @@ def master_port(ports: dict) -> int:
         return int(sentinel.sentinel_get_master_addr_by_name("mymaster")[1])
 
 
-def one_run(rate: float, senders: int, replicas: int, before_s: float, after_s: float) -> dict:
+def one_run(rate, senders, replicas, before_s, after_s, delay_ms) -> dict:
     with tempfile.TemporaryDirectory(prefix="failover-", ignore_cleanup_errors=True) as tmp:
         directory = Path(tmp)
-        url, ports = start_redis(directory)
+        url, ports, link = start_redis(directory, delay_ms)
         servers = []
         try:
             for _ in range(2):
@@ -121,6 +139,8 @@ def one_run(rate: float, senders: int, replicas: int, before_s: float, after_s: 
                 process.kill()
                 process.wait()
             subprocess.run([str(START.parent / "stop.sh")], env={**os.environ, "DIR": tmp})
+            if link:
+                link.close()
 
 
 def measure(servers, ports, directory, rate, senders, replicas, before_s, after_s) -> dict:
@@ -133,6 +153,7 @@ def measure(servers, ports, directory, rate, senders, replicas, before_s, after_
     n = 0
     while time.monotonic() - started < before_s + after_s:
         if killed_at is None and time.monotonic() - started >= before_s:
+            behind = replica_behind(ports)
             os.kill(int((directory / "master.pid").read_text()), signal.SIGKILL)
             killed_at, first_after = time.monotonic(), n
             if replicas:
@@ -155,10 +176,22 @@ def measure(servers, ports, directory, rate, senders, replicas, before_s, after_
         "echoed": sum(len(c.echoed) for c in clients),
         "refused": sum(c.refused for c in clients),
         "lost": len(lost),
+        "replica_behind_bytes": behind,
         "first_echo_after_kill_s": round(min(after) - killed_at, 2) if after else None,
         "lost_span_ms": round(span, 1),
         "lost_after_kill_ms": [round((at - killed_at) * 1000, 1) for at, _ in sorted(lost)][:5],
     }
+
+
+def replica_behind(ports: dict) -> int | None:
+    """How many bytes of replication the replica had not acknowledged, by the master's INFO.
+
+    Acknowledgements come once a second, so this is an upper bound.
+    """
+    with redis.Redis(port=ports["master"], decode_responses=True) as master:
+        info = master.info("replication")
+    replica = info.get("slave0")
+    return info["master_repl_offset"] - replica["offset"] if replica else None
 
 
 def restart_old_master(ports: dict, directory: Path) -> None:
@@ -183,11 +216,15 @@ def restart_old_master(ports: dict, directory: Path) -> None:
 )
 @click.option("--after", "after_s", default=8.0, show_default=True, help="Seconds after it.")
 @click.option("--runs", default=3, show_default=True, help="Failovers, each on a fresh set.")
-def main(rate, senders, replicas, before_s, after_s, runs):
+@click.option(
+    "--replica-delay-ms", "delay_ms", default=0.0, show_default=True,
+    help="Replication this late (bench/lag.py), as across a network.",
+)  # fmt: skip
+def main(rate, senders, replicas, before_s, after_s, runs, delay_ms):
     """Measure messages echoed and then lost across a Redis failover (see the module doc)."""
     results = []
     for run in range(runs):
-        result = one_run(rate, senders, replicas, before_s, after_s)
+        result = one_run(rate, senders, replicas, before_s, after_s, delay_ms)
         click.echo(f"run {run + 1}: {result}")
         results.append(result)
     lost = [r["lost"] for r in results]
