@@ -218,7 +218,9 @@ class Chat:
                 link.shutting_down = True
                 self.lines.down(link)  # nothing more on it: what it takes now may be lost
             elif code in (pb.RATE_LIMITED, pb.INVALID_EVENT, pb.NOT_SENT, pb.NOT_ONLINE):
-                self.lines.refused(code, event.system_event.message)
+                dropped = self.lines.refused(code, event.system_event.message)
+                if dropped is not None and dropped.event.user_event.type == pb.USER_JOINED:
+                    self._not_joined(dropped.event.user_event.room)
             elif code == pb.SYSTEM_INFO and (
                 nothing := NOTHING_TO_DO.fullmatch(event.system_event.message)
             ):
@@ -234,6 +236,11 @@ class Chat:
         if room == current or kind == pb.USER_LEFT:  # the room on screen is the current one
             self.renderer.enter_room(current)
         self.lines.confirm(room_key(kind, room))
+
+    def _not_joined(self, room: str) -> None:
+        """Our join of `room` was refused for good (too many rooms): it is not ours after all."""
+        self.rooms.part(room)  # the current room again is the one before it
+        self.renderer.enter_room(self.rooms.current)
 
     def _is_new(self, message: pb.ChatMessageEvent) -> bool:
         """False for an id at or before the last one shown in its room; else remember it."""

@@ -238,11 +238,11 @@ class Lines:
             self._in_flight, self._not_before, self._not_sent_since = False, 0.0, None
             self._changed.notify_all()
 
-    def refused(self, code, notice: str) -> None:
-        """The server refused what is in flight: wait and resend it, or drop it."""
+    def refused(self, code, notice: str) -> "Line | None":
+        """The server refused what is in flight: wait and resend it, or drop it (returned)."""
         with self._lock:
             if not self._in_flight:
-                return  # not about a line (a refusal of the join, say)
+                return None  # not about a line (a refusal of the join, say)
             self._in_flight = False
             if code == pb.RATE_LIMITED:
                 self._not_before = time.monotonic() + retry_wait_s(notice)
@@ -254,9 +254,11 @@ class Lines:
                 elif now - self._not_sent_since >= NOT_SENT_LEAVE_S:
                     self._leave = f"the server could not send for {NOT_SENT_LEAVE_S:.0f} s"
             else:  # refused for good; the notice, already shown, says why
-                self._pending.popleft()
                 self._failed += 1
+                self._changed.notify_all()
+                return self._pending.popleft()
             self._changed.notify_all()
+        return None
 
     def drop_oversized(self) -> bool:
         """The call ended with RESOURCE_EXHAUSTED: drop the line in flight if it was too big."""

@@ -74,3 +74,22 @@ def test_piped_help_lists_every_command_with_its_aliases(server, pipe_client):
                    for row in ci.seen), listed  # fmt: skip
     for word in ("* /msg ", "* /me ", "* /help:", "* Alt-A:", "* Tab:"):
         assert word in listed, word
+
+
+def test_terminal_join_refused_for_good_leaves_the_current_room_as_it_was(server_factory, terminal):
+    """When the server refuses a join (too many rooms), the prompt and what alice types next
+    stay with the room she was in, not the room refused."""
+    server = server_factory(max_rooms=2)
+    alice = terminal(server.address, "alice")
+    alice.send("/join #a\r")
+    alice.expect_exact("* in #a (1): alice")
+    watcher = join(server.address, "watcher", room="a")
+    alice.send("/join #b\r")
+    alice.expect_exact("! too many rooms")
+    alice.send("still here\r")
+    assert watcher.next_event("chat_message").chat_message.room == "a"
+    alice.expect_exact("[you] still here")
+    alice.expect_exact("#a>")
+    alice.send("/quit\r")
+    assert alice.exit_code() == 1  # a line (the join) was refused for good
+    watcher.close()
