@@ -11,8 +11,10 @@ missed there first, so its live lines follow in order. Lines that belong
 to no room (direct messages, the server's notices, the client's own) never
 come here: they show whatever the current room.
 
-    receive thread: Renderer --> View.place --> printed, or kept and counted
-    main thread:    /join of a joined room, Alt-A --> View.switch --> missed lines printed
+    receive thread: Renderer.show --> View.place --> printed, or kept and counted
+    main thread:    /join of a joined room, Alt-A (Commands.switch)  \
+    receive thread: our join or leave confirmed (client.py)           --> Renderer.enter_room
+                    --> View.switch --> the missed lines printed, then the room is live
 
 What counts as unread: others' messages and actions, live, or missed while
 the connection was down (replayed after a rejoin). Joins and leaves are
