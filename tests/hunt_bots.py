@@ -295,7 +295,8 @@ class Bot:
                     refusal = session.error.details() if session.error else "ended"
                 else:
                     refusal = f"no join within {JOIN_WAIT_S} s"
-                    self.problems.append(f"{self.clock():.1f} s: {refusal}")
+                    if address in self._addresses():  # not frozen since we picked it
+                        self.problems.append(f"{self.clock():.1f} s: {refusal}")
                     session.close(half_close=False)
             time.sleep(self.rng.uniform(0.2, 1.0))
         raise AssertionError(f"{self.name} could not join for {JOIN_GIVE_UP_S} s: {refusal}")
