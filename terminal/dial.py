@@ -111,9 +111,10 @@ class Servers:
 
         A server that answers and refuses (name taken, say) decides: the
         servers share names. A server that says when to come back (joining
-        too often) is tried again then; one that is up but cannot take us now
-        (UNAVAILABLE) a moment later, after the next. Only when none could be reached does
-        the error name them all.
+        too often) is tried again then; one that is up but cannot take us
+        now (UNAVAILABLE) a moment later, after the next; for at most
+        RECONNECT_GIVE_UP_S. Only when none could be reached does the error
+        name them all.
         """
         give_up_at = time.monotonic() + RECONNECT_GIVE_UP_S
         last, untried = None, len(self.addresses)
@@ -122,9 +123,12 @@ class Servers:
                 return join(self.addresses[self._at])
             except ChatError as error:
                 if error.after_s and time.monotonic() + error.after_s < give_up_at:
+                    # A server answered "later": the same one when it said (joining
+                    # too often), or the next first (up, but cannot take us now).
                     if not error.stay:
-                        self._next()  # up, but not now: another may take us
-                    wait_s = spread(error.after_s)  # the same server, when it said
+                        self._next()
+                    untried = len(self.addresses)  # every address gets its turn again
+                    wait_s = spread(error.after_s)
                     self._say(f"{error.message}; trying again in {wait_s:.1f} s")
                     time.sleep(wait_s)
                     continue

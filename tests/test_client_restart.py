@@ -135,7 +135,7 @@ def test_terminal_outlives_a_restart_keeping_the_half_typed_line(terminal, serve
 def test_clients_started_together_wait_out_the_join_limit_and_all_exit_0(server_factory):
     """When 25 piped clients start at once and the server refuses joins for coming too
     often (with a time to retry), each waits that time, joins, and exits 0."""
-    server = server_factory(rate=100.0, burst=100, join_burst=1, join_rate=5.0)
+    server = server_factory(rate=100.0, burst=100, join_burst=1, join_rate=10.0)
     clients = [
         subprocess.Popen(
             [sys.executable, CLIENT, "--name", f"u{n}", "--address", server.address],
