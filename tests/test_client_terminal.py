@@ -196,13 +196,14 @@ def test_terminal_lines_over_the_rate_limit_are_resent_in_order(server_factory, 
     bob.close()
 
 
-def test_quit_waits_for_the_lines_the_rate_limit_holds_and_says_so(server_factory, terminal):
-    """When /quit comes while typed lines still wait on the rate limit, the client says it
-    waits, sends each, then leaves with status 0."""
+@pytest.mark.parametrize("leave", ["/quit\r", "\x04"], ids=["quit", "ctrl-d"])
+def test_quit_waits_for_the_lines_the_rate_limit_holds_and_says_so(server_factory, terminal, leave):
+    """When /quit or Ctrl-D comes while typed lines still wait on the rate limit, the client
+    says it waits, sends each, then leaves with status 0."""
     server = server_factory(rate=1.0, burst=1)
     bob = join(server.address, "bob")
     alice = terminal(server.address, "alice")
-    alice.send("one\rtwo\rthree\rfour\r/quit\r")
+    alice.send("one\rtwo\rthree\rfour\r" + leave)
     alice.expect_exact("* waiting for")
     assert alice.exit_code() == 0
     assert [m.message for m in bob.messages(4)] == ["one", "two", "three", "four"]
