@@ -121,7 +121,15 @@ class Server:
         clients' leaves is broadcast to all the others. Its children go too
         (a server of several processes): nobody would reap them.
         """
-        if self.process is not None:
+        if self.process is not None and self.kind == "nginx":
+            # Its master respawns a killed worker: SIGTERM is nginx's own fast stop,
+            # which takes the workers with it.
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.process is not None and self.process.poll() is None:
             for child in psutil.Process(self.process.pid).children(recursive=True):
                 child.kill()
             self.process.kill()
