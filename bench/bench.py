@@ -29,6 +29,10 @@ from bench.report import Progress
 from bench.servers import Server
 
 SETTLE_S = 0.5  # after a join, before memory is read: let the join's fan-out finish
+# ... and until no event came for SETTLE_S, at most this long: clients in several
+# rooms get a USER_JOINED from every member of each, many more than a load phase
+# should find still queued when it starts.
+SETTLE_MAX_S = 60.0
 DRAIN_S = 3.0  # after the last send, how long deliveries may still arrive
 SWEEP_MAX_RATES = 12  # a sweep never tries more rates than this
 SWEEP_RETRIES = 1  # a rate that failed is tried this many more times before it counts
@@ -58,12 +62,18 @@ class Bench:
         self.generator.connect(server.target, clients, prefix, rooms, each)
         rss_before = server.rss_bytes()
         joined = self.generator.join()
-        time.sleep(SETTLE_S)
+        self.settle()
         if rss_before is not None:
             joined["idle_kib_per_client"] = (server.rss_bytes() - rss_before) / clients / 1024
         if (share := server.busiest_share()) is not None:
             joined["busiest_share"] = share
         return joined
+
+    def settle(self) -> None:
+        """Wait until the clients have received no event for SETTLE_S (SETTLE_MAX_S at most)."""
+        deadline, seen = time.monotonic() + SETTLE_MAX_S, -1
+        while seen != (seen := self.generator.events()) and time.monotonic() < deadline:
+            time.sleep(SETTLE_S)
 
     def load(self, server: Server, rate: float) -> dict:
         """One load phase at `rate` messages/s per sender, and what it cost whom."""

@@ -39,7 +39,7 @@ class LoadGenerator:
 
     def __init__(self, workers: int, clients_per_channel: int = CLIENTS_PER_CHANNEL):
         context = multiprocessing.get_context("spawn")  # no grpc state crosses a fork
-        self.progress = [context.Array("q", 2, lock=False) for _ in range(workers)]
+        self.progress = [context.Array("q", 3, lock=False) for _ in range(workers)]
         pipes = [context.Pipe() for _ in range(workers)]
         self.conns = [parent for parent, _ in pipes]
         self.processes = [
@@ -110,6 +110,10 @@ class LoadGenerator:
     def totals(self) -> tuple[int, int]:
         """(messages sent, deliveries received) so far in this phase, for a progress line."""
         return sum(p[0] for p in self.progress), sum(p[1] for p in self.progress)
+
+    def events(self) -> int:
+        """Every event the clients received so far (joins and notices too)."""
+        return sum(p[2] for p in self.progress)
 
     def cpu_s(self) -> float:
         return sum(sum(p.cpu_times()[:2]) for p in self.psutil)

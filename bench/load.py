@@ -81,7 +81,7 @@ class Worker:
     """One process's clients; each method is a command from the parent."""
 
     def __init__(self, progress):
-        self.progress = progress  # shared [sent, delivered] for the parent's display
+        self.progress = progress  # shared [sent, delivered, events]: the parent's display
         self.channels: list = []
         self.clients: list[Client] = []
         self.phase: Phase | None = None
@@ -143,6 +143,7 @@ class Worker:
     async def _receive(self, client: Client) -> None:
         try:
             while (event := await client.call.read()) is not grpc.aio.EOF:
+                self.progress[2] += 1  # any event: the parent waits for a join's to settle
                 if self.phase and event.WhichOneof("event") == "chat_message":
                     self._on_message(client, event.chat_message, self.phase)
             client.ended = "OK"
