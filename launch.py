@@ -56,6 +56,30 @@ class Plan:
     room_idle_days: float = 7.0  # with Redis: a room with no member and no message is removed
 
 
+def check_flags(settings, history_max, redis_url, redis_replicas, processes, room_idle_days):
+    """Refuse flags that cannot make a server, with the click error that says why."""
+    rate = 1.0 if settings.rate is None else settings.rate  # None: limits off
+    join_rate = settings.join_rate
+    if min(rate, join_rate) <= 0 or min(settings.burst, settings.join_burst) < 1:
+        raise click.BadParameter("rates and bursts must be positive")
+    if min(settings.max_clients, history_max, settings.max_streams_per_address) < 1:
+        raise click.BadParameter(
+            "--max-clients, --history-max and --max-streams-per-address must be positive"
+        )
+    if settings.history < 0:
+        raise click.BadParameter("--history cannot be negative")
+    if min(settings.max_rooms, processes, room_idle_days) <= 0:
+        raise click.BadParameter("--max-rooms, --processes and --room-idle-days must be positive")
+    if redis_replicas < 0:
+        raise click.BadParameter("--redis-replicas cannot be negative")
+    if redis_replicas and not redis_url:
+        raise click.UsageError("--redis-replicas needs --redis-url: replicas of which Redis?")
+    if processes > 1 and not redis_url:
+        raise click.UsageError(
+            "--processes above 1 needs --redis-url: the processes are one chat through Redis"
+        )
+
+
 def open_store(redis_url: str | None, max_messages: int, replicas: int = 0):
     """The store the flags ask for. Raises StoreUnavailable if Redis is down."""
     if redis_url:

@@ -32,7 +32,6 @@ hub.post (id, store, fan-out to every queue) -> each generator -> clients.
 
 import logging
 import os
-import ssl
 import threading
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ import launch
 import session
 from access import auth
 from access.caps import UNJOINED_SHARE, LongCallLimit, StreamsPerAddress, UnjoinedStreams
+from access.tls import TLSFilesError, tls_credentials
 from access.undecodable import UndecodableRequests
 from access.users import UsersFileError, add_user_command
 from hub import Hub
@@ -193,29 +193,6 @@ def create_server(
     return ChatServer(server, servicer, health_servicer, port, per_address)
 
 
-class TLSFilesError(Exception):
-    """The certificate or key cannot serve TLS; the message says which and why."""
-
-
-def tls_credentials(cert_path: Path, key_path: Path) -> grpc.ServerCredentials:
-    """The server's certificate chain and private key, from PEM files (`make cert`).
-
-    Checked here with the standard library's ssl first: gRPC takes any bytes
-    and fails later, at bind time, blaming the port ("Failed to bind").
-    """
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_path, key_path)
-    except ssl.SSLError as error:
-        if "KEY_VALUES_MISMATCH" in str(error):
-            raise TLSFilesError(
-                f"the TLS key {key_path} does not match the certificate {cert_path}"
-            ) from None
-        raise TLSFilesError(
-            f"cannot use {cert_path} and {key_path} for TLS: not a PEM certificate and its key"
-        ) from None
-    return grpc.ssl_server_credentials([(key_path.read_bytes(), cert_path.read_bytes())])
-
-
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--host", default="[::]", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8080, show_default=True, help="TCP port to listen on.")
@@ -294,31 +271,6 @@ def main(ctx, host, port, redis_url, redis_replicas, history, history_max, rate,
     logging.basicConfig(
         level=log_level.upper(), format=f"%(asctime)s{pid} %(levelname)s %(message)s"
     )
-    if min(rate, join_rate) <= 0 or min(burst, join_burst, max_clients, history_max) < 1:
-        raise click.BadParameter("rates, bursts, --max-clients and --history-max must be positive")
-    if history < 0:
-        raise click.BadParameter("--history cannot be negative")
-    if min(max_streams_per_address, max_rooms) < 1:
-        raise click.BadParameter("--max-streams-per-address and --max-rooms must be positive")
-    if processes < 1:
-        raise click.BadParameter("--processes must be positive")
-    if redis_replicas < 0:
-        raise click.BadParameter("--redis-replicas cannot be negative")
-    if redis_replicas and not redis_url:
-        raise click.UsageError("--redis-replicas needs --redis-url: replicas of which Redis?")
-    if processes > 1 and not redis_url:
-        raise click.UsageError(
-            "--processes above 1 needs --redis-url: the processes are one chat through Redis"
-        )
-    if (tls_cert is None) != (tls_key is None):
-        raise click.UsageError("--tls-cert and --tls-key go together")
-    try:
-        gate = auth.from_flags(token, users)
-        tls = tls_credentials(tls_cert, tls_key) if tls_cert else None
-    except ValueError as error:  # --token and --users
-        raise click.UsageError(str(error)) from None
-    except (UsersFileError, TLSFilesError, OSError) as error:
-        raise click.ClickException(str(error)) from None
     settings = session.Settings(
         history=history,
         max_message_chars=max_message_chars,
@@ -330,8 +282,16 @@ def main(ctx, host, port, redis_url, redis_replicas, history, history_max, rate,
         max_rooms=max_rooms,
         max_streams_per_address=max_streams_per_address,
     )
-    if room_idle_days <= 0:
-        raise click.BadParameter("--room-idle-days must be positive")
+    launch.check_flags(settings, history_max, redis_url, redis_replicas, processes, room_idle_days)
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    try:
+        gate = auth.from_flags(token, users)
+        tls = tls_credentials(tls_cert, tls_key) if tls_cert else None
+    except ValueError as error:  # --token and --users
+        raise click.UsageError(str(error)) from None
+    except (UsersFileError, TLSFilesError, OSError) as error:
+        raise click.ClickException(str(error)) from None
     plan = launch.Plan(
         settings,
         host,
