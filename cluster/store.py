@@ -368,7 +368,9 @@ class RedisStore(History):
         no message a sender was echoed is lost for them.
         """
         with self._lock:
+            read_back = self._followed_own.get(key, 0)  # delivered from the stream already
             lost = [p for _, p in self._unfollowed if followed_key(p.room) == key]
+            lost = [p for p in lost if p.seq > read_back and p.seq > self._delivered_seq]
             self._unfollowed = deque(w for w in self._unfollowed if followed_key(w[1].room) != key)
             messages = [p.message() for p in lost]
             self._recent.extend(messages)
