@@ -207,7 +207,13 @@ def test_resume_of_two_rooms_each_after_its_own_id_misses_and_doubles_nothing(se
         ru.say(f"rust {n}")
         lo.say(f"lobby {n}")
     lo.messages(6)
-    back = Conn(server.address, join_event("alice", last_seen_id=last["lobby"]))
+    resumes_each_room_after_its_own_id(server.address, last, lo, ru)
+
+
+def resumes_each_room_after_its_own_id(address: str, last: dict, lo: Conn, ru: Conn) -> None:
+    """alice comes back with her last id in each room: what she missed in each, once,
+    then live lines of both rooms, then nothing more. Closes every Conn."""
+    back = Conn(address, join_event("alice", last_seen_id=last["lobby"]))
     events = [back.next_event("chat_message") for _ in range(3)]
     events += enter(back, "alice", "rust", last["rust"])
     assert chat_of(events) == [("lobby", f"lobby {n}", True) for n in range(3, 6)] + [

@@ -7,8 +7,8 @@ first waits until every server lists the same users (`settled`).
 
 import pytest
 from test_rooms_cluster import cluster, settled, user  # noqa: F401 (a fixture)
-from test_rooms_many import chat_of, enter
-from wire import Conn, join, join_event, part_event
+from test_rooms_many import chat_of, enter, resumes_each_room_after_its_own_id
+from wire import join, part_event
 
 import chat_pb2 as pb
 
@@ -66,20 +66,4 @@ def test_resume_of_two_rooms_on_another_server_misses_and_doubles_nothing(cluste
         lo.say(f"lobby {n}")
     lo.messages(6, timeout=10)
     ru.messages(6, timeout=10)
-    back = Conn(b.address, join_event("alice", last_seen_id=last["lobby"]))
-    events = [back.next_event("chat_message") for _ in range(3)]
-    events += enter(back, "alice", "rust", last["rust"])
-    assert chat_of(events) == [("lobby", f"lobby {n}", True) for n in range(3, 6)] + [
-        ("rust", f"rust {n}", True) for n in range(3, 6)
-    ]
-    ru.say("rust live")
-    assert [(m.room, m.message, m.replay) for m in back.messages(1)] == [
-        ("rust", "rust live", False)
-    ]
-    lo.say("lobby live")
-    assert [(m.room, m.message, m.replay) for m in back.messages(1)] == [
-        ("lobby", "lobby live", False)
-    ]
-    assert chat_of(back.drain()) == []
-    for conn in (lo, ru, back):
-        conn.close()
+    resumes_each_room_after_its_own_id(b.address, last, lo, ru)
