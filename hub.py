@@ -39,12 +39,12 @@ import time
 import chat_pb2 as pb
 import metrics
 from cluster.remote import Alone, RemoteUsers
-from events import direct_event, message_event, now_s, system_event, user_event
+from direct import DirectMessages
+from events import message_event, now_s, system_event, user_event
 from member import DRAIN, EVICTED, Client, Echo, Replay, Timed
 from ratelimit import Buckets
 from rooms import Directory
-from sanitize import name_skeleton
-from store import Duplicate, Message, NotSent, Recent, id_key
+from store import Duplicate, Message, Recent, id_key
 from timers import Timers
 from typers import TYPING_CHANGES_BURST, TYPING_CHANGES_PER_S, Typers
 
@@ -69,15 +69,11 @@ class ShuttingDown(Exception):
     """The server is stopping: no one joins any more."""
 
 
-class NotOnline(Exception):
-    """A direct message's recipient is not online anywhere."""
-
-
-class Hub(RemoteUsers, Typers):
+class Hub(RemoteUsers, Typers, DirectMessages):
     """The registry of online clients and the fan-out to their queues.
 
     Its methods for the other servers' users are in cluster/remote.py, its
-    typing indicators in typers.py.
+    typing indicators in typers.py, direct messages in direct.py.
     """
 
     def __init__(
@@ -261,54 +257,6 @@ class Hub(RemoteUsers, Typers):
     def _deliver_locked(self, message: Message, accepted: float) -> None:
         self._last_id[message.room] = message.id  # a join from now on reads history up to it
         self._broadcast_locked(Timed(message_event(message), accepted), message.room)
-
-    def direct(
-        self, client: Client, to: str, text: str, action: bool = False, key: str = ""
-    ) -> None:
-        """Send `text` to `to` alone, wherever they are, and echo it to the sender.
-
-        Raises NotOnline if `to` is online nowhere we know of. Never stored.
-        A line whose `key` was taken already only gets its echo again.
-        """
-        timestamp = now_s()
-        with self._lock:
-            first = self._directs.get(client.name, key) if key else None
-            if first is not None:
-                self._put_or_evict_locked(client, first)
-                return
-            found = self._online_as_locked(to)  # "Bob" finds bob, as he typed his name
-            if found is None:
-                raise NotOnline(to)
-            to = found
-            event = direct_event(client.name, to, text, timestamp, action, key)
-            recipient = self._dir.clients.get(to)
-        if recipient is not None and recipient is not client:
-            # Here, unless another server took this line before (sent again after a lost echo).
-            if not key or self.cluster.first_direct(client.name, key):
-                with self._lock:
-                    self._put_or_evict_locked(recipient, event)
-        if recipient is None:  # on another server: through Redis, once it took it
-            try:
-                self.cluster.direct(client.name, to, text, timestamp, action, key)
-            except NotSent:
-                with self._lock:  # gone meanwhile (their server was reaped): not online
-                    if self._online_as_locked(to) is None:
-                        raise NotOnline(to) from None
-                raise
-        with self._lock:
-            self._directs.remember(client.name, key, event)
-            self._put_or_evict_locked(client, event)
-        metrics.DIRECT.inc()
-
-    def _online_as_locked(self, name: str, here_only: bool = False) -> str | None:
-        """The online name that `name` reads as (sanitize.name_skeleton: any case,
-        look-alikes), as its owner typed it; None if nobody. Here and elsewhere,
-        or here only."""
-        if name in self._dir.clients or not here_only and name in self._dir.remote:
-            return name
-        skeleton = name_skeleton(name)
-        names = self._dir.clients if here_only else [*self._dir.clients, *self._dir.remote]
-        return next((other for other in names if name_skeleton(other) == skeleton), None)
 
     # -- shutting down ------------------------------------------------------
 

@@ -21,8 +21,8 @@ import grpc
 import chat_pb2 as pb
 import member
 import metrics
+from direct import NotOnline
 from events import system_event
-from hub import NotOnline
 from member import Client
 from ratelimit import Buckets
 from sanitize import LOBBY, ROOM_RULE, clean_text, name_skeleton, room_name
