@@ -34,7 +34,7 @@ from bench.servers import PrivateRedis  # noqa: E402
 from cluster.lua import APPEND  # noqa: E402 - the script the store runs
 
 MESSAGES = 20_000
-BATCH = 200  # messages per pipelined round trip, as cluster.store.WRITE_BATCH_MAX
+BATCH = 200  # messages per pipelined round trip, as cluster.writer.WRITE_BATCH_MAX
 HISTORY_MAX = 10_000  # --history-max's default: MAXLEN ~ of every stream
 HISTORY = 50  # --history's default
 WAKES = 300  # follower reads measured

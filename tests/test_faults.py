@@ -20,7 +20,8 @@ from proxy import Proxy
 from wire import Conn, join, join_event
 
 import chat_pb2 as pb
-from cluster.store import RETRY_S, STREAM_KEY, RedisStore
+from cluster.store import STREAM_KEY, RedisStore
+from cluster.writer import RETRY_S
 
 SHUTDOWN_S = 5.0  # "within a few seconds" (docs/PROTOCOL.md: Shutdown)
 
