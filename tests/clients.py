@@ -141,3 +141,14 @@ def assert_one_clean_error(result: subprocess.CompletedProcess, took_s: float, w
     assert took_s < ERROR_WITHIN_S
     assert "Traceback" not in result.stderr + result.stdout
     assert result.stderr.count("\n") == 1 and words in result.stderr, result.stderr
+
+
+def finishes_the_half_typed_line(alice) -> None:
+    """After a rejoin, the line alice had half typed ("half") is still on her input
+    line: she finishes it, it is sent, and she leaves cleanly."""
+    alice.expect_exact("> half")
+    alice.send(" done\r")
+    alice.expect_exact("[you] half done")
+    alice.send("/quit\r")
+    assert alice.exit_code() == 0
+    assert b"Traceback" not in alice.before

@@ -5,7 +5,7 @@ import re
 import signal
 
 import pytest
-from clients import RECONNECT_WITHIN_S
+from clients import RECONNECT_WITHIN_S, finishes_the_half_typed_line
 from conftest import free_port
 from fakes import (
     DropsBeforeTheEcho,
@@ -38,12 +38,7 @@ def test_terminal_rejoins_after_a_crash_keeping_the_half_typed_line(terminal, se
     alice.expect_exact("* reconnecting...")
     server_process(port=port)
     alice.expect_exact("* alice joined the chat", timeout=RECONNECT_WITHIN_S)
-    alice.expect_exact("> half")
-    alice.send(" done\r")
-    alice.expect_exact("[you] half done")
-    alice.send("/quit\r")
-    assert alice.exit_code() == 0
-    assert b"Traceback" not in alice.before
+    finishes_the_half_typed_line(alice)
 
 
 def test_piped_line_sent_during_a_restart_arrives_after_the_rejoin(pipe_client, server_process):

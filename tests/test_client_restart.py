@@ -7,7 +7,7 @@ import sys
 import threading
 
 import pytest
-from clients import CLIENT, CLIENT_ENV, RECONNECT_WITHIN_S
+from clients import CLIENT, CLIENT_ENV, RECONNECT_WITHIN_S, finishes_the_half_typed_line
 from conftest import ROOT
 from wire import Conn, join_event
 
@@ -123,12 +123,7 @@ def test_terminal_outlives_a_restart_keeping_the_half_typed_line(terminal, serve
     assert first.wait() == 0
     server_process(port=first.port)
     alice.expect_exact("* alice joined the chat", timeout=RECONNECT_WITHIN_S)
-    alice.expect_exact("> half")
-    alice.send(" done\r")
-    alice.expect_exact("[you] half done")
-    alice.send("/quit\r")
-    assert alice.exit_code() == 0
-    assert b"Traceback" not in alice.before
+    finishes_the_half_typed_line(alice)
 
 
 @pytest.mark.timeout(90)
