@@ -52,7 +52,7 @@ def test_another_tools_big_batch_does_not_evict_a_reading_client(server_process,
         for i in range(BURST):
             pipe.xadd(STREAM_KEY, {"username": "tool", "message": f"line {i}", "timestamp": 1})
         pipe.execute()
-    got = [carol.next_event("chat_message", timeout=10).chat_message.message for _ in range(BURST)]
+    got = [carol.next_event("chat_message", timeout=30).chat_message.message for _ in range(BURST)]
     assert got == [f"line {i}" for i in range(BURST)]
     assert not carol.ended.is_set()
     carol.close()

@@ -135,6 +135,8 @@ def judge(verdict: Verdict, bots, stage: Stage, redis_url: str, faults: Faults, 
     )
     verdict.add(1, check_delivery(bots, messages, wiped))
     verdict.add(7, check_names(bots, faults.frozen))
+    # a direct message's echo may come a moment before its recipient has it
+    wait_until(lambda: not check_directs(bots), timeout=HEAL_S, interval=0.2)
     verdict.add(8, check_directs(bots))
     verdict.add(2, check_order(bots))
     # the bots have settled: views are right a few seconds from now, or once the dead are reaped
