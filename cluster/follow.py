@@ -48,9 +48,8 @@ class StreamFollower:
     """Follows `keys` (one stream's key, or several) on its own thread; see the module docstring."""
 
     def __init__(
-        self, link: RedisLink, keys, name: str, handle, gap=None, resync=None, settle=None,
-        emptied=None,
-    ):  # fmt: skip
+        self, link: RedisLink, keys, name: str, handle, gap=None, resync=None, settle=None
+    ):
         self._link = link
         self._keys = (keys,) if isinstance(keys, str) else tuple(keys)
         self._handle = handle  # handle(entries): [(id, fields dict)] of one stream, oldest first
@@ -59,8 +58,6 @@ class StreamFollower:
         # settle(): returns once what was just read may be handed on, or raises RedisError
         # (--redis-replicas: once replicas hold it); the position moves only after it.
         self._settle = settle or (lambda: None)
-        # emptied(key): the stream was recreated (Redis emptied): entries we had not read are gone
-        self._emptied = emptied or (lambda key: None)
         # Per stream: (last id read, entries ever added up to it). Owned by the thread once started.
         self._at: dict[str, tuple[str, int]] = dict.fromkeys(self._keys, ("0-0", 0))
         self._stopped = threading.Event()
@@ -133,7 +130,6 @@ class StreamFollower:
                 log.warning("stream %s went back (%s, we read up to %s): reading it from its start",
                             key, last, position)  # fmt: skip
                 self._at[key] = ("0-0", 0)
-                self._emptied(key)
                 if self._resync is not None:
                     raise _Resync()
 
@@ -143,11 +139,6 @@ class StreamFollower:
         for key in self._keys:
             args = [self._at[key][0], FOLLOW_BATCH_MAX]
             raw, first, added, length = self._link.run("catch_up", [key], args, self._link.client)
-            if added < self._at[key][1]:  # fewer ever added than we read: a new stream
-                self._at[key] = (self._at[key][0], 0)
-                self._emptied(key)
-                if self._resync is not None:
-                    raise _Resync()
             missed = self._trimmed(key, first, added, length)
             if missed:
                 self._gap(missed)

@@ -123,7 +123,7 @@ class RedisStore(History, Writer):
         self._writer = threading.Thread(target=self._write_loop, name="redis-writer")
         self._follower = StreamFollower(
             self.redis, FOLLOWED_KEYS, "redis-follower", self._deliver_new, gap=_log_trimmed,
-            settle=self._await_replicas if replicas else None, emptied=self._stream_emptied,
+            settle=self._await_replicas if replicas else None,
         )  # fmt: skip
 
     def _tails(self) -> dict[str, tuple[str, int]]:
@@ -228,28 +228,6 @@ class RedisStore(History, Writer):
         self.redis.close()
 
     # -- the follower's handler ---------------------------------------------------
-
-    def _stream_emptied(self, key: str) -> None:
-        """Follower thread: `key` was emptied (Redis restarted empty) before we read all of it.
-
-        What we wrote there and had not read back is gone from it: our clients
-        get it from us, with its stream id (below any the new stream gives), so
-        no message a sender was echoed is lost for them.
-        """
-        with self._lock:
-            read_back = self._followed_own.get(key, 0)  # delivered from the stream already
-            lost = [p for _, p in self._unfollowed if followed_key(p.room) == key]
-            lost = [p for p in lost if p.seq > read_back and p.seq > self._delivered_seq]
-            self._unfollowed = deque(w for w in self._unfollowed if followed_key(w[1].room) != key)
-            messages = [p.message() for p in lost]
-            self._recent.extend(messages)
-            for message in messages:
-                self._keys.remember(message.username, message.key, message)
-        if messages:
-            log.warning(
-                "%s was emptied: delivering %d messages of ours it lost", key, len(messages)
-            )
-            self._deliver(messages)
 
     def _deliver_new(self, entries: list) -> None:
         """Follower thread: deliver entries not delivered yet, in the stream's order.
