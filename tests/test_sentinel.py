@@ -106,8 +106,9 @@ def test_master_killed_chat_flows_again_and_nothing_echoed_is_lost(sentinel_set,
     say_until_delivered(bob, "after, from b", [alice], within=5)
     took = time.monotonic() - killed
     assert took < FAILOVER_WITHIN_S, f"chat flowed again only after {took:.1f} s"
+    # Whichever Redis Sentinel names master now (on a loaded machine it may have failed
+    # over a second time, back to the restarted one): it holds every echoed message.
     new_master = sentinel_set.master_now()
-    assert new_master == sentinel_set.replica_port
     echoed = [t for t in alice.texts() if t.startswith("steady")]
     assert echoed == [f"steady {i}" for i in range(n)]
     for i in range(n):
