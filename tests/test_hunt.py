@@ -32,7 +32,7 @@ import pytest
 import redis
 from conftest import wait_until
 from hunt import Faults, Stage
-from hunt_bots import Bot, burst
+from hunt_bots import Bot
 from hunt_check import (
     Verdict,
     accepted,
@@ -45,6 +45,7 @@ from hunt_check import (
     missing,
     presence_errors,
 )
+from hunt_session import burst
 
 SECONDS = float(os.environ.get("HUNT_SECONDS", "30"))
 BOTS = int(os.environ.get("HUNT_BOTS", "6"))
