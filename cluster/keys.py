@@ -1,8 +1,8 @@
 """The Redis vocabulary: every key, and the link all the Redis modules share.
 
 cluster/store.py (messages) and cluster/presence.py (names, rooms, presence, live
-events) talk to one Redis through one `RedisLink`. Only they and their
-redis_*.py helpers import `redis`. Every change to who is online, or in
+events) talk to one Redis through one `RedisLink`. Only the modules of
+this folder import `redis`. Every change to who is online, or in
 which room, is one Lua script that changes the names *and* appends the
 matching event to the events stream, so the two can never disagree, and
 every server sees joins, changes of rooms and leaves in the stream's one order.
