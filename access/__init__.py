@@ -17,6 +17,8 @@ Off by default (a sandbox to learn in), one flag away from safe to expose
    `python server.py add-user NAME`.
 5. `undecodable.py`: requests gRPC cannot decode, refused without a
    traceback in the log, a few lines a second at most.
+6. `tls.py`: the server's certificate and key (`--tls-cert`, `--tls-key`),
+   checked before gRPC sees them.
 
 Where it plugs into the core: server.py (`create_server`) puts the
 interceptors in front of the servicer, and the session (session.py) asks

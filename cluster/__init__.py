@@ -16,9 +16,10 @@ Read in this order:
    entry read back, whoever wrote it),
    `history.py` (a room's history in pages), `follow.py` (the thread that
    reads streams in order and never dies).
-3. `presence.py`: `Cluster`, names, rooms and liveness shared between
-   servers; `events.py` is its other half (joins, leaves, typing and
-   direct messages of the other servers' users).
+3. `presence.py`: `Cluster`, names and rooms shared between servers;
+   `events.py` is its other half (joins, leaves, typing and direct
+   messages of the other servers' users); `liveness.py` its heartbeat
+   (alive, reaping the dead, names claimed again after a fault).
 4. `lua.py`: every script that changes Redis, each atomically.
 5. `remote.py`: the other servers as the hub sees them (`Alone` for one
    server, or their users).

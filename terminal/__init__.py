@@ -14,9 +14,9 @@ order:
 4. `commands.py`: what a line does (`/join`, `/msg`, `/who`, ...), in
    IRC's words.
 5. `render.py`: how each server event looks (one line, cleaned, coloured
-   on a terminal only); `view.py`: on a terminal, the current room's lines
-   shown, the other rooms' kept and counted; `roster.py`: who is in our
-   rooms.
+   on a terminal only), with `wrap.py` to wrap a long one, its body
+   indented; `view.py`: on a terminal, the current room's lines shown,
+   the other rooms' kept and counted; `roster.py`: who is in our rooms.
 6. `prompt.py` (a terminal: prompt_toolkit, with `complete.py` for Tab)
    and `piped.py` (stdin piped: one line per event), the two ways of
    running it.
