@@ -50,6 +50,8 @@ class Pending:
     action: bool = False
     id: str | None = None
     key: str = ""  # the sender's key for this line ("": none)
+    # Written before, under this id ("": unknown), then lost by Redis: written again
+    written: str | None = None
 
     def message(self) -> Message:
         return Message(

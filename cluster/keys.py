@@ -58,6 +58,8 @@ SENT_PREFIX = "chat:sent:"  # string with a TTL per (sender, key): the id a line
 TAKEN_PREFIX = "chat:taken:"  # string with a TTL per direct message a recipient's server took
 EPOCH_KEY = "chat:epoch"  # string: set once per Redis life; a new one means Redis was emptied
 SETTLING_KEY = "chat:settling"  # string with a TTL: servers are claiming again, claims wait
+# string with a TTL: a server writes again what Redis lost (cluster/writer.py); new lines wait
+RESTORING_KEY = "chat:restoring"
 PRESENCE_KEYS = [NAMES_KEY, EVENTS_KEY, WHERE_KEY]  # KEYS[1..3] of every presence script
 
 EVENTS_MAX = 10_000  # events kept (MAXLEN ~): a server cut off longer than this resyncs

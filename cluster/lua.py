@@ -173,38 +173,55 @@ return freed
 
 # KEYS[1] = the stream the servers follow (the lobby's, or the bus), KEYS[2] = the
 # room's history stream (the same key for the lobby), KEYS[3] = this server's
-# "written up to" key, KEYS[4] (if the line has a key) = its sender's key's key.
-# ARGV: maxlen, id ('*' or one given during an outage), seq, ttl s, key ttl s, then
-# the entry's fields and values. A seq at or below the one written last is a retry
-# whose reply was lost: written already, so nothing happens (false). A line whose
-# key is held was sent before (on any server): nothing is written, and {first id}
-# is returned. Otherwise the followed stream makes the id (the one given, if the
-# stream is not past it; else a fresh one), and for the bus (every non-lobby room's
-# messages pass through it, so the id is above the room's last), the room's history
-# gets the same id, the key (if any) is held for its ttl with the id, and the id is
-# returned. (A history stream another tool wrote past gets a fresh id there.)
+# "written up to" key, KEYS[4] = RESTORING_KEY, KEYS[5] (if the line has a key) = its
+# sender's key's key. ARGV: maxlen, id ('*', or one it had or was given during an
+# outage), seq, ttl s, key ttl s, the seq Redis last told this server it wrote, the
+# seq of the line before this one in its batch, restoring ms, '1' if the line is
+# written again after Redis lost it (else '0'), then the entry's fields and values.
+# In turn:
+# - a seq at or below the one written last is a retry whose reply was lost: written
+#   already, so nothing happens (false);
+# - "written up to" below the seq we wrote last means Redis lost what we wrote after
+#   it (restarted empty, FLUSHALL, an older copy): nothing is written, new lines of
+#   every server wait RESTORING ms (so what we write again keeps its place), and the
+#   number we have is returned;
+# - the line before it in the batch was not written, or RESTORING lasts and this is
+#   a new line: not written, -1 (our lines are written in order, or not at all);
+# - a line whose key is held was sent before (on any server): nothing is written,
+#   and {first id} is returned.
+# Otherwise the followed stream makes the id (the one given, if the stream is not
+# past it; else a fresh one), and for the bus (every non-lobby room's messages pass
+# through it, so the id is above the room's last), the room's history gets the same
+# id, the key (if any) is held for its ttl with the id, and the id is returned. (A
+# history stream another tool wrote past gets a fresh id there.)
 WRITE = """
 local last = tonumber(redis.call('GET', KEYS[3]) or '0')
 if tonumber(ARGV[3]) <= last then return false end
-if KEYS[4] then
-  local first = redis.call('GET', KEYS[4])
+if last < tonumber(ARGV[6]) then
+  redis.call('SET', KEYS[4], '1', 'PX', ARGV[8])
+  return last
+end
+if last < tonumber(ARGV[7]) then return -1 end
+if ARGV[9] ~= '1' and redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
+if KEYS[5] then
+  local first = redis.call('GET', KEYS[5])
   if first then
     redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
     return {first}
   end
 end
-local id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[2], unpack(ARGV, 6))
-if type(id) == 'table' and id.err then  -- another server wrote past our outage id
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 6))
+local id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[2], unpack(ARGV, 10))
+if type(id) == 'table' and id.err then  -- another server wrote past the id we had
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 10))
 end
 if KEYS[2] ~= KEYS[1] then
-  local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id, unpack(ARGV, 6))
+  local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id, unpack(ARGV, 10))
   if type(ok) == 'table' and ok.err then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 6))
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 10))
   end
 end
 redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
-if KEYS[4] then redis.call('SET', KEYS[4], id, 'EX', ARGV[5]) end
+if KEYS[5] then redis.call('SET', KEYS[5], id, 'EX', ARGV[5]) end
 return id
 """
 

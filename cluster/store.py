@@ -115,6 +115,10 @@ class RedisStore(History, Writer):
         # Redis goes now, a server alone on it delivers these itself (going offline).
         self._unfollowed: deque[tuple[int, Pending]] = deque()
         self._followed_own: dict[str, int] = {}  # followed stream -> our highest seq read back
+        # The writer's own (cluster/writer.py): the seq Redis last said it wrote, and
+        # (when, message with its id) written in the last RESTORE_WINDOW_S, oldest first.
+        self._acked_seq = 0
+        self._written_log: deque[tuple[float, Pending]] = deque()
         self._recent: deque[Message] = deque(maxlen=RECENT_MAX)  # delivered, newest last
         self._keys = Recent()  # (sender, key) -> its Message once delivered, else ON_ITS_WAY
         # (followed stream, origin) -> highest seq delivered from it (follower only)

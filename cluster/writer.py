@@ -10,17 +10,37 @@ batch. When Redis is lost it decides what happens to the messages that
 wait (`_go_offline`): delivered with our own ids if we are alone on Redis,
 refused (NotSent) if other servers share it; and it writes them, in order,
 as soon as Redis answers again.
+
+Redis can also lose what it answered (restarted empty, FLUSHALL, a replica
+promoted without our last writes): each WRITE tells the seq this server wrote
+last, and Redis's "written up to" below it means what came after is gone.
+Then the writer writes those messages again, first, under the ids they had
+(`_restore`): a server that delivered one already skips it (by server and
+seq), one that had not delivers it now, ours included. While a server
+restores, every server's new lines wait (RESTORING_MS), so what is written
+again keeps its place before them. A quiet writer asks Redis every VERIFY_S
+while its last writes are recent (`_check_written`).
+
+The writer thread alone owns `_acked_seq` and `_written_log`.
 """
 
 import dataclasses
 import itertools
 import logging
 import time
+from collections import deque
 
 import redis
 
 from cluster.entries import Pending
-from cluster.keys import check_replicas, followed_key, history_key, sent_key, written_key
+from cluster.keys import (
+    RESTORING_KEY,
+    check_replicas,
+    followed_key,
+    history_key,
+    sent_key,
+    written_key,
+)
 from store import KEY_TTL_S, Message
 
 log = logging.getLogger("cluster.store")
@@ -28,6 +48,12 @@ log = logging.getLogger("cluster.store")
 WRITE_BATCH_MAX = 200  # messages per pipelined XADD round trip
 RETRY_S = 0.5  # how often the writer retries a lost Redis
 WRITTEN_TTL_S = 86_400  # how long Redis remembers our last written seq (retries take seconds)
+RESTORE_WINDOW_S = 10.0  # written this recently, a message Redis lost is written again
+RESTORING_MS = 1500  # new lines of every server wait this long while one restores
+VERIFY_S = 0.5  # a quiet writer checks this often that Redis kept its recent writes
+WAIT_S = 0.1  # a new line refused while another server restores is tried again after this
+LOST = "lost"  # what a batch's replies may end in: Redis lost writes of ours
+WAIT = "wait"  # or: a server is restoring, new lines wait
 
 
 class Writer:
@@ -38,15 +64,16 @@ class Writer:
         while True:
             with self._lock:
                 while not self._pending and not self._closing:
-                    self._wake.wait()
-                if not self._pending:
+                    if not self._wake.wait(VERIFY_S) and self._written_log:
+                        break  # quiet: check that Redis still holds what we wrote
+                if self._closing and not self._pending:
                     return  # closing, and everything is written
                 batch = list(itertools.islice(self._pending, WRITE_BATCH_MAX))
                 waiting, dropped, self._dropped = len(self._pending), self._dropped, 0
             if dropped:
                 log.error("history buffer full: %d messages dropped unwritten", dropped)
             try:
-                written = self._write(batch)
+                replies = self._write(batch) if batch else self._check_written()
             except redis.RedisError as error:
                 self.redis.mark_down()
                 if outage_since is None:
@@ -57,28 +84,89 @@ class Writer:
                     return
                 continue
             self.redis.mark_up()
-            echoes = []  # lines sent again: their senders get the first
-            with self._lock:
-                while self._pending and self._pending[0].seq <= batch[-1].seq:
-                    self._pending.popleft()
-                was_online, self._online = self._online, True
-                for p, entry_id in zip(batch, written, strict=True):
-                    if isinstance(entry_id, list):  # its key was held: sent before
-                        first = dataclasses.replace(p, id=entry_id[0]).message()
-                        self._keys.remember(p.username, p.key, first)
-                        echoes.append(first)
-                        continue
-                    read_back = p.seq <= self._followed_own.get(followed_key(p.room), 0)
-                    if entry_id and p.id is None and not read_back:  # the follower will
-                        self._ids.advance_past(entry_id)
-                        self._unfollowed.append((p.seq, dataclasses.replace(p, id=entry_id)))
-            for first in echoes:
-                self._echo(first)
-            if not was_online:
-                self.redis.changed()
+            outcome = self._took(batch, replies)
             if outage_since is not None:
                 lost_s, outage_since = time.monotonic() - outage_since, None
                 log.warning("Redis back after %.1f s: writing %d waiting messages", lost_s, waiting)
+            if outcome == WAIT and self._sleep_unless_closing(WAIT_S):
+                log.error("store closed while another server restored lost messages")
+                return
+
+    def _took(self, batch: list[Pending], replies: list):
+        """Settle what Redis answered for `batch`: LOST, WAIT, or None if all was written.
+
+        The replies are in the batch's order; the first that is not a write
+        ends what was written (WRITE keeps our lines in order).
+        """
+        echoes = []  # lines sent again: their senders get the first
+        done, outcome = [], None
+        for p, reply in zip(batch, replies, strict=False):
+            if isinstance(reply, int):  # cluster/lua.py WRITE: -1 wait, else lost after it
+                outcome = WAIT if reply < 0 else LOST
+                break
+            done.append((p, reply))
+        if len(replies) > len(batch):  # _check_written: Redis lost what followed
+            outcome = LOST
+        now = time.monotonic()
+        with self._lock:
+            for _ in done:
+                self._pending.popleft()
+            was_online, self._online = self._online, True
+            for p, entry_id in done:
+                self._acked_seq = p.seq
+                if isinstance(entry_id, list):  # its key was held: sent before
+                    first = dataclasses.replace(p, id=entry_id[0]).message()
+                    self._keys.remember(p.username, p.key, first)
+                    echoes.append(first)
+                    continue
+                self._written_log.append((now, dataclasses.replace(p, id=entry_id or p.id)))
+                read_back = p.seq <= self._followed_own.get(followed_key(p.room), 0)
+                if entry_id and p.id is None and not read_back:  # the follower will
+                    self._ids.advance_past(entry_id)
+                    self._unfollowed.append((p.seq, dataclasses.replace(p, id=entry_id)))
+            while self._written_log and (
+                now - self._written_log[0][0] > RESTORE_WINDOW_S
+                or len(self._written_log) > self._max_messages
+            ):
+                self._written_log.popleft()
+            if outcome == LOST:
+                self._restore_locked(replies[len(done)])
+        for first in echoes:
+            self._echo(first)
+        if not was_online:
+            self.redis.changed()
+        return outcome
+
+    def _restore_locked(self, kept: int) -> None:
+        """Redis holds our writes only up to seq `kept`: write the rest again, first.
+
+        A message we delivered (read back, or ours in an outage) keeps its id
+        and is not delivered again; one we had not is delivered when read back.
+        """
+        lost = {p.seq: p for _, p in self._written_log if p.seq > kept}
+        lost.update((seq, p) for seq, p in self._unfollowed if seq > kept)
+        self._unfollowed = deque(w for w in self._unfollowed if w[0] <= kept)
+        self._written_log = deque(w for w in self._written_log if w[1].seq <= kept)
+        again = []
+        for seq in sorted(lost):
+            p = lost[seq]
+            read_back = seq <= self._followed_own.get(followed_key(p.room), 0)
+            ours = read_back or seq <= self._delivered_seq
+            again.append(dataclasses.replace(p, id=p.id if ours else None, written=p.id or ""))
+        self._pending.extendleft(reversed(again))
+        self._acked_seq = kept
+        log.warning("Redis lost %d messages written here: writing them again", len(again))
+
+    def _check_written(self) -> list:
+        """A quiet writer's check: [] if Redis holds our writes, else [what it holds, LOST]."""
+        kept = int(self.redis.client.get(written_key(self.server_id)) or 0)
+        if kept >= self._acked_seq:  # nothing lost; what is older than the window is safe
+            cutoff = time.monotonic() - RESTORE_WINDOW_S
+            while self._written_log and self._written_log[0][0] < cutoff:
+                self._written_log.popleft()
+            return []
+        self.redis.client.set(RESTORING_KEY, "1", px=RESTORING_MS)
+        return [kept, LOST]
 
     def _write(self, batch: list[Pending]) -> list:
         """Write a batch in one round trip: each one's new id, or None if written before.
@@ -86,8 +174,10 @@ class Writer:
         Ids already delivered (an outage, alone) are kept if the stream allows.
         """
         pipe = self.redis.client.pipeline(transaction=False)
+        after = self._acked_seq
         for p in batch:
-            self._xadd(pipe, p, p.id or "*")
+            self._xadd(pipe, p, after)
+            after = p.seq
         if not self._replicas:
             return pipe.execute()
         # Answered only once replicas hold the batch; if not in time, the batch
@@ -101,13 +191,19 @@ class Writer:
         self.redis.wait_for_replicas(pipe, self._replicas)
         check_replicas(pipe.execute(), self._replicas)
 
-    def _xadd(self, pipe, p: Pending, entry_id: str) -> None:
-        """Write one message once (cluster.lua.WRITE): a retry after a lost reply is a no-op."""
+    def _xadd(self, pipe, p: Pending, after: int) -> None:
+        """Write one message once (cluster.lua.WRITE), if the one before it (`after`) was.
+
+        A retry after a lost reply is a no-op.
+        """
         fields = p.fields(self.server_id)
         keys = [followed_key(p.room), history_key(p.room), written_key(self.server_id)]
+        keys.append(RESTORING_KEY)
         if p.key:
             keys.append(sent_key(p.username, p.key))
-        args = [self._max_messages, entry_id, p.seq, WRITTEN_TTL_S, int(KEY_TTL_S)]
+        again = "0" if p.written is None else "1"
+        args = [self._max_messages, p.id or p.written or "*", p.seq, WRITTEN_TTL_S, int(KEY_TTL_S)]
+        args += [self._acked_seq, after, RESTORING_MS, again]
         args += [value for pair in fields.items() for value in pair]
         self.redis.run("write", keys, args, pipe)
 
@@ -133,7 +229,11 @@ class Writer:
         if self._unfollowed:
             self._delivered_seq = max(self._delivered_seq, self._unfollowed[-1][0])
             self._unfollowed.clear()
-        stranded = [p for p in self._pending if p.id is None]
+        # Not a written one the follower read back (a lost reply): it was delivered.
+        stranded = [
+            p for p in self._pending
+            if p.id is None and p.seq > self._followed_own.get(followed_key(p.room), 0)
+        ]  # fmt: skip
         for p in stranded:
             p.id = self._ids.next()
             self._delivered_seq = p.seq

@@ -1,0 +1,130 @@
+"""What Redis lost after answering is written again, under its id, and delivered once.
+
+Redis restarted empty, FLUSHALL, or a replica promoted without the last
+writes: a message its server wrote a moment before is gone from the stream,
+though some servers may have read it already. Each test steps two servers'
+stores (a and b, on one real Redis) through one interleaving, reading the
+stream for each follower at the chosen moment, and checks who delivered what.
+"""
+
+import pytest
+
+from cluster.keys import RESTORING_KEY, STREAM_KEY
+from cluster.store import RedisStore
+from cluster.writer import LOST, WAIT
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Server:
+    """One server's store, driven by hand: its writer's and follower's steps."""
+
+    def __init__(self, url: str):
+        self.store = RedisStore(url)
+        self.delivered = []  # (id, text), in the order handed to the hub
+        self.store._deliver = lambda messages: self.delivered.extend(
+            (m.id, m.text) for m in messages
+        )
+        self.store._echo = lambda message: None
+
+    def say(self, text: str) -> None:
+        assert self.store.append("alice", text, 0) == []
+
+    def write(self):
+        """One turn of the writer: what waits, or a quiet check. Returns its outcome."""
+        batch = list(self.store._pending)
+        replies = self.store._write(batch) if batch else self.store._check_written()
+        return self.store._took(batch, replies)
+
+    def follow(self) -> None:
+        """One turn of the follower: everything in the stream, as a read from its start."""
+        entries = self.store.redis.client.xrange(STREAM_KEY)
+        if entries:
+            self.store._deliver_new(entries)
+
+    def stream(self) -> list:
+        return [(i, f["message"]) for i, f in self.store.redis.client.xrange(STREAM_KEY)]
+
+
+@pytest.fixture
+def servers(redis_proc):
+    pair = Server(redis_proc.url), Server(redis_proc.url)
+    yield pair
+    for server in pair:
+        server.store.close(timeout=1)
+
+
+def test_a_message_lost_before_its_server_read_it_back_is_written_again(servers):
+    """Read by b, lost before a read it: a's clients get it, b's do not get it twice."""
+    a, b = servers
+    a.say("hi")
+    assert a.write() is None
+    [(first_id, _)] = a.stream()
+    b.follow()
+    a.store.redis.client.flushall()
+    assert a.write() == LOST  # the quiet check finds Redis lost it
+    assert a.store.redis.client.exists(RESTORING_KEY)
+    assert a.write() is None  # written again
+    assert a.stream() == [(first_id, "hi")]  # under the id b's clients saw
+    a.follow()
+    b.follow()
+    assert a.delivered == [(first_id, "hi")]
+    assert b.delivered == [(first_id, "hi")]
+
+
+def test_a_message_its_server_delivered_is_not_delivered_again(servers):
+    """Read back by a, lost before b read it: b's clients get it, a's only once."""
+    a, b = servers
+    a.say("hi")
+    a.write()
+    [(first_id, _)] = a.stream()
+    a.follow()
+    a.store.redis.client.flushall()
+    assert a.write() == LOST
+    a.write()
+    a.follow()
+    b.follow()
+    assert a.delivered == [(first_id, "hi")]
+    assert b.delivered == [(first_id, "hi")]
+
+
+def test_new_lines_wait_while_a_server_restores(servers):
+    """b's line after the loss waits, so a's lost line keeps its place before it."""
+    a, b = servers
+    b.say("before")
+    b.write()
+    a.say("hi")
+    a.write()
+    [_, (first_id, _)] = a.stream()
+    a.store.redis.client.flushall()
+    b.say("after")
+    assert b.write() == LOST  # b's own line was lost too: b restores it
+    assert b.write() == WAIT  # "after" waits while Redis is restored
+    assert a.write() == LOST
+    assert a.write() is None
+    b.store.redis.client.delete(RESTORING_KEY)  # its time is up
+    while b.store._pending:
+        assert b.write() in (None, WAIT)
+    texts = [text for _, text in a.stream()]
+    assert texts.index("hi") < texts.index("after")
+    assert sorted(texts) == ["after", "before", "hi"]
+    assert (first_id, "hi") in a.stream()
+
+
+def test_a_batch_cut_by_a_flush_is_written_again_in_order(servers):
+    """Lost between two lines of one batch: both are in the stream once, in order."""
+    a, _ = servers
+    a.say("one")
+    a.write()
+    a.say("two")
+    a.say("three")
+    batch = list(a.store._pending)
+    a.store._write(batch[:1])  # "two" reached Redis, then Redis lost everything
+    a.store.redis.client.flushall()
+    replies = a.store._write(batch)
+    assert isinstance(replies[0], int) and replies[0] >= 0  # lost: Redis holds nothing of ours
+    assert a.store._took(batch, replies) == LOST
+    assert a.write() == WAIT  # "one" is written again; new lines wait their turn
+    a.store.redis.client.delete(RESTORING_KEY)
+    assert a.write() is None
+    assert [text for _, text in a.stream()] == ["one", "two", "three"]
