@@ -106,7 +106,7 @@ def serve(plan: Plan, build, index: int = 0, ready=None) -> None:
     if plan.redis_url:  # every server on this Redis is one chat server
         from cluster.presence import Cluster
 
-        cluster = Cluster(store.redis, store.server_id)
+        cluster = Cluster(store.redis, store.server_id, store.progress)
         plan.gate.count_guesses_in(_shared_guesses(store))
     address = f"{plan.host}:{plan.port}"
     reuse = [("grpc.so_reuseport", 1)] if ready is not None else None  # one of N processes

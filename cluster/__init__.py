@@ -15,7 +15,9 @@ Read in this order:
    Its writer thread is in `writer.py`. Its helpers: `entries.py` (an
    entry read back, whoever wrote it),
    `history.py` (a room's history in pages), `follow.py` (the thread that
-   reads streams in order and never dies).
+   reads streams in order and never dies), `order.py` (a join before the
+   joiner's first message, a leave after the last, though they travel on
+   two streams).
 3. `presence.py`: `Cluster`, names and rooms shared between servers;
    `events.py` is its other half (joins, leaves, typing and direct
    messages of the other servers' users); `liveness.py` its heartbeat

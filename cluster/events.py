@@ -49,11 +49,13 @@ import redis
 from cluster.keys import (
     EVENTS_KEY,
     EVENTS_MAX,
+    FOLLOWED_KEYS,
     NOT_SENT_TEXT,
     PRESENCE_KEYS,
     QUICK_TIMEOUT_S,
     taken_key,
 )  # fmt: skip
+from cluster.order import after_ids
 from sanitize import LOBBY, room_name
 from store import KEY_TTL_S, NotSent
 
@@ -132,9 +134,15 @@ class LiveEvents:
             with self._acks_lock:
                 del self._acks[token]
 
-    def _on_events(self, entries: list) -> None:
-        """Follower thread: other servers' joins, rooms, leaves, typing and dms, in order."""
+    def _on_events(self, stream: str, entries: list) -> None:
+        """Follower thread: other servers' joins, rooms, leaves, typing and dms, in order.
+
+        A join, rooms or leave is shown after the messages written before it
+        (the leaver's last words): the events before it are marked handed on,
+        then it waits for the message follower (cluster/order.py).
+        """
         self._hub.make_room(len(entries))  # a burst (a dead server's users) is paced
+        previous = None
         for entry_id, fields in entries:
             kind, name = fields.get("kind"), fields.get("name")
             if kind == "dm":  # ours too: its recipient may have come here meanwhile
@@ -142,12 +150,26 @@ class LiveEvents:
             elif kind == "dm_ack":
                 self._on_taken(fields)
             elif fields.get("server") == self.server_id or not name:
-                continue  # ours (the hub showed it already), or not an event of ours
+                pass  # ours (the hub showed it already), or not an event of ours
             elif kind in ("joined", "rooms", "left"):
+                self._after_messages(stream, previous, fields.get("after"))
                 self._hub.remote_event(kind, name, rooms=parse_rooms(fields.get("room")))
             elif kind == "typing" and fields.get("typing", "").isdigit():
                 room = {_room(fields.get("room"))}
                 self._hub.remote_event(kind, name, int(fields["typing"]), rooms=room)
+            previous = entry_id
+
+    def _after_messages(self, stream: str, previous: str | None, after: str | None) -> None:
+        """Wait until the messages an event names (its `after`) are handed on."""
+        waits = [
+            (key, entry_id)
+            for key, entry_id in zip(FOLLOWED_KEYS, after_ids(after), strict=False)
+            if not self._progress.reached(key, entry_id)
+        ]
+        if waits and previous is not None:
+            self._progress.passed(stream, previous)  # what the message follower may wait for
+        for key, entry_id in waits:
+            self._progress.wait(key, entry_id)
 
     def first_direct(self, sender: str, key: str) -> bool:
         """A direct message for one of ours, taken here: False if a server took it before.

@@ -3,8 +3,9 @@
 The message streams (cluster/store.py: the lobby's and the bus of the other
 rooms) and the events stream (cluster/presence.py) are each followed by a
 `StreamFollower`. It hands batches of entries to its owner's
-`handle(entries)`, each batch from one stream, in that stream's order,
-each entry once. It reads in two modes:
+`handle(key, entries)`, each batch from one stream (`key`), in that
+stream's order, each entry once, and marks in `progress` (cluster/order.py)
+how far each stream was handed on. It reads in two modes:
 
 - **at the tail**: one `XREAD BLOCK` over its streams from the last id seen
   in each, waiting for news;
@@ -35,6 +36,7 @@ import threading
 import redis
 
 from cluster.keys import FOLLOW_BLOCK_MS, RedisLink, entry_fields
+from cluster.order import Progress
 from store import id_key
 
 log = logging.getLogger(__name__)
@@ -48,16 +50,18 @@ class StreamFollower:
     """Follows `keys` (one stream's key, or several) on its own thread; see the module docstring."""
 
     def __init__(
-        self, link: RedisLink, keys, name: str, handle, gap=None, resync=None, settle=None
-    ):
+        self, link: RedisLink, keys, name: str, handle, gap=None, resync=None, settle=None,
+        progress=None,
+    ):  # fmt: skip
         self._link = link
         self._keys = (keys,) if isinstance(keys, str) else tuple(keys)
-        self._handle = handle  # handle(entries): [(id, fields dict)] of one stream, oldest first
+        self._handle = handle  # handle(key, entries): [(id, fields dict)] of `key`, oldest first
         self._gap = gap or (lambda missed: None)  # gap(missed): entries trimmed unread
         self._resync = resync  # resync() -> (position, entries added), or None (one stream)
         # settle(): returns once what was just read may be handed on, or raises RedisError
         # (--redis-replicas: once replicas hold it); the position moves only after it.
         self._settle = settle or (lambda: None)
+        self._progress = progress or Progress()  # what was handed on: another follower waits
         # Per stream: (last id read, entries ever added up to it). Owned by the thread once started.
         self._at: dict[str, tuple[str, int]] = dict.fromkeys(self._keys, ("0-0", 0))
         self._stopped = threading.Event()
@@ -81,12 +85,15 @@ class StreamFollower:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        for key, (position, _) in self._at.items():
+            self._progress.passed(key, position)  # what came before we followed is not ours
         behind = True  # catch up (and check for trimming) before blocking at the tail
         needs_resync = self._resync is not None
         while not self._stopped.is_set():
             try:
                 if needs_resync:
                     self._at[self._keys[0]] = self._resync()
+                    self._progress.passed(self._keys[0], self._at[self._keys[0]][0])
                     needs_resync = False
                 behind = self._catch_up() if behind else self._read_tail()
                 self._link.mark_up()
@@ -165,9 +172,10 @@ class StreamFollower:
         added = self._at[key][1]
         self._at[key] = (entries[-1][0], added + len(entries))  # first: a failing handler
         try:  # cannot stall us then
-            self._handle(entries)
+            self._handle(key, entries)
         except Exception as error:  # noqa: BLE001 - logged, and the next batch comes
             self._log_once(error)
+        self._progress.passed(key, entries[-1][0])
 
     def _log_once(self, error: Exception) -> None:
         kind = f"{type(error).__name__}: {error}"

@@ -14,12 +14,20 @@ on one Redis, not on Redis Cluster (one Redis is the distributed engine here).
 # KEYS[1] = NAMES_KEY, KEYS[2] = EVENTS_KEY, KEYS[3] = WHERE_KEY in each; events carry
 # the server they come from and the rooms they are about. A user's rooms are one
 # value, sorted and joined by commas ("go,lobby,rust"; "" for none): a set that
-# changes whole, in the one script that logs the change.
+# changes whole, in the one script that logs the change. Each also carries `after`:
+# the last ids of the two message streams (cluster/keys.py STREAM_KEY and BUS_KEY)
+# at that instant, so a server shows a leave after the leaver's last message
+# (cluster/events.py).
 
 _XADD = """
+local function last_id(stream)
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  return last[1] and last[1][1] or '0-0'
+end
 local function event(kind, name, server, room)
+  local after = last_id('chat:messages') .. ' ' .. last_id('chat:bus')
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*',
-             'kind', kind, 'name', name, 'server', server, 'room', room)
+             'kind', kind, 'name', name, 'server', server, 'room', room, 'after', after)
 end
 -- Names are unique by skeleton: sanitize.name_skeleton's table (names are ASCII).
 local SKELETONS = KEYS[1] .. ':skeletons'  -- hash: skeleton -> the name holding it
@@ -173,11 +181,13 @@ return freed
 
 # KEYS[1] = the stream the servers follow (the lobby's, or the bus), KEYS[2] = the
 # room's history stream (the same key for the lobby), KEYS[3] = this server's
-# "written up to" key, KEYS[4] = RESTORING_KEY, KEYS[5] (if the line has a key) = its
-# sender's key's key. ARGV: maxlen, id ('*', or one it had or was given during an
-# outage), seq, ttl s, key ttl s, the seq Redis last told this server it wrote, the
-# seq of the line before this one in its batch, restoring ms, '1' if the line is
-# written again after Redis lost it (else '0'), then the entry's fields and values.
+# "written up to" key, KEYS[4] = RESTORING_KEY, KEYS[5] = EVENTS_KEY, KEYS[6] (if
+# the line has a key) = its sender's key's key. ARGV: maxlen, id ('*', or one it
+# had or was given during an outage), seq, ttl s, key ttl s, the seq Redis last
+# told this server it wrote, the seq of the line before this one in its batch,
+# restoring ms, what the line is ('0' new; written again after Redis lost it: '1'
+# if none of our clients saw it, '2' if they did, under the id given), then the
+# entry's fields and values.
 # In turn:
 # - a seq at or below the one written last is a retry whose reply was lost: written
 #   already, so nothing happens (false);
@@ -190,10 +200,13 @@ return freed
 # - a line whose key is held was sent before (on any server): nothing is written,
 #   and {first id} is returned.
 # Otherwise the followed stream makes the id (the one given, if the stream is not
-# past it; else a fresh one), and for the bus (every non-lobby room's messages pass
+# past it; else a fresh one, except for a '2', which is seen under its id or not
+# at all: nothing is written, false), and for the bus (every non-lobby room's messages pass
 # through it, so the id is above the room's last), the room's history gets the same
 # id, the key (if any) is held for its ttl with the id, and the id is returned. (A
-# history stream another tool wrote past gets a fresh id there.)
+# history stream another tool wrote past gets a fresh id there.) The entry also
+# gets `events`: the events stream's last id, so a server shows the sender's join
+# before the message (cluster/store.py).
 WRITE = """
 local last = tonumber(redis.call('GET', KEYS[3]) or '0')
 if tonumber(ARGV[3]) <= last then return false end
@@ -202,26 +215,34 @@ if last < tonumber(ARGV[6]) then
   return last
 end
 if last < tonumber(ARGV[7]) then return -1 end
-if ARGV[9] ~= '1' and redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
-if KEYS[5] then
-  local first = redis.call('GET', KEYS[5])
+if ARGV[9] == '0' and redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
+if KEYS[6] then
+  local first = redis.call('GET', KEYS[6])
   if first then
     redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
     return {first}
   end
 end
-local id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[2], unpack(ARGV, 10))
+local fields = {unpack(ARGV, 10)}
+local events = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
+fields[#fields + 1] = 'events'
+fields[#fields + 1] = events[1] and events[1][1] or '0-0'
+local id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[2], unpack(fields))
 if type(id) == 'table' and id.err then  -- another server wrote past the id we had
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 10))
+  if ARGV[9] == '2' then
+    redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
+    return false
+  end
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
 end
 if KEYS[2] ~= KEYS[1] then
-  local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id, unpack(ARGV, 10))
+  local ok = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id, unpack(fields))
   if type(ok) == 'table' and ok.err then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 10))
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
   end
 end
 redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
-if KEYS[5] then redis.call('SET', KEYS[5], id, 'EX', ARGV[5]) end
+if KEYS[6] then redis.call('SET', KEYS[6], id, 'EX', ARGV[5]) end
 return id
 """
 

@@ -61,6 +61,7 @@ from cluster.keys import (
     alive_key,
 )  # fmt: skip
 from cluster.liveness import Liveness
+from cluster.order import Progress
 from cluster.remote import ClaimUnconfirmed
 from sanitize import LOBBY
 
@@ -86,7 +87,7 @@ class Cluster(LiveEvents, Liveness):
     its heartbeat (liveness, reaping, claiming again) in cluster/liveness.py.
     """
 
-    def __init__(self, link: RedisLink, server_id: str):
+    def __init__(self, link: RedisLink, server_id: str, progress: Progress | None = None):
         self._link = link
         self.server_id = server_id
         self._hub = None
@@ -105,9 +106,13 @@ class Cluster(LiveEvents, Liveness):
         self._acks_lock = threading.Lock()  # guards _acks
         self._acks: dict[str, threading.Event] = {}  # direct messages of ours awaiting an ack
         self._stopped = threading.Event()
+        # Shared with the store (its `progress`): joins and leaves keep their place
+        # among messages (cluster/order.py).
+        self._progress = progress or Progress()
         self._follower = StreamFollower(
-            link, EVENTS_KEY, "cluster-follower", self._on_events, resync=self._resync
-        )
+            link, EVENTS_KEY, "cluster-follower", self._on_events, resync=self._resync,
+            progress=self._progress,
+        )  # fmt: skip
         self._threads = [
             threading.Thread(target=self._publish_loop, name="cluster-publisher"),
             threading.Thread(target=self._heartbeat_loop, name="cluster-heartbeat"),

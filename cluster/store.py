@@ -62,12 +62,14 @@ from cluster.entries import Pending, origin, to_message
 from cluster.follow import StreamFollower
 from cluster.history import History
 from cluster.keys import (
+    EVENTS_KEY,
     FOLLOWED_KEYS,
     NOT_SENT_TEXT,
     STREAM_KEY,
     RedisLink,
     followed_key,
 )
+from cluster.order import Progress, after_ids
 from cluster.writer import Writer
 from sanitize import LOBBY, shown_url
 from store import Duplicate, IdClock, Message, NotSent, Recent, StoreUnavailable, id_key
@@ -125,9 +127,12 @@ class RedisStore(History, Writer):
         self._seen: dict[tuple[str, str], int] = {}
         self._closing = False
         self._writer = threading.Thread(target=self._write_loop, name="redis-writer")
+        # How far each stream was handed on, ours and the cluster's events (Cluster
+        # takes this one): each side shows an entry after what it names (cluster/order.py).
+        self.progress = Progress()
         self._follower = StreamFollower(
             self.redis, FOLLOWED_KEYS, "redis-follower", self._deliver_new, gap=_log_trimmed,
-            settle=self._await_replicas if replicas else None,
+            settle=self._await_replicas if replicas else None, progress=self.progress,
         )  # fmt: skip
 
     def _tails(self) -> dict[str, tuple[str, int]]:
@@ -233,19 +238,41 @@ class RedisStore(History, Writer):
 
     # -- the follower's handler ---------------------------------------------------
 
-    def _deliver_new(self, entries: list) -> None:
+    def _deliver_new(self, stream: str, entries: list) -> None:
         """Follower thread: deliver entries not delivered yet, in the stream's order.
+
+        Another server's message is handed on after the events written before
+        it (its sender's join): up to it, what came before is handed on first.
+        """
+        start = 0
+        for i, (_, fields) in enumerate(entries):
+            events = after_ids(fields.get("events"))
+            if (
+                events
+                and fields.get("server") != self.server_id
+                and not self.progress.reached(EVENTS_KEY, events[0])
+            ):
+                self._hand_over(stream, entries[start:i])
+                start = i
+                self.progress.wait(EVENTS_KEY, events[0])
+        self._hand_over(stream, entries[start:])
+
+    def _hand_over(self, stream: str, entries: list) -> None:
+        """Deliver what of `entries` is fresh, and mark them handed on.
 
         NOTE: deciding what is fresh and handing it over is one step under
         `_handing`. Split, the writer could strand a message the follower
         had just read back (the follower's news not yet in `_unfollowed`)
         and both would deliver it: a message shown twice.
         """
+        if not entries:
+            return
         with self._handing:
             with self._lock:
                 fresh = self._fresh_locked(entries)
             if fresh:
                 self._deliver(fresh)
+        self.progress.passed(stream, entries[-1][0])
 
     def _fresh_locked(self, entries: list) -> list[Message]:
         """The entries nobody delivered yet; what was ours is read back, so no longer ours."""

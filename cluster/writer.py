@@ -34,6 +34,7 @@ import redis
 
 from cluster.entries import Pending
 from cluster.keys import (
+    EVENTS_KEY,
     RESTORING_KEY,
     check_replicas,
     followed_key,
@@ -140,8 +141,10 @@ class Writer:
     def _restore_locked(self, kept: int) -> None:
         """Redis holds our writes only up to seq `kept`: write the rest again, first.
 
-        A message we delivered (read back, or ours in an outage) keeps its id
-        and is not delivered again; one we had not is delivered when read back.
+        One we had not delivered is delivered when read back, under the id it
+        had if the stream is not past it by then. One we delivered (read back,
+        or ours in an outage) is written again only under the id it had, or
+        not at all: under another, a client resuming would see it twice.
         """
         lost = {p.seq: p for _, p in self._written_log if p.seq > kept}
         lost.update((seq, p) for seq, p in self._unfollowed if seq > kept)
@@ -152,6 +155,8 @@ class Writer:
             p = lost[seq]
             read_back = seq <= self._followed_own.get(followed_key(p.room), 0)
             ours = read_back or seq <= self._delivered_seq
+            if ours and not p.id:
+                continue  # its id is unknown (a lost reply): history loses it
             again.append(dataclasses.replace(p, id=p.id if ours else None, written=p.id or ""))
         self._pending.extendleft(reversed(again))
         self._acked_seq = kept
@@ -198,10 +203,10 @@ class Writer:
         """
         fields = p.fields(self.server_id)
         keys = [followed_key(p.room), history_key(p.room), written_key(self.server_id)]
-        keys.append(RESTORING_KEY)
+        keys += [RESTORING_KEY, EVENTS_KEY]
         if p.key:
             keys.append(sent_key(p.username, p.key))
-        again = "0" if p.written is None else "1"
+        again = "0" if p.written is None else "2" if p.id else "1"  # see cluster/lua.py WRITE
         args = [self._max_messages, p.id or p.written or "*", p.seq, WRITTEN_TTL_S, int(KEY_TTL_S)]
         args += [self._acked_seq, after, RESTORING_MS, again]
         args += [value for pair in fields.items() for value in pair]

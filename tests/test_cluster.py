@@ -165,7 +165,10 @@ def cut_off_server(server_process, redis_proc):
     def start():
         store = RedisStore(f"redis://127.0.0.1:{proxy.port}/0")
         server = create_server(
-            Settings(rate=None), store, "127.0.0.1:0", cluster=Cluster(store.redis, store.server_id)
+            Settings(rate=None),
+            store,
+            "127.0.0.1:0",
+            cluster=Cluster(store.redis, store.server_id, store.progress),
         )
         server.start()
         server.address, server.link = f"127.0.0.1:{server.port}", store.redis

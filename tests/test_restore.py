@@ -40,7 +40,7 @@ class Server:
         """One turn of the follower: everything in the stream, as a read from its start."""
         entries = self.store.redis.client.xrange(STREAM_KEY)
         if entries:
-            self.store._deliver_new(entries)
+            self.store._deliver_new(STREAM_KEY, entries)
 
     def stream(self) -> list:
         return [(i, f["message"]) for i, f in self.store.redis.client.xrange(STREAM_KEY)]
@@ -128,3 +128,19 @@ def test_a_batch_cut_by_a_flush_is_written_again_in_order(servers):
     a.store.redis.client.delete(RESTORING_KEY)
     assert a.write() is None
     assert [text for _, text in a.stream()] == ["one", "two", "three"]
+
+
+def test_a_delivered_message_is_never_written_again_under_another_id(servers):
+    """Once the stream is past its id, a message a's clients saw stays out of it:
+    under a new id, a client resuming after the old one would see it twice."""
+    a, b = servers
+    a.say("hi")
+    a.write()
+    a.follow()
+    a.store.redis.client.flushall()
+    b.say("first after")  # b wrote nothing before: it cannot tell Redis was emptied
+    assert b.write() is None
+    assert a.write() == LOST
+    assert a.write() is None
+    assert [text for _, text in a.stream()] == ["first after"]
+    assert not a.store._pending

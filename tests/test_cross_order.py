@@ -1,0 +1,116 @@
+"""Across servers, a join comes before the joiner's first message and a leave after the last.
+
+Messages and presence events travel on two streams, each read by its own
+thread on every server. Each test holds one of those threads on the
+receiving server, at the moment that used to let the other overtake it, and
+checks what a client there sees.
+"""
+
+import threading
+
+import pytest
+from wire import join
+
+import chat_pb2 as pb
+from cluster.keys import EVENTS_KEY
+from cluster.presence import Cluster
+from cluster.store import RedisStore
+from server import create_server
+from session import Settings
+
+pytestmark = pytest.mark.timeout(60)
+
+HELD_S = 10.0  # the longest a test holds a follower
+
+
+@pytest.fixture
+def servers(redis_proc):
+    """A function that starts one more in-process server on the test's Redis."""
+    built = []
+
+    def start():
+        store = RedisStore(redis_proc.url)
+        cluster = Cluster(store.redis, store.server_id, store.progress)
+        server = create_server(Settings(rate=None), store, "127.0.0.1:0", cluster=cluster)
+        server.start()
+        server.address, server.store = f"127.0.0.1:{server.port}", store
+        built.append(server)
+        return server
+
+    yield start
+    for server in built:
+        server.stop(grace_s=0.5)
+
+
+def waits_on(store: RedisStore, streams) -> threading.Event:
+    """Set when a follower of `store`'s server waits for one of `streams` to be handed on."""
+    entered, wait = threading.Event(), store.progress.wait
+
+    def spy(stream, entry_id, *args):
+        if stream in streams:
+            entered.set()
+        return wait(stream, entry_id, *args)
+
+    store.progress.wait = spy
+    return entered
+
+
+def next_of(conn, name: str):
+    """The next message or user event about `name`."""
+    return conn.next_event(
+        where=lambda e: e.WhichOneof("event") in ("chat_message", "user_event")
+        and (e.chat_message.username or e.user_event.username) == name
+    )
+
+
+def test_a_leave_is_shown_after_the_leavers_last_message(servers):
+    """When bob says bye and leaves on one server while the other's message reader is held,
+    alice there sees his bye, then his leave."""
+    a, b = servers(), servers()
+    alice = join(b.address, "alice")
+    bob = join(a.address, "bob")
+    alice.next_event("user_event", where=lambda e: e.username == "bob")
+    release, deliver = threading.Event(), b.store._deliver
+
+    def held(messages):
+        if any(m.text == "bye" for m in messages):
+            release.wait(HELD_S)
+        deliver(messages)
+
+    b.store._deliver = held
+    entered = waits_on(b.store, {"chat:messages", "chat:bus"})
+    bob.say("bye")
+    assert [m.message for m in bob.messages(1)] == ["bye"]
+    bob.close()
+    entered.wait(HELD_S)  # b's event reader waits for the message reader
+    release.set()
+    first, second = next_of(alice, "bob"), next_of(alice, "bob")
+    assert first.chat_message.message == "bye"
+    assert second.user_event.type == pb.USER_LEFT
+    alice.close()
+
+
+def test_a_join_is_shown_before_the_joiners_first_message(servers):
+    """When bob joins and talks on one server while the other's event reader is held,
+    alice there sees him join, then his message."""
+    a, b = servers(), servers()
+    alice = join(b.address, "alice")
+    release, remote_event = threading.Event(), b.servicer.hub.remote_event
+
+    def held(kind, name, *args, **kwargs):
+        if (kind, name) == ("joined", "bob"):
+            release.wait(HELD_S)
+        return remote_event(kind, name, *args, **kwargs)
+
+    b.servicer.hub.remote_event = held
+    entered = waits_on(b.store, {EVENTS_KEY})
+    bob = join(a.address, "bob")
+    bob.say("hi")
+    assert [m.message for m in bob.messages(1)] == ["hi"]
+    entered.wait(HELD_S)  # b's message reader waits for the event reader
+    release.set()
+    first, second = next_of(alice, "bob"), next_of(alice, "bob")
+    assert first.user_event.type == pb.USER_JOINED
+    assert second.chat_message.message == "hi"
+    bob.close()
+    alice.close()
