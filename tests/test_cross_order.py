@@ -58,8 +58,10 @@ def waits_on(store: RedisStore, streams) -> threading.Event:
 def next_of(conn, name: str):
     """The next message or user event about `name`."""
     return conn.next_event(
-        where=lambda e: e.WhichOneof("event") in ("chat_message", "user_event")
-        and (e.chat_message.username or e.user_event.username) == name
+        where=lambda e: (
+            e.WhichOneof("event") in ("chat_message", "user_event")
+            and (e.chat_message.username or e.user_event.username) == name
+        )
     )
 
 
