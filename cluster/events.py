@@ -134,13 +134,14 @@ class LiveEvents:
             with self._acks_lock:
                 del self._acks[token]
 
-    def _on_events(self, stream: str, entries: list) -> None:
+    def _on_events(self, batches: dict[str, list]) -> None:
         """Follower thread: other servers' joins, rooms, leaves, typing and dms, in order.
 
         A join, rooms or leave is shown after the messages written before it
         (the leaver's last words): the events before it are marked handed on,
         then it waits for the message follower (cluster/order.py).
         """
+        [(stream, entries)] = batches.items()  # the one stream we follow
         self._hub.make_room(len(entries))  # a burst (a dead server's users) is paced
         previous = None
         for entry_id, fields in entries:

@@ -2,10 +2,11 @@
 
 The message streams (cluster/store.py: the lobby's and the bus of the other
 rooms) and the events stream (cluster/presence.py) are each followed by a
-`StreamFollower`. It hands batches of entries to its owner's
-`handle(key, entries)`, each batch from one stream (`key`), in that
-stream's order, each entry once, and marks in `progress` (cluster/order.py)
-how far each stream was handed on. It reads in two modes:
+`StreamFollower`. It hands what each read brought to its owner's
+`handle(batches)`: {stream key: entries}, each stream's in its order, each
+entry once; then it marks in `progress` (cluster/order.py) how far each
+stream was handed on. One call for every stream read at once lets the owner
+hand on one stream's entries while another's wait. It reads in two modes:
 
 - **at the tail**: one `XREAD BLOCK` over its streams from the last id seen
   in each, waiting for news;
@@ -55,7 +56,7 @@ class StreamFollower:
     ):  # fmt: skip
         self._link = link
         self._keys = (keys,) if isinstance(keys, str) else tuple(keys)
-        self._handle = handle  # handle(key, entries): [(id, fields dict)] of `key`, oldest first
+        self._handle = handle  # handle({key: [(id, fields dict)], oldest first})
         self._gap = gap or (lambda missed: None)  # gap(missed): entries trimmed unread
         self._resync = resync  # resync() -> (position, entries added), or None (one stream)
         # settle(): returns once what was just read may be handed on, or raises RedisError
@@ -116,11 +117,8 @@ class StreamFollower:
             self._check_went_back()  # quiet: or are new entries below our position?
             return False
         self._settle()
-        full = False
-        for key, entries in reply or []:
-            self._take(key, entries)
-            full |= len(entries) == FOLLOW_BATCH_MAX
-        return full
+        self._take(dict(reply))
+        return any(len(entries) == FOLLOW_BATCH_MAX for _, entries in reply)
 
     def _check_went_back(self) -> None:
         """Start again from a stream's start if its ids went back below our position.
@@ -142,7 +140,7 @@ class StreamFollower:
 
     def _catch_up(self) -> bool:
         """Read on in each stream with the trimming check; True while more may wait."""
-        behind = False
+        batches = {}
         for key in self._keys:
             args = [self._at[key][0], FOLLOW_BATCH_MAX]
             raw, first, added, length = self._link.run("catch_up", [key], args, self._link.client)
@@ -151,11 +149,11 @@ class StreamFollower:
                 self._gap(missed)
                 if self._resync is not None:
                     raise _Resync()
-            if raw:
-                self._settle()
-            self._take(key, [(entry_id, entry_fields(flat)) for entry_id, flat in raw])
-            behind |= len(raw) == FOLLOW_BATCH_MAX
-        return behind
+            batches[key] = [(entry_id, entry_fields(flat)) for entry_id, flat in raw]
+        if any(batches.values()):
+            self._settle()
+        self._take(batches)
+        return any(len(entries) == FOLLOW_BATCH_MAX for entries in batches.values())
 
     def _trimmed(self, key: str, first: str, added: int, length: int) -> int:
         """How many entries after our position in `key` were trimmed before we read them."""
@@ -166,16 +164,18 @@ class StreamFollower:
         self._at[key] = (position, added - length)  # counted up to just before `first`
         return max(missed, 0)  # negative: the stream was recreated, nothing to report
 
-    def _take(self, key: str, entries: list) -> None:
-        if not entries:
+    def _take(self, batches: dict[str, list]) -> None:
+        batches = {key: entries for key, entries in batches.items() if entries}
+        if not batches:
             return
-        added = self._at[key][1]
-        self._at[key] = (entries[-1][0], added + len(entries))  # first: a failing handler
-        try:  # cannot stall us then
-            self._handle(key, entries)
+        for key, entries in batches.items():  # first: a failing handler cannot stall us
+            self._at[key] = (entries[-1][0], self._at[key][1] + len(entries))
+        try:
+            self._handle(batches)
         except Exception as error:  # noqa: BLE001 - logged, and the next batch comes
             self._log_once(error)
-        self._progress.passed(key, entries[-1][0])
+        for key, entries in batches.items():
+            self._progress.passed(key, entries[-1][0])
 
     def _log_once(self, error: Exception) -> None:
         kind = f"{type(error).__name__}: {error}"

@@ -238,24 +238,34 @@ class RedisStore(History, Writer):
 
     # -- the follower's handler ---------------------------------------------------
 
-    def _deliver_new(self, stream: str, entries: list) -> None:
-        """Follower thread: deliver entries not delivered yet, in the stream's order.
+    def _deliver_new(self, batches: dict[str, list]) -> None:
+        """Follower thread: deliver entries not delivered yet, each stream in its order.
 
-        Another server's message is handed on after the events written before
-        it (its sender's join): up to it, what came before is handed on first.
+        Another server's message waits for the events written before it (its
+        sender's join, cluster/order.py). Each stream's entries are handed
+        on up to the first that must wait; only when every stream is stuck
+        does the follower wait (bounded), so an event that waits for one
+        stream's messages is never held up by another's.
         """
-        start = 0
-        for i, (_, fields) in enumerate(entries):
-            events = after_ids(fields.get("events"))
-            if (
-                events
-                and fields.get("server") != self.server_id
-                and not self.progress.reached(EVENTS_KEY, events[0])
-            ):
-                self._hand_over(stream, entries[start:i])
-                start = i
-                self.progress.wait(EVENTS_KEY, events[0])
-        self._hand_over(stream, entries[start:])
+        while batches:
+            waits = {}
+            for stream, entries in batches.items():
+                stuck = next((i for i, entry in enumerate(entries) if self._early(entry)), None)
+                self._hand_over(stream, entries[:stuck])
+                if stuck is not None:
+                    waits[stream] = entries[stuck:]
+            targets = [t for entries in waits.values() if (t := self._early(entries[0]))]
+            if targets:
+                self.progress.wait(EVENTS_KEY, min(targets, key=id_key))
+            batches = waits
+
+    def _early(self, entry) -> str | None:
+        """The event an entry of another server names, if it was not handed on yet."""
+        _, fields = entry
+        events = after_ids(fields.get("events"))
+        if not events or fields.get("server") == self.server_id:
+            return None
+        return None if self.progress.reached(EVENTS_KEY, events[0]) else events[0]
 
     def _hand_over(self, stream: str, entries: list) -> None:
         """Deliver what of `entries` is fresh, and mark them handed on.

@@ -9,7 +9,7 @@ checks what a client there sees.
 import threading
 
 import pytest
-from wire import join
+from wire import enter_event, join
 
 import chat_pb2 as pb
 from cluster.keys import EVENTS_KEY
@@ -116,3 +116,41 @@ def test_a_join_is_shown_before_the_joiners_first_message(servers):
     assert second.chat_message.message == "hi"
     bob.close()
     alice.close()
+
+
+def test_a_leave_waiting_for_one_room_never_stalls_on_another(servers, caplog):
+    """When bob's leave waits for his last message in #rust while a lobby message written
+    after the leave waits for the leave, the server hands #rust on first: no reader waits
+    out its limit, and alice sees bob's words, his leave, then the lobby message."""
+    a, b = servers(), servers()
+    alice = join(b.address, "alice")
+    alice.send(enter_event("rust"))
+    alice.next_event("user_event", where=lambda e: e.username == "alice" and e.room == "rust")
+    bob, carol = join(a.address, "bob"), join(a.address, "carol")
+    bob.send(enter_event("rust"))
+    alice.next_event("user_event", where=lambda e: e.username == "bob" and e.room == "rust")
+    carol.send(enter_event("go"))
+    carol.next_event("user_event", where=lambda e: e.username == "carol" and e.room == "go")
+    release, deliver = threading.Event(), b.store._deliver
+
+    def held(messages):
+        if any(m.text == "g" for m in messages):
+            release.wait(HELD_S)
+        deliver(messages)
+
+    b.store._deliver = held
+    entered = waits_on(b.store, {"chat:bus"})
+    carol.say("g", room="go")  # b's message reader holds this one
+    carol.messages(1)
+    bob.say("bye from rust", room="rust")
+    bob.messages(1)
+    bob.close()  # his leave names "bye from rust"
+    entered.wait(HELD_S)  # b's event reader waits for it
+    carol.say("y")  # names the leave: b reads it with "bye from rust" in one go
+    carol.messages(1)
+    release.set()
+    seen = [next_of(alice, name) for name in ("bob", "bob", "carol")]
+    assert seen[0].chat_message.message == "bye from rust"
+    assert seen[1].user_event.type == pb.USER_LEFT
+    assert seen[2].chat_message.message == "y"
+    assert "behind" not in caplog.text

@@ -40,7 +40,7 @@ class Server:
         """One turn of the follower: everything in the stream, as a read from its start."""
         entries = self.store.redis.client.xrange(STREAM_KEY)
         if entries:
-            self.store._deliver_new(STREAM_KEY, entries)
+            self.store._deliver_new({STREAM_KEY: entries})
 
     def stream(self) -> list:
         return [(i, f["message"]) for i, f in self.store.redis.client.xrange(STREAM_KEY)]

@@ -67,8 +67,8 @@ def test_follower_reports_trimmed_entries_exactly_and_nothing_else(redis_proc, r
         raw.xadd(STREAM_KEY, {"n": str(n)}, maxlen=10, approximate=False)
     seen, gaps, done = [], [], threading.Event()
 
-    def handle(key, entries):
-        seen.extend(int(fields["n"]) for _, fields in entries)
+    def handle(batches):
+        seen.extend(int(fields["n"]) for _, fields in batches[STREAM_KEY])
         if seen[-1] == 2 * FOLLOW_BATCH_MAX:
             done.set()
 
@@ -90,8 +90,8 @@ def test_follower_survives_a_failing_handler(redis_proc, raw, caplog):
     link = RedisLink(redis_proc.url)
     seen, done = [], threading.Event()
 
-    def handle(key, entries):
-        seen.extend(fields["n"] for _, fields in entries)
+    def handle(batches):
+        seen.extend(fields["n"] for _, fields in batches[STREAM_KEY])
         if "boom" in seen[-1:]:
             raise RuntimeError("a bug")
         done.set()
