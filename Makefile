@@ -61,8 +61,10 @@ cert:  ## cert.pem and key.pem: a self-signed certificate for localhost (TLS, tr
 	@echo "server: make server ARGS='--tls-cert cert.pem --tls-key key.pem'"
 	@echo "client: make client NAME=alice ARGS='--ca-cert cert.pem'"
 
+# Two workers (pytest-xdist): the tests mostly wait, so the suite takes half the
+# time; the fault hunts (one group) run one at a time.
 test: $(VENV)/.installed-dev  ## the whole suite (starts its own redis-server)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 HUNT_SECONDS ?= 300
 HUNT_SEEDS ?= 5
