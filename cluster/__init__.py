@@ -12,7 +12,8 @@ Read in this order:
    all of them share (one client per process, whether Redis is up).
 2. `store.py`: `RedisStore`, the history store behind the same interface
    as store.py's `MemoryStore`; the stream is also the message bus.
-   Its writer thread is in `writer.py`. Its helpers: `entries.py` (an
+   Its writer thread is in `writer.py`, what its follower reads back in
+   `reading.py`. Its helpers: `entries.py` (an
    entry read back, whoever wrote it),
    `history.py` (a room's history in pages), `follow.py` (the thread that
    reads streams in order and never dies), `order.py` (a join before the

@@ -58,18 +58,18 @@ from collections import deque
 
 import redis
 
-from cluster.entries import Pending, origin, to_message
+from cluster.entries import Pending
 from cluster.follow import StreamFollower
 from cluster.history import History
 from cluster.keys import (
-    EVENTS_KEY,
     FOLLOWED_KEYS,
     NOT_SENT_TEXT,
     STREAM_KEY,
     RedisLink,
     followed_key,
 )
-from cluster.order import Progress, after_ids
+from cluster.order import Progress
+from cluster.reading import Reading
 from cluster.writer import Writer
 from sanitize import LOBBY, shown_url
 from store import Duplicate, IdClock, Message, NotSent, Recent, StoreUnavailable, id_key
@@ -81,11 +81,12 @@ RECENT_MAX = 500  # delivered messages kept for joins while Redis is away
 ON_ITS_WAY = "on its way"  # in `_keys`: a line taken here, not delivered yet
 
 
-class RedisStore(History, Writer):
+class RedisStore(History, Writer, Reading):
     """Redis Streams as history and bus; see the module docstring.
 
     Its history reads (`history`) are in cluster/history.py, its writer
-    thread in cluster/writer.py.
+    thread in cluster/writer.py, what its follower reads back in
+    cluster/reading.py.
     """
 
     def __init__(
@@ -235,79 +236,6 @@ class RedisStore(History, Writer):
             if self._pending:
                 log.error("store closed with %d messages unwritten", len(self._pending))
         self.redis.close()
-
-    # -- the follower's handler ---------------------------------------------------
-
-    def _deliver_new(self, batches: dict[str, list]) -> None:
-        """Follower thread: deliver entries not delivered yet, each stream in its order.
-
-        Another server's message waits for the events written before it (its
-        sender's join, cluster/order.py). Each stream's entries are handed
-        on up to the first that must wait; only when every stream is stuck
-        does the follower wait (bounded), so an event that waits for one
-        stream's messages is never held up by another's.
-        """
-        while batches:
-            waits = {}
-            for stream, entries in batches.items():
-                stuck = next((i for i, entry in enumerate(entries) if self._early(entry)), None)
-                self._hand_over(stream, entries[:stuck])
-                if stuck is not None:
-                    waits[stream] = entries[stuck:]
-            targets = [t for entries in waits.values() if (t := self._early(entries[0]))]
-            if targets:
-                self.progress.wait(EVENTS_KEY, min(targets, key=id_key))
-            batches = waits
-
-    def _early(self, entry) -> str | None:
-        """The event an entry of another server names, if it was not handed on yet."""
-        _, fields = entry
-        events = after_ids(fields.get("events"))
-        if not events or fields.get("server") == self.server_id:
-            return None
-        return None if self.progress.reached(EVENTS_KEY, events[0]) else events[0]
-
-    def _hand_over(self, stream: str, entries: list) -> None:
-        """Deliver what of `entries` is fresh, and mark them handed on.
-
-        NOTE: deciding what is fresh and handing it over is one step under
-        `_handing`. Split, the writer could strand a message the follower
-        had just read back (the follower's news not yet in `_unfollowed`)
-        and both would deliver it: a message shown twice.
-        """
-        if not entries:
-            return
-        with self._handing:
-            with self._lock:
-                fresh = self._fresh_locked(entries)
-            if fresh:
-                self._deliver(fresh)
-        self.progress.passed(stream, entries[-1][0])
-
-    def _fresh_locked(self, entries: list) -> list[Message]:
-        """The entries nobody delivered yet; what was ours is read back, so no longer ours."""
-        self._ids.advance_past(entries[-1][0])  # outage ids stay above the stream
-        fresh, ours, own_high = [], set(), {}
-        for entry_id, fields in entries:
-            source, seq = origin(entry_id, fields)
-            if seq:  # one of our servers: dedupe by (stream, server, seq)
-                stream = (followed_key(fields.get("room") or LOBBY), source)
-                if seq <= self._seen.get(stream, 0):
-                    continue  # written twice (a lost reply); delivered already
-                self._seen[stream] = seq
-                if source == self.server_id:
-                    ours.add(seq)
-                    own_high[stream[0]] = seq
-                if source == self.server_id and seq <= self._delivered_seq:
-                    continue  # we delivered it ourselves during an outage
-            fresh.append(to_message(entry_id, fields))
-        for message in fresh:
-            self._keys.remember(message.username, message.key, message)
-        self._followed_own.update(own_high)
-        if ours and self._unfollowed:  # read back: no longer ours to deliver
-            self._unfollowed = deque(w for w in self._unfollowed if w[0] not in ours)
-        self._recent.extend(fresh)
-        return fresh
 
 
 def _log_trimmed(missed: int) -> None:
