@@ -4,7 +4,8 @@ cluster/store.py writes each accepted message as one entry (`Pending.fields`)
 and reads entries in two places, the follower (live delivery) and history
 (joins, cluster/history.py). Both turn each entry into a `Message` here.
 Our servers write `username`, `message`, `timestamp`, `server` and `seq`,
-plus `room` outside the lobby and `action` for /me; another tool may write
+plus `room` outside the lobby, `action` for /me, `key` for a line with one,
+and `events` (cluster/order.py; the write script adds it); another tool may write
 anything (`redis-cli XADD chat:messages '*' text hi`). An entry is never
 skipped and `to_message` never raises:
 
