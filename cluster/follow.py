@@ -82,6 +82,8 @@ class StreamFollower:
 
     def stop(self, timeout: float) -> None:
         self._stopped.set()
+        for key in self._keys:
+            self._progress.stop(key)  # the other follower must not wait for us now
         if self._thread.is_alive():
             self._thread.join(timeout)
 

@@ -14,11 +14,14 @@ other streams held at that instant (cluster/lua.py):
 A follower hands such an entry on only once the other follower has handed
 on the ids it names (`Progress.wait`), at most ORDER_WAIT_S: a follower held
 up elsewhere costs the order, never the delivery, and once a wait gave up,
-later waits for no more than it do not wait again.
+later waits for no more than it do not wait again. A follower that stops
+(at shutdown) is waited for no more (`stop`).
 
 No deadlock: an entry names only entries written before it, and a follower
-marks what it handed on before it waits (`passed`), so the entries a waiting
-follower holds are never the ones the other waits for.
+marks what it handed on before it waits (`passed`). The message follower
+reads two streams: it hands each on up to its first entry that must wait,
+and waits only when all are stuck (cluster/reading.py). So the entries a
+waiting follower holds are never the ones the other waits for.
 """
 
 import logging
@@ -29,6 +32,7 @@ from store import id_key
 log = logging.getLogger(__name__)
 
 ORDER_WAIT_S = 2.0  # the longest a follower waits for the other before it goes on
+END = (2**64, 0)  # past every id: what a stopped follower is taken to have handed on
 
 
 class Progress:
@@ -49,6 +53,12 @@ class Progress:
             if id_key(entry_id) > self._at.get(stream, (0, 0)):
                 self._at[stream] = id_key(entry_id)
                 self._cond.notify_all()
+
+    def stop(self, stream: str) -> None:
+        """`stream`'s follower stops: nobody waits for it from now on."""
+        with self._cond:
+            self._given_up[stream] = END
+            self._cond.notify_all()
 
     def reached(self, stream: str, entry_id: str) -> bool:
         with self._cond:

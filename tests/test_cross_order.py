@@ -154,3 +154,20 @@ def test_a_leave_waiting_for_one_room_never_stalls_on_another(servers, caplog):
     assert seen[1].user_event.type == pb.USER_LEFT
     assert seen[2].chat_message.message == "y"
     assert "behind" not in caplog.text
+
+
+def test_a_stopped_follower_is_not_waited_for(servers):
+    """When a server's event reader has stopped (it is shutting down), another server's
+    message reaches its clients at once: nothing waits for the stopped reader."""
+    a, b = servers(), servers()
+    alice = join(b.address, "alice")
+    bob = join(a.address, "bob")
+    alice.next_event("user_event", where=lambda e: e.username == "bob")
+    b.servicer.hub.cluster._follower.stop(timeout=5)
+    carol = join(a.address, "carol")  # an event b never reads: bob's message names it
+    bob.say("still here")
+    assert [m.message for m in bob.messages(1)] == ["still here"]
+    assert alice.messages(1, timeout=1.0)[0].message == "still here"  # not ORDER_WAIT_S
+    carol.close()
+    bob.close()
+    alice.close()
