@@ -44,6 +44,7 @@ STREAM_KEY = "chat:messages"  # stream: the lobby's messages (and other tools' e
 BUS_KEY = "chat:bus"  # stream: every other room's messages, in one order; servers follow it
 ROOM_PREFIX = "chat:room:"  # stream per room but the lobby: its history (same ids as the bus)
 EVENTS_KEY = "chat:events"  # stream: joins, rooms, leaves, typing, direct messages; capped
+LAST_PRESENCE_KEY = "chat:events:presence"  # string: the id of the last join, rooms or leave
 NAMES_KEY = "chat:names"  # hash: online username -> claim token "<server id>:<session>"
 WHERE_KEY = "chat:where"  # hash: online username -> their rooms, sorted, by commas
 # hash: a name's skeleton (sanitize.name_skeleton) -> the online name holding it, so

@@ -17,7 +17,7 @@ on one Redis, not on Redis Cluster (one Redis is the distributed engine here).
 # changes whole, in the one script that logs the change. Each also carries `after`:
 # the last ids of the two message streams (cluster/keys.py STREAM_KEY and BUS_KEY)
 # at that instant, so a server shows a leave after the leaver's last message
-# (cluster/events.py).
+# (cluster/order.py); and its id is kept as the last presence event's.
 
 _XADD = """
 local function last_id(stream)
@@ -26,8 +26,9 @@ local function last_id(stream)
 end
 local function event(kind, name, server, room)
   local after = last_id('chat:messages') .. ' ' .. last_id('chat:bus')
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*',
-             'kind', kind, 'name', name, 'server', server, 'room', room, 'after', after)
+  local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*',
+                        'kind', kind, 'name', name, 'server', server, 'room', room, 'after', after)
+  redis.call('SET', KEYS[2] .. ':presence', id)  -- cluster/keys.py LAST_PRESENCE_KEY
 end
 -- Names are unique by skeleton: sanitize.name_skeleton's table (names are ASCII).
 local SKELETONS = KEYS[1] .. ':skeletons'  -- hash: skeleton -> the name holding it
@@ -181,7 +182,7 @@ return freed
 
 # KEYS[1] = the stream the servers follow (the lobby's, or the bus), KEYS[2] = the
 # room's history stream (the same key for the lobby), KEYS[3] = this server's
-# "written up to" key, KEYS[4] = RESTORING_KEY, KEYS[5] = EVENTS_KEY, KEYS[6] (if
+# "written up to" key, KEYS[4] = RESTORING_KEY, KEYS[5] = LAST_PRESENCE_KEY, KEYS[6] (if
 # the line has a key) = its sender's key's key. ARGV: maxlen, id ('*', or one it
 # had or was given during an outage), seq, ttl s, key ttl s, the seq Redis last
 # told this server it wrote, the seq of the line before this one in its batch,
@@ -205,8 +206,8 @@ return freed
 # through it, so the id is above the room's last), the room's history gets the same
 # id, the key (if any) is held for its ttl with the id, and the id is returned. (A
 # history stream another tool wrote past gets a fresh id there.) The entry also
-# gets `events`: the events stream's last id, so a server shows the sender's join
-# before the message (cluster/store.py).
+# gets `events`: the id of the last join, rooms or leave event, so a server shows
+# the sender's join before the message (cluster/order.py).
 WRITE = """
 local last = tonumber(redis.call('GET', KEYS[3]) or '0')
 if tonumber(ARGV[3]) <= last then return false end
@@ -224,9 +225,11 @@ if KEYS[6] then
   end
 end
 local fields = {unpack(ARGV, 10)}
-local events = redis.call('XREVRANGE', KEYS[5], '+', '-', 'COUNT', 1)
-fields[#fields + 1] = 'events'
-fields[#fields + 1] = events[1] and events[1][1] or '0-0'
+local presence = redis.call('GET', KEYS[5])
+if presence then
+  fields[#fields + 1] = 'events'
+  fields[#fields + 1] = presence
+end
 local id = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], ARGV[2], unpack(fields))
 if type(id) == 'table' and id.err then  -- another server wrote past the id we had
   if ARGV[9] == '2' then

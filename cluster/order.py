@@ -9,7 +9,8 @@ other streams held at that instant (cluster/lua.py):
 
 - a join, rooms or leave event carries `after`: the last ids of the lobby's
   stream and of the bus;
-- a message carries `events`: the events stream's last id.
+- a message carries `events`: the id of the last join, rooms or leave event
+  (typing and direct messages are not waited for).
 
 A follower hands such an entry on only once the other follower has handed
 on the ids it names (`Progress.wait`), at most ORDER_WAIT_S: a follower held

@@ -34,7 +34,7 @@ import redis
 
 from cluster.entries import Pending
 from cluster.keys import (
-    EVENTS_KEY,
+    LAST_PRESENCE_KEY,
     RESTORING_KEY,
     check_replicas,
     followed_key,
@@ -203,7 +203,7 @@ class Writer:
         """
         fields = p.fields(self.server_id)
         keys = [followed_key(p.room), history_key(p.room), written_key(self.server_id)]
-        keys += [RESTORING_KEY, EVENTS_KEY]
+        keys += [RESTORING_KEY, LAST_PRESENCE_KEY]
         if p.key:
             keys.append(sent_key(p.username, p.key))
         again = "0" if p.written is None else "2" if p.id else "1"  # see cluster/lua.py WRITE
