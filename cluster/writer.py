@@ -110,7 +110,8 @@ class Writer:
             outcome = LOST
         now = time.monotonic()
         with self._lock:
-            for _ in done:
+            last = done[-1][0].seq if done else 0  # by seq: an overflow may have dropped some
+            while self._pending and self._pending[0].seq <= last:
                 self._pending.popleft()
             was_online, self._online = self._online, True
             for p, entry_id in done:
