@@ -22,7 +22,7 @@ A message may carry its sender's `key` (one per line the client sends).
 Both stores accept one message per sender and key for KEY_TTL_S: `append`
 raises `Duplicate` with the first one (the hub echoes it to the sender
 alone). `Recent` is that memory here; with Redis, a key in Redis
-(cluster/lua.py's WRITE) makes it hold across servers.
+(cluster/lua_messages.py's WRITE) makes it hold across servers.
 """
 
 import bisect

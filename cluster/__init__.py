@@ -23,7 +23,9 @@ Read in this order:
    `events.py` is its other half (joins, leaves, typing and direct
    messages of the other servers' users); `liveness.py` its heartbeat
    (alive, reaping the dead, names claimed again after a fault).
-4. `lua.py`: every script that changes Redis, each atomically.
+4. `lua.py`: every script that changes Redis, each atomically; those of
+   messages (written once, direct messages taken, streams read) are in
+   `lua_messages.py`.
 5. `remote.py`: the other servers as the hub sees them (`Alone` for one
    server, or their users).
 6. `idle.py`: rooms with no member and no message for `--room-idle-days`,

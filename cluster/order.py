@@ -5,7 +5,7 @@ travel on different streams, each read by its own follower thread. Left at
 that, a server whose message follower lags shows "bob left" before bob's
 "bye", and one whose events follower lags shows "[bob] hi" before "bob
 joined". Redis runs one script at a time, so each write can say what the
-other streams held at that instant (cluster/lua.py):
+other streams held at that instant (cluster/lua.py, cluster/lua_messages.py):
 
 - a join, rooms or leave event carries `after`: the last ids of the lobby's
   stream and of the bus;

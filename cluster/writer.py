@@ -3,7 +3,7 @@
 Part of `RedisStore` (cluster/store.py), kept in this file so each reads
 in one sitting; its state and its locks are the store's (see there).
 The writer is the only thread that removes from `_pending`. It writes in
-pipelined batches, each message once (cluster/lua.py WRITE remembers the
+pipelined batches, each message once (cluster/lua_messages.py WRITE remembers the
 last seq each server wrote, so a batch sent again after a lost reply adds
 nothing), and, with `--redis-replicas N`, waits until N replicas hold the
 batch. When Redis is lost it decides what happens to the messages that
@@ -102,7 +102,7 @@ class Writer:
         echoes = []  # lines sent again: their senders get the first
         done, outcome = [], None
         for p, reply in zip(batch, replies, strict=False):
-            if isinstance(reply, int):  # cluster/lua.py WRITE: -1 wait, else lost after it
+            if isinstance(reply, int):  # cluster/lua_messages.py WRITE: -1 wait, else lost after it
                 outcome = WAIT if reply < 0 else LOST
                 break
             done.append((p, reply))
@@ -198,7 +198,7 @@ class Writer:
         check_replicas(pipe.execute(), self._replicas)
 
     def _xadd(self, pipe, p: Pending, after: int) -> None:
-        """Write one message once (cluster.lua.WRITE), if the one before it (`after`) was.
+        """Write one message once (cluster.lua_messages.WRITE), if the one before it (`after`) was.
 
         A retry after a lost reply is a no-op.
         """
@@ -207,7 +207,7 @@ class Writer:
         keys += [RESTORING_KEY, LAST_PRESENCE_KEY]
         if p.key:
             keys.append(sent_key(p.username, p.key))
-        again = "0" if p.written is None else "2" if p.id else "1"  # see cluster/lua.py WRITE
+        again = "0" if p.written is None else "2" if p.id else "1"  # see WRITE
         args = [self._max_messages, p.id or p.written or "*", p.seq, WRITTEN_TTL_S, int(KEY_TTL_S)]
         args += [self._acked_seq, after, RESTORING_MS, again]
         args += [value for pair in fields.items() for value in pair]

@@ -2,7 +2,7 @@
 
 When Redis takes an XADD but its reply is lost (a reset connection, Redis
 killed right after its fsync), the writer cannot know and sends the batch
-again. The write script (cluster.lua.WRITE) remembers the last seq each server
+again. The write script (cluster.lua_messages.WRITE) remembers the last seq each server
 wrote, so the second copy is a no-op: history never holds a message twice.
 """
 
