@@ -7,6 +7,7 @@ a free port (never the machine's own Redis), so a test may kill it.
 """
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -31,11 +32,34 @@ from server import create_server  # noqa: E402
 from session import Settings  # noqa: E402
 from store import MemoryStore  # noqa: E402
 
+PORTS_FROM = 10_000  # free_port draws from here up to the kernel's ephemeral ports
+_given: set[int] = set()  # ports this process handed out (pytest runs tests on one thread)
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nobody holds now, for a server the test starts next.
+
+    Drawn below the kernel's ephemeral range, so no outgoing connection (a
+    client, another test's) can take it before the server binds it; each
+    pytest-xdist worker draws from its own slice, and never hands out one
+    port twice.
+    """
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+        ephemeral = int(ranges.read().split()[0])
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    span = (ephemeral - PORTS_FROM) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    start = PORTS_FROM + worker * span
+    for _ in range(1000):
+        port = random.randrange(start, start + span)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in _given:
+            _given.add(port)
+            return port
+    raise AssertionError(f"no free port in {start}-{start + span}")
 
 
 def wait_until(predicate, timeout=EVENT_TIMEOUT_S, interval=0.02) -> bool:
