@@ -61,6 +61,11 @@ class Progress:
             self._given_up[stream] = END
             self._cond.notify_all()
 
+    def handed_on(self, stream: str) -> tuple[int, ...]:
+        """The id (as `id_key`) up to which `stream` was handed on."""
+        with self._cond:
+            return self._at.get(stream, (0, 0))
+
     def reached(self, stream: str, entry_id: str) -> bool:
         with self._cond:
             return self._reached_locked(stream, id_key(entry_id))

@@ -18,7 +18,9 @@ Then the writer writes those messages again, first, under the ids they had
 (`_restore`): a server that delivered one already skips it (by server and
 seq), one that had not delivers it now, ours included. While a server
 restores, every server's new lines wait (RESTORING_MS), so what is written
-again keeps its place before them. A quiet writer asks Redis every VERIFY_S
+again keeps its place before them; a server back from an outage that finds
+a stream ending below what it read (others' writes lost) makes them wait
+too (`_check_gone_back`). A quiet writer asks Redis every VERIFY_S
 while its last writes are recent (`_check_written`).
 
 The writer thread alone owns `_acked_seq` and `_written_log`.
@@ -34,6 +36,7 @@ import redis
 
 from cluster.entries import Pending
 from cluster.keys import (
+    FOLLOWED_KEYS,
     LAST_PRESENCE_KEY,
     RESTORING_KEY,
     check_replicas,
@@ -42,7 +45,7 @@ from cluster.keys import (
     sent_key,
     written_key,
 )
-from store import KEY_TTL_S, Message
+from store import KEY_TTL_S, Message, id_key
 
 log = logging.getLogger("cluster.store")
 
@@ -50,7 +53,7 @@ WRITE_BATCH_MAX = 200  # messages per pipelined XADD round trip
 RETRY_S = 0.5  # how often the writer retries a lost Redis
 WRITTEN_TTL_S = 86_400  # how long Redis remembers our last written seq (retries take seconds)
 RESTORE_WINDOW_S = 10.0  # written this recently, a message Redis lost is written again
-RESTORING_MS = 1500  # new lines of every server wait this long while one restores
+RESTORING_MS = 1000  # new lines of every server wait this long while one restores
 VERIFY_S = 0.5  # a quiet writer checks this often that Redis kept its recent writes
 WAIT_S = 0.1  # a new line refused while another server restores is tried again after this
 LOST = "lost"  # what a batch's replies may end in: Redis lost writes of ours
@@ -74,6 +77,8 @@ class Writer:
             if dropped:
                 log.error("history buffer full: %d messages dropped unwritten", dropped)
             try:
+                if outage_since is not None:
+                    self._check_gone_back()
                 replies = self._write(batch) if batch else self._check_written()
             except redis.RedisError as error:
                 self.redis.mark_down()
@@ -162,6 +167,22 @@ class Writer:
         self._pending.extendleft(reversed(again))
         self._acked_seq = kept
         log.warning("Redis lost %d messages written here: writing them again", len(again))
+
+    def _check_gone_back(self) -> None:
+        """After an outage: Redis lost entries of any server if a stream ends below what we read.
+
+        A replica promoted without the last writes of another server: our
+        own writes may all be there, so our WRITE would not notice. New
+        lines (ours first) wait, while the servers whose writes were lost
+        write them again under their ids. Raises RedisError if Redis is
+        still away.
+        """
+        for key in FOLLOWED_KEYS:
+            last, _ = self.redis.run("tail", [key], [], self.redis.client)
+            if id_key(last) < self.progress.handed_on(key):
+                self.redis.client.set(RESTORING_KEY, "1", px=RESTORING_MS, nx=True)
+                log.warning("Redis lost entries of %s it had given: new lines wait", key)
+                return
 
     def _check_written(self) -> list:
         """A quiet writer's check: [] if Redis holds our writes, else [what it holds, LOST]."""

@@ -144,3 +144,20 @@ def test_a_delivered_message_is_never_written_again_under_another_id(servers):
     assert a.write() is None
     assert [text for _, text in a.stream()] == ["first after"]
     assert not a.store._pending
+
+
+def test_a_server_back_from_an_outage_that_finds_entries_gone_holds_new_lines(servers):
+    """When a failover lost another server's last writes and none of ours, our WRITE cannot
+    tell; back from the outage, we see the stream end below what we read, and new lines
+    wait while the other writes its messages again."""
+    a, b = servers
+    a.say("hi")
+    a.write()
+    b.follow()  # b read "hi" and handed it on
+    b.store._check_gone_back()
+    assert not b.store.redis.client.exists(RESTORING_KEY)  # nothing lost: nothing waits
+    a.store.redis.client.flushall()  # as a replica promoted without "hi" would be
+    b.store._check_gone_back()
+    assert b.store.redis.client.exists(RESTORING_KEY)
+    b.say("new")
+    assert b.write() == WAIT
