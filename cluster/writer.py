@@ -15,7 +15,7 @@ Redis can also lose what it answered (restarted empty, FLUSHALL, a replica
 promoted without our last writes): each WRITE tells the seq this server wrote
 last, and Redis's "written up to" below it means what came after is gone.
 Then the writer writes those messages again, first, under the ids they had
-(`_restore`): a server that delivered one already skips it (by server and
+(`_restore_locked`): a server that delivered one already skips it (by server and
 seq), one that had not delivers it now, ours included. While a server
 restores, every server's new lines wait (RESTORING_MS), so what is written
 again keeps its place before them; a server back from an outage that finds
@@ -56,7 +56,7 @@ RESTORE_WINDOW_S = 10.0  # written this recently, a message Redis lost is writte
 RESTORING_MS = 500  # new lines of every server wait this long while one restores (a burst after)
 VERIFY_S = 0.5  # a quiet writer checks this often that Redis kept its recent writes
 WAIT_S = 0.1  # a new line refused while another server restores is tried again after this
-LOST = "lost"  # what a batch's replies may end in: Redis lost writes of ours
+LOST = "lost"  # how a batch may end (`_took`): Redis lost writes of ours
 WAIT = "wait"  # or: a server is restoring, new lines wait
 
 
@@ -102,17 +102,17 @@ class Writer:
         """Settle what Redis answered for `batch`: LOST, WAIT, or None if all was written.
 
         The replies are in the batch's order; the first that is not a write
-        ends what was written (WRITE keeps our lines in order).
+        ends what was written (WRITE keeps our lines in order). A number is
+        not a write (cluster/lua_messages.py WRITE, or `_check_written`): -1,
+        wait; else the seq Redis holds our writes up to, having lost the rest.
         """
         echoes = []  # lines sent again: their senders get the first
         done, outcome = [], None
-        for p, reply in zip(batch, replies, strict=False):
-            if isinstance(reply, int):  # cluster/lua_messages.py WRITE: -1 wait, else lost after it
+        for i, reply in enumerate(replies):
+            if isinstance(reply, int):
                 outcome = WAIT if reply < 0 else LOST
                 break
-            done.append((p, reply))
-        if len(replies) > len(batch):  # _check_written: Redis lost what followed
-            outcome = LOST
+            done.append((batch[i], reply))
         now = time.monotonic()
         with self._lock:
             last = done[-1][0].seq if done else 0  # by seq: an overflow may have dropped some
@@ -126,16 +126,12 @@ class Writer:
                     self._keys.remember(p.username, p.key, first)
                     echoes.append(first)
                     continue
-                self._written_log.append((now, dataclasses.replace(p, id=entry_id or p.id)))
-                read_back = p.seq <= self._followed_own.get(followed_key(p.room), 0)
-                if entry_id and p.id is None and not read_back:  # the follower will
+                written = dataclasses.replace(p, id=entry_id or p.id)
+                self._written_log.append((now, written))
+                if entry_id and p.id is None and not self._read_back_locked(p):  # the follower will
                     self._ids.advance_past(entry_id)
-                    self._unfollowed.append((p.seq, dataclasses.replace(p, id=entry_id)))
-            while self._written_log and (
-                now - self._written_log[0][0] > RESTORE_WINDOW_S
-                or len(self._written_log) > self._max_messages
-            ):
-                self._written_log.popleft()
+                    self._unfollowed.append((p.seq, written))
+            self._forget_old_writes(now)
             if outcome == LOST:
                 self._restore_locked(replies[len(done)])
         for first in echoes:
@@ -159,8 +155,7 @@ class Writer:
         again = []
         for seq in sorted(lost):
             p = lost[seq]
-            read_back = seq <= self._followed_own.get(followed_key(p.room), 0)
-            ours = read_back or seq <= self._delivered_seq
+            ours = self._read_back_locked(p) or seq <= self._delivered_seq
             if ours and not p.id:
                 continue  # its id is unknown (a lost reply): history loses it
             again.append(dataclasses.replace(p, id=p.id if ours else None, written=p.id or ""))
@@ -185,15 +180,25 @@ class Writer:
                 return
 
     def _check_written(self) -> list:
-        """A quiet writer's check: [] if Redis holds our writes, else [what it holds, LOST]."""
+        """A quiet writer's check: [] if Redis holds our writes, else [the seq it holds them to]."""
         kept = int(self.redis.client.get(written_key(self.server_id)) or 0)
         if kept >= self._acked_seq:  # nothing lost; what is older than the window is safe
-            cutoff = time.monotonic() - RESTORE_WINDOW_S
-            while self._written_log and self._written_log[0][0] < cutoff:
-                self._written_log.popleft()
+            self._forget_old_writes(time.monotonic())
             return []
         self.redis.client.set(RESTORING_KEY, "1", px=RESTORING_MS)
-        return [kept, LOST]
+        return [kept]
+
+    def _forget_old_writes(self, now: float) -> None:
+        """Writer thread: what was written before the window (or past the cap) is kept for good."""
+        while self._written_log and (
+            now - self._written_log[0][0] > RESTORE_WINDOW_S
+            or len(self._written_log) > self._max_messages
+        ):
+            self._written_log.popleft()
+
+    def _read_back_locked(self, p: Pending) -> bool:
+        """Has our follower read `p` back (and so delivered it)? Our seqs come back in order."""
+        return p.seq <= self._followed_own.get(followed_key(p.room), 0)
 
     def _write(self, batch: list[Pending]) -> list:
         """Write a batch in one round trip: each one's new id, or None if written before.
@@ -257,10 +262,7 @@ class Writer:
             self._delivered_seq = max(self._delivered_seq, self._unfollowed[-1][0])
             self._unfollowed.clear()
         # Not a written one the follower read back (a lost reply): it was delivered.
-        stranded = [
-            p for p in self._pending
-            if p.id is None and p.seq > self._followed_own.get(followed_key(p.room), 0)
-        ]  # fmt: skip
+        stranded = [p for p in self._pending if p.id is None and not self._read_back_locked(p)]
         for p in stranded:
             p.id = self._ids.next()
             self._delivered_seq = p.seq

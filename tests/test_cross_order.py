@@ -55,6 +55,19 @@ def waits_on(store: RedisStore, streams) -> threading.Event:
     return entered
 
 
+def hold(store: RedisStore, text: str) -> threading.Event:
+    """Hold `store`'s message reader on the message `text` until the event returned is set."""
+    release, deliver = threading.Event(), store._deliver
+
+    def held(messages):
+        if any(m.text == text for m in messages):
+            release.wait(HELD_S)
+        deliver(messages)
+
+    store._deliver = held
+    return release
+
+
 def next_of(conn, name: str):
     """The next message or user event about `name`."""
     return conn.next_event(
@@ -72,14 +85,7 @@ def test_a_leave_is_shown_after_the_leavers_last_message(servers):
     alice = join(b.address, "alice")
     bob = join(a.address, "bob")
     alice.next_event("user_event", where=lambda e: e.username == "bob")
-    release, deliver = threading.Event(), b.store._deliver
-
-    def held(messages):
-        if any(m.text == "bye" for m in messages):
-            release.wait(HELD_S)
-        deliver(messages)
-
-    b.store._deliver = held
+    release = hold(b.store, "bye")
     entered = waits_on(b.store, {"chat:messages", "chat:bus"})
     bob.say("bye")
     assert [m.message for m in bob.messages(1)] == ["bye"]
@@ -131,14 +137,7 @@ def test_a_leave_waiting_for_one_room_never_stalls_on_another(servers, caplog):
     alice.next_event("user_event", where=lambda e: e.username == "bob" and e.room == "rust")
     carol.send(enter_event("go"))
     carol.next_event("user_event", where=lambda e: e.username == "carol" and e.room == "go")
-    release, deliver = threading.Event(), b.store._deliver
-
-    def held(messages):
-        if any(m.text == "g" for m in messages):
-            release.wait(HELD_S)
-        deliver(messages)
-
-    b.store._deliver = held
+    release = hold(b.store, "g")
     entered = waits_on(b.store, {"chat:bus"})
     carol.say("g", room="go")  # b's message reader holds this one
     carol.messages(1)
